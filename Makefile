@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything installs from this repo.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the backend on embedded defaults (PostgreSQL under ./data); the bot too when BOT_TOKEN is set.
+run: $(STAMP)
+	$(BIN)/llm-bot-core run
+
+## The whole test suite against real PostgreSQL (embedded, or TEST_DATABASE_URL) and Redis.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""FastAPI app factory; long-lived clients are built once in lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core import __version__
+from llm_bot_core.api.deps import Services
+from llm_bot_core.api.errors import install_error_handlers
+from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.routes import system, v1
+from llm_bot_core.config import Settings, get_settings
+from llm_bot_core.db.engine import create_engine, resolve_database_url
+from llm_bot_core.db.migrate import upgrade_to_head_async
+from llm_bot_core.llm.base import ChatModel
+from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
+from llm_bot_core.memory.chat import ChatService
+from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
+from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.rag.factory import build_semantic_memory
+
+log = logging.getLogger(__name__)
+
+
+def build_jobs(
+    settings: Settings, engine: AsyncEngine, model: ChatModel, semantic: SemanticMemory
+) -> JobQueue:
+    """Celery when USE_CELERY_FOR_SUMMARY is set, otherwise asyncio tasks in this process."""
+    if settings.use_celery_for_summary:
+        from llm_bot_core.worker.dispatch import CeleryJobs
+
+        return CeleryJobs(settings, index_enabled=semantic.enabled)
+    return InProcessJobs(engine, model, settings, semantic)
+
+
+def create_app(settings: Settings | None = None, *, model: ChatModel | None = None) -> FastAPI:
+    """The backend app; `model` lets tests hand in their own chat model."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = resolve_database_url(settings)
+        if settings.migrate_on_start:
+            await upgrade_to_head_async(url)
+        engine = create_engine(url, settings)
+        chat_model = model or build_chat_model(settings)
+        if isinstance(chat_model, UnconfiguredChatModel):
+            log.warning(UnconfiguredChatModel.MESSAGE)
+        semantic = await build_semantic_memory(settings, engine)
+        jobs = build_jobs(settings, engine, chat_model, semantic)
+        chat = ChatService(engine=engine, model=chat_model, semantic=semantic, jobs=jobs,
+                           settings=settings)
+        app.state.services = Services(settings=settings, engine=engine, model=chat_model,
+                                      semantic=semantic, jobs=jobs, chat=chat)
+        try:
+            yield
+        finally:
+            await jobs.drain()
+            await semantic.aclose()
+            if model is None:
+                await chat_model.aclose()
+            aclose = getattr(jobs, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="LLM Bot Core",
+        version=__version__,
+        description="Backend for LLM-powered Telegram bots with multi-level memory.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(v1)
+    app.include_router(system)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
+    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
+    return app

@@ -1,0 +1,105 @@
+"""The REST endpoints of the specification."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from llm_bot_core import __version__
+from llm_bot_core.api.deps import ChatServiceDep, ServicesDep, require_api_key
+from llm_bot_core.api.errors import ERROR_CODES, ApiError
+from llm_bot_core.api.schemas import (
+    ComponentHealth,
+    ErrorResponse,
+    HandleRequest,
+    HandleResponse,
+    HealthResponse,
+    ResetRequest,
+    ResetResponse,
+)
+
+_errors = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "invalid_json",
+        401: "unauthorized",
+        409: "session_gone",
+        413: "payload_too_large",
+        422: "validation_error",
+        502: "llm_unavailable, llm_bad_response",
+        503: "llm_not_configured, database_unavailable",
+    }.items()
+}
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors)
+system = APIRouter()
+
+
+@v1.post("/chat/handle", response_model=HandleResponse)
+async def handle(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep,
+                 response: Response) -> HandleResponse:
+    """Answer a user's message using the chat's memory."""
+    if len(body.text) > services.settings.max_message_chars:
+        raise ApiError(413, "payload_too_large",
+                       f"text is longer than {services.settings.max_message_chars} characters "
+                       "(MAX_MESSAGE_CHARS)")
+    reply = await chat.handle(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
+    response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
+    return HandleResponse(text=reply.text)
+
+
+@v1.post("/chat/reset", response_model=ResetResponse)
+async def reset(body: ResetRequest, chat: ChatServiceDep) -> ResetResponse:
+    """Close the chat's active session (Telegram /start), by chat_id or session_id."""
+    closed = await chat.reset(chat_id=body.chat_id, session_id=body.session_id)
+    return ResetResponse(reset_sessions=closed)
+
+
+@system.get("/health", response_model=HealthResponse,
+            responses={503: {"model": HealthResponse, "description": "database unreachable"}})
+async def health(services: ServicesDep) -> JSONResponse:
+    """Liveness and the state of the database, broker, LLM and semantic memory."""
+    database = await _check_database(services)
+    broker = await _check_broker(services)
+    settings = services.settings
+    llm = (
+        ComponentHealth(status="ok", detail=f"{settings.openrouter_model} at "
+                        f"{settings.effective_llm_base_url}")
+        if settings.llm_configured
+        else ComponentHealth(status="not_configured",
+                             detail="set OPENROUTER_API_KEY or LLM_BASE_URL")
+    )
+    rag = ComponentHealth(status="ok" if services.semantic.enabled else "disabled",
+                          detail=getattr(services.semantic, "description", None))
+    ok = database.status == "ok"
+    body = HealthResponse(status="ok" if ok else "degraded", version=__version__,
+                          database=database, broker=broker, llm=llm, rag=rag)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
+
+
+async def _check_database(services: ServicesDep) -> ComponentHealth:
+    try:
+        async with asyncio.timeout(3):
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure is the answer here, not an error of /health
+        return ComponentHealth(status="error", detail=type(exc).__name__)
+    return ComponentHealth(status="ok")
+
+
+async def _check_broker(services: ServicesDep) -> ComponentHealth:
+    ping = getattr(services.jobs, "ping", None)
+    if ping is None:
+        return ComponentHealth(status="disabled", detail="summaries run in-process")
+    try:
+        async with asyncio.timeout(3):
+            await ping()
+    except Exception as exc:  # as above
+        return ComponentHealth(status="error", detail=type(exc).__name__)
+    return ComponentHealth(status="ok")
+
+
+__all__ = ["ERROR_CODES", "system", "v1"]

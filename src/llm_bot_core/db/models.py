@@ -1,0 +1,153 @@
+"""Tables of the specification: chat_sessions, messages, conversation_summaries, embeddings."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ROLES = ("user", "assistant", "system", "tool")
+ID_MAX_LEN = 128
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ChatSession(Base):
+    __tablename__ = "chat_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    chat_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    messages_since_summary: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+
+    __table_args__ = (
+        # The invariant "at most one active session per chat" lives in the database, so that
+        # concurrent first messages of a chat cannot open two sessions.
+        Index(
+            "uq_chat_sessions_active_chat",
+            "chat_id",
+            unique=True,
+            postgresql_where=text("is_active"),
+        ),
+        Index("ix_chat_sessions_user_id", "user_id"),
+        Index("ix_chat_sessions_chat_id_created_at", "chat_id", "created_at"),
+        CheckConstraint("messages_since_summary >= 0", name="counter_not_negative"),
+        CheckConstraint(
+            "(is_active AND closed_at IS NULL) OR (NOT is_active AND closed_at IS NOT NULL)",
+            name="closed_at_matches_state",
+        ),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("chat_sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "role IN ('user', 'assistant', 'system', 'tool')", name="role_known"
+        ),
+        # Serves the short-term window (last N of a session) and summary chunks (after id X).
+        Index("ix_messages_session_id_id", "session_id", "id"),
+    )
+
+
+class ConversationSummary(Base):
+    __tablename__ = "conversation_summaries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("chat_sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    # A position in the messages id sequence rather than a foreign key: an operator may delete
+    # the message it points at (in Directus) and the watermark must stay meaningful.
+    last_message_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    __table_args__ = (
+        # Two concurrent summarization jobs cannot both write version N+1.
+        UniqueConstraint("session_id", "version", name="uq_conversation_summaries_version"),
+        CheckConstraint("version >= 1", name="version_positive"),
+    )
+
+
+class EmbeddingRecord(Base):
+    __tablename__ = "embeddings"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    session_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("chat_sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    importance: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        # One metadata row per indexed message: re-indexing upserts instead of duplicating.
+        UniqueConstraint("message_id", name="uq_embeddings_message_id"),
+        Index("ix_embeddings_session_id", "session_id"),
+    )
+
+
+chat_sessions = ChatSession.__table__
+messages = Message.__table__
+conversation_summaries = ConversationSummary.__table__
+embeddings = EmbeddingRecord.__table__

@@ -1,0 +1,54 @@
+"""The interface the memory layer talks to, and its typed errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypedDict
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class ChatMessage(TypedDict):
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str
+    seconds: float
+
+
+class LLMError(Exception):
+    """Base of every failure of the chat model; mapped once at the API boundary."""
+
+    code = "llm_error"
+
+
+class LLMNotConfigured(LLMError):
+    code = "llm_not_configured"
+
+
+class LLMUnavailable(LLMError):
+    """The provider could not be reached, timed out, or answered 429/5xx after retries."""
+
+    code = "llm_unavailable"
+
+
+class LLMBadResponse(LLMError):
+    """The provider answered, but with nothing usable (empty text, malformed body, 4xx)."""
+
+    code = "llm_bad_response"
+
+
+class ChatModel(Protocol):
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+    ) -> Completion:
+        """One chat completion; raises LLMError subclasses only."""
+        ...
+
+    async def aclose(self) -> None: ...

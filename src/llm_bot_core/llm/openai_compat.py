@@ -1,0 +1,111 @@
+"""Chat completions over the OpenAI protocol: OpenRouter by default, or any compatible server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from llm_bot_core.config import Settings
+from llm_bot_core.llm.base import (
+    ChatMessage,
+    Completion,
+    LLMBadResponse,
+    LLMNotConfigured,
+    LLMUnavailable,
+)
+
+
+def build_openai_client(settings: Settings) -> AsyncOpenAI:
+    """One client per process; the aiohttp transport sustains more requests/s than httpx."""
+    return AsyncOpenAI(
+        api_key=settings.effective_llm_api_key,
+        base_url=settings.effective_llm_base_url,
+        timeout=settings.llm_timeout,
+        # The SDK retries connection errors, 408, 409, 429 and 5xx with exponential backoff
+        # and honours Retry-After; other 4xx are not retried.
+        max_retries=settings.llm_max_retries,
+        http_client=openai.DefaultAioHttpClient(),
+        default_headers={"X-Title": "LLM Bot Core"},
+    )
+
+
+class OpenAIChatModel:
+    """ChatModel backed by the official openai SDK."""
+
+    def __init__(self, settings: Settings, client: AsyncOpenAI | None = None) -> None:
+        self._settings = settings
+        self._client = client if client is not None else build_openai_client(settings)
+
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+    ) -> Completion:
+        model_name = model or self._settings.openrouter_model
+        extra: dict[str, Any] = {}
+        if self._settings.llm_temperature is not None:
+            extra["temperature"] = self._settings.llm_temperature
+        started = time.perf_counter()
+        try:
+            response = await self._client.chat.completions.create(
+                model=model_name,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens or self._settings.llm_max_tokens,
+                **extra,
+            )
+        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+            raise LLMUnavailable(_describe(exc)) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
+                raise LLMUnavailable(_describe(exc)) from exc
+            raise LLMBadResponse(_describe(exc)) from exc
+        except openai.APIError as exc:  # malformed body and the like
+            raise LLMBadResponse(_describe(exc)) from exc
+        seconds = time.perf_counter() - started
+
+        choices = getattr(response, "choices", None) or []
+        text = (choices[0].message.content or "").strip() if choices and choices[0].message else ""
+        if not text:
+            raise LLMBadResponse(f"model {model_name} returned an empty answer")
+        usage = response.usage
+        return Completion(
+            text=text,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            model=response.model or model_name,
+            seconds=seconds,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class UnconfiguredChatModel:
+    """Stands in when no LLM is configured, so the backend starts and says what to set."""
+
+    MESSAGE = (
+        "No LLM is configured: set OPENROUTER_API_KEY (OpenRouter) or LLM_BASE_URL "
+        "(any OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1 for Ollama)."
+    )
+
+    async def complete(
+        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+    ) -> Completion:
+        raise LLMNotConfigured(self.MESSAGE)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _describe(exc: openai.APIError) -> str:
+    status = getattr(exc, "status_code", None)
+    prefix = f"LLM provider answered {status}" if status else "LLM provider unreachable"
+    return f"{prefix}: {type(exc).__name__}"
+
+
+def build_chat_model(settings: Settings) -> OpenAIChatModel | UnconfiguredChatModel:
+    """The configured chat model, or a stand-in that explains what to configure."""
+    if not settings.llm_configured:
+        return UnconfiguredChatModel()
+    return OpenAIChatModel(settings)

@@ -1,0 +1,1 @@
+"""Sessions, the short-term window, progressive summaries, prompt assembly and the chat use case."""

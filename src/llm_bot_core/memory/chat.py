@@ -1,0 +1,121 @@
+"""The chat use case: store the message, assemble memory, ask the model, store the reply."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.config import Settings
+from llm_bot_core.llm.base import ChatModel
+from llm_bot_core.memory import store
+from llm_bot_core.memory.jobs import JobQueue
+from llm_bot_core.memory.prompt import build_prompt
+from llm_bot_core.rag.base import SemanticMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    text: str
+    session_id: uuid.UUID
+    user_message_id: int
+    assistant_message_id: int
+    llm_seconds: float
+
+
+class ChatService:
+    """Handles one user message end to end; holds no DB connection while the model thinks."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        model: ChatModel,
+        semantic: SemanticMemory,
+        jobs: JobQueue,
+        settings: Settings,
+    ) -> None:
+        # Each statement of the use case is atomic on its own, so autocommit saves the
+        # BEGIN/COMMIT round trips without weakening any invariant.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._model = model
+        self._semantic = semantic
+        self._jobs = jobs
+        self._settings = settings
+
+    async def handle(self, *, user_id: str, chat_id: str, text: str) -> Reply:
+        """Answer a user message; the user message is stored even if the model then fails."""
+        settings = self._settings
+        async with self._autocommit.connect() as conn:
+            user = await store.append_user_message(
+                conn, user_id=user_id, chat_id=chat_id, content=text
+            )
+            summary, recent = await store.load_context(
+                conn, user.session_id, max(settings.short_history_limit, 1)
+            )
+        if settings.short_history_limit == 0:
+            recent = recent[-1:]  # the window is off, but the model must see the question
+
+        facts = await self._semantic.recall(
+            user_id=user_id,
+            chat_id=chat_id,
+            session_id=user.session_id,
+            query=text,
+            exclude_message_ids=[m.id for m in recent],
+        )
+        prompt = build_prompt(settings.system_prompt, summary, recent, facts)
+        try:
+            completion = await self._model.complete(prompt)
+        finally:
+            # Queued whatever happens: the user message counts towards the summary and is
+            # worth remembering even when the model failed to answer it.
+            self._after_store(user)
+
+        answer = completion.text[: settings.max_reply_chars]
+        async with self._autocommit.connect() as conn:
+            assistant = await store.append_message_to_session(
+                conn,
+                session_id=user.session_id,
+                role="assistant",
+                content=answer,
+                tokens=completion.completion_tokens,
+            )
+        if assistant is None:  # the session was deleted while the model was answering
+            raise SessionGone(user.session_id)
+        self._after_store(assistant)
+        return Reply(
+            text=answer,
+            session_id=user.session_id,
+            user_message_id=user.message_id,
+            assistant_message_id=assistant.message_id,
+            llm_seconds=completion.seconds,
+        )
+
+    async def reset(self, *, chat_id: str | None = None, session_id: uuid.UUID | None = None) -> int:
+        """Close the active session of a chat, or one session by id; returns how many closed."""
+        async with self._autocommit.connect() as conn:
+            if chat_id is not None:
+                closed = await store.close_sessions_of_chat(conn, chat_id)
+            elif session_id is not None:
+                closed = await store.close_session(conn, session_id)
+            else:  # pragma: no cover - the API schema requires one of them
+                raise ValueError("chat_id or session_id is required")
+        return len(closed)
+
+    def _after_store(self, appended: store.Appended) -> None:
+        self._jobs.index([appended.message_id])
+        if appended.messages_since_summary >= self._settings.summary_threshold:
+            self._jobs.summarize(appended.session_id)
+
+
+class SessionGone(Exception):
+    """The session a reply belongs to was deleted (e.g. by an operator) mid-request."""
+
+    code = "session_gone"
+
+    def __init__(self, session_id: uuid.UUID) -> None:
+        super().__init__(f"session {session_id} was deleted while the answer was generated")

@@ -1,0 +1,167 @@
+"""SQL of the memory layer. Statements are few and combined: every round trip is request latency."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    role: str
+    content: str
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    session_id: uuid.UUID
+    message_id: int
+    messages_since_summary: int
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    version: int
+    content: str
+    last_message_id: int
+
+
+# Incrementing the counter and inserting the message in one statement keeps them consistent
+# and, because the UPDATE matches only an active session, a message can never land in a
+# session that /start closed a moment earlier.
+_APPEND_TO_ACTIVE = text(
+    """
+    WITH s AS (
+        UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
+        WHERE chat_id = :chat_id AND is_active
+        RETURNING id, messages_since_summary
+    )
+    INSERT INTO messages (session_id, role, content, tokens)
+    SELECT s.id, :role, :content, :tokens FROM s
+    RETURNING id, session_id, (SELECT messages_since_summary FROM s)
+    """
+)
+
+_APPEND_TO_SESSION = text(
+    """
+    WITH s AS (
+        UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
+        WHERE id = :session_id
+        RETURNING id, messages_since_summary
+    )
+    INSERT INTO messages (session_id, role, content, tokens)
+    SELECT s.id, :role, :content, :tokens FROM s
+    RETURNING id, session_id, (SELECT messages_since_summary FROM s)
+    """
+)
+
+_OPEN_SESSION = text(
+    """
+    INSERT INTO chat_sessions (user_id, chat_id) VALUES (:user_id, :chat_id)
+    ON CONFLICT (chat_id) WHERE is_active DO NOTHING
+    """
+)
+
+_CONTEXT = text(
+    """
+    SELECT
+      (SELECT json_build_object('version', version, 'content', content,
+                                'last_message_id', last_message_id)
+         FROM conversation_summaries WHERE session_id = :session_id
+         ORDER BY version DESC LIMIT 1) AS summary,
+      (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
+                                                  'created_at', created_at) ORDER BY id), '[]')
+         FROM (SELECT id, role, content, created_at FROM messages
+               WHERE session_id = :session_id ORDER BY id DESC LIMIT :limit) recent) AS recent
+    """
+)
+
+
+async def append_user_message(
+    conn: AsyncConnection, *, user_id: str, chat_id: str, content: str
+) -> Appended:
+    """Store a user message in the chat's active session, opening one if there is none."""
+    params = {"chat_id": chat_id, "role": "user", "content": content, "tokens": None}
+    for _ in range(5):
+        row = (await conn.execute(_APPEND_TO_ACTIVE, params)).first()
+        if row is not None:
+            return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
+        # No active session: open one. A concurrent request may win the race (the partial
+        # unique index lets only one through); either way the retry finds the active session.
+        await conn.execute(_OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id})
+    raise RuntimeError(f"could not open a session for chat {chat_id!r}")  # pragma: no cover
+
+
+async def append_message_to_session(
+    conn: AsyncConnection, *, session_id: uuid.UUID, role: str, content: str, tokens: int | None
+) -> Appended | None:
+    """Store a message in a given session (the reply belongs to the session it answers)."""
+    row = (
+        await conn.execute(
+            _APPEND_TO_SESSION,
+            {"session_id": session_id, "role": role, "content": content, "tokens": tokens},
+        )
+    ).first()
+    if row is None:  # the session was deleted meanwhile
+        return None
+    return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
+
+
+async def load_context(
+    conn: AsyncConnection, session_id: uuid.UUID, limit: int
+) -> tuple[Summary | None, list[StoredMessage]]:
+    """The latest summary and the last `limit` messages of a session, oldest first."""
+    row = (await conn.execute(_CONTEXT, {"session_id": session_id, "limit": limit})).one()
+    summary_raw: Any = _json(row[0])
+    recent_raw: list[dict[str, Any]] = _json(row[1]) or []
+    summary = (
+        Summary(summary_raw["version"], summary_raw["content"], summary_raw["last_message_id"])
+        if summary_raw
+        else None
+    )
+    recent = [
+        StoredMessage(
+            id=m["id"],
+            role=m["role"],
+            content=m["content"],
+            created_at=datetime.fromisoformat(m["created_at"]) if m.get("created_at") else None,
+        )
+        for m in recent_raw
+    ]
+    return summary, recent
+
+
+async def close_sessions_of_chat(conn: AsyncConnection, chat_id: str) -> list[uuid.UUID]:
+    result = await conn.execute(
+        text(
+            "UPDATE chat_sessions SET is_active = false, closed_at = now() "
+            "WHERE chat_id = :chat_id AND is_active RETURNING id"
+        ),
+        {"chat_id": chat_id},
+    )
+    return [r[0] for r in result]
+
+
+async def close_session(conn: AsyncConnection, session_id: uuid.UUID) -> list[uuid.UUID]:
+    result = await conn.execute(
+        text(
+            "UPDATE chat_sessions SET is_active = false, closed_at = now() "
+            "WHERE id = :session_id AND is_active RETURNING id"
+        ),
+        {"session_id": session_id},
+    )
+    return [r[0] for r in result]
+
+
+def _json(value: Any) -> Any:
+    if value is None or not isinstance(value, str | bytes):
+        return value
+    return orjson.loads(value)

@@ -1,0 +1,133 @@
+"""Progressive summaries: each version covers only the messages after the previous watermark."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.config import Settings
+from llm_bot_core.llm.base import ChatMessage, ChatModel
+from llm_bot_core.memory.store import StoredMessage, Summary
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SYSTEM_PROMPT = (
+    "You maintain a running summary of a conversation between a user and an assistant. "
+    "You get the previous summary (possibly empty) and the new messages. Write the updated "
+    "summary in the language the user writes in: keep facts about the user (names, "
+    "preferences, plans, dates), decisions, promises and open questions; drop small talk. "
+    "Write plain prose or short bullet points, at most 300 words, nothing else."
+)
+
+_LATEST = text(
+    "SELECT version, content, last_message_id FROM conversation_summaries "
+    "WHERE session_id = :session_id ORDER BY version DESC LIMIT 1"
+)
+_CHUNK = text(
+    "SELECT id, role, content FROM messages WHERE session_id = :session_id AND id > :after "
+    "ORDER BY id LIMIT :limit"
+)
+_PENDING = text(
+    "SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after"
+)
+_LOCK_SESSION = text("SELECT id FROM chat_sessions WHERE id = :session_id FOR UPDATE")
+_INSERT = text(
+    "INSERT INTO conversation_summaries (session_id, version, content, last_message_id) "
+    "VALUES (:session_id, :version, :content, :last_message_id) "
+    "ON CONFLICT (session_id, version) DO NOTHING RETURNING id"
+)
+# Runs after the row lock: under READ COMMITTED this statement sees every message whose
+# counter increment committed before us, so the counter equals the true backlog.
+_RECOUNT = text(
+    "UPDATE chat_sessions SET messages_since_summary = "
+    "(SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after) "
+    "WHERE id = :session_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRun:
+    versions_written: int
+    pending_after: int
+
+
+def summary_prompt(previous: Summary | None, chunk: Sequence[StoredMessage]) -> list[ChatMessage]:
+    """The request that turns the previous summary and a chunk of messages into the next one."""
+    lines = [f"[{m.role}] {m.content}" for m in chunk]
+    previous_text = previous.content if previous else "(none yet)"
+    body = f"Previous summary:\n{previous_text}\n\nNew messages:\n" + "\n".join(lines)
+    return [
+        {"role": "system", "content": SUMMARY_SYSTEM_PROMPT},
+        {"role": "user", "content": body},
+    ]
+
+
+async def summarize_session(
+    engine: AsyncEngine, model: ChatModel, settings: Settings, session_id: uuid.UUID
+) -> SummaryRun:
+    """Write summary versions until fewer than SUMMARY_THRESHOLD messages remain unsummarized.
+
+    Idempotent and safe to run concurrently: a version is written only if the one it extends is
+    still the latest (unique session_id+version), so no message is summarized twice or skipped.
+    """
+    written = 0
+    while True:
+        async with engine.connect() as conn:
+            latest_row = (await conn.execute(_LATEST, {"session_id": session_id})).first()
+            previous = Summary(*latest_row) if latest_row else None
+            after = previous.last_message_id if previous else 0
+            pending = (
+                await conn.execute(_PENDING, {"session_id": session_id, "after": after})
+            ).scalar_one()
+            if pending < settings.summary_threshold:
+                await conn.rollback()
+                return SummaryRun(versions_written=written, pending_after=pending)
+            rows = await conn.execute(
+                _CHUNK,
+                {
+                    "session_id": session_id,
+                    "after": after,
+                    "limit": settings.summary_new_messages_limit,
+                },
+            )
+            chunk = [StoredMessage(id=r[0], role=r[1], content=r[2]) for r in rows]
+            await conn.rollback()  # no connection is held across the LLM call
+
+        completion = await model.complete(
+            summary_prompt(previous, chunk), model=settings.effective_summary_model
+        )
+        version = (previous.version if previous else 0) + 1
+        watermark = chunk[-1].id
+        try:
+            async with engine.begin() as conn:
+                if (await conn.execute(_LOCK_SESSION, {"session_id": session_id})).first() is None:
+                    return SummaryRun(versions_written=written, pending_after=0)  # deleted
+                inserted = (
+                    await conn.execute(
+                        _INSERT,
+                        {
+                            "session_id": session_id,
+                            "version": version,
+                            "content": completion.text,
+                            "last_message_id": watermark,
+                        },
+                    )
+                ).first()
+                if inserted is None:
+                    # Another job wrote this version first; re-read and continue from its watermark.
+                    log.info("summary v%s of %s already written by another job", version, session_id)
+                    continue
+                await conn.execute(_RECOUNT, {"session_id": session_id, "after": watermark})
+        except IntegrityError:  # the session vanished between the lock and the insert
+            return SummaryRun(versions_written=written, pending_after=0)
+        written += 1
+        log.info(
+            "summary v%s of session %s covers %d messages up to id %d",
+            version, session_id, len(chunk), watermark,
+        )

@@ -1,0 +1,1 @@
+"""Semantic memory (RAG): embeddings, vector stores, indexing and search."""

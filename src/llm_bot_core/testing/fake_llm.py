@@ -1,0 +1,218 @@
+"""An OpenAI-compatible chat/embeddings server with deterministic answers and injectable faults.
+
+Run standalone: `python -m llm_bot_core.testing.fake_llm --port 9999 --latency-ms 500`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
+
+Reply = Callable[[list[dict[str, Any]]], str]
+
+
+def is_summary_request(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and messages[0].get("content") == SUMMARY_SYSTEM_PROMPT
+
+
+def default_reply(messages: list[dict[str, Any]]) -> str:
+    if is_summary_request(messages):
+        body = messages[-1]["content"]
+        new = [line for line in body.splitlines() if line.startswith("[")]
+        return f"Summary of {len(new)} new messages. Last: {new[-1][:80] if new else ''}"
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return f"Echo: {last_user}"
+
+
+def hashed_embedding(text: str, dim: int) -> list[float]:
+    """A deterministic unit vector; equal texts get equal vectors."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [((digest[i % 32] ^ (i * 31)) % 255) / 127.0 - 1.0 for i in range(dim)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+@dataclass
+class FakeLLM:
+    """State and behaviour of the fake; tests mutate it between requests."""
+
+    latency: float = 0.0
+    summary_latency: float | None = None
+    reply: Reply = default_reply
+    embedding_dim: int = 64
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _failures: list[tuple[int, str]] = field(default_factory=list)
+    hang: bool = False
+
+    def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
+        """The next `count` chat requests answer `status` (0: close the connection)."""
+        self._failures.extend([(status, body)] * count)
+
+    def reset(self) -> None:
+        self.latency = 0.0
+        self.summary_latency = None
+        self.reply = default_reply
+        self.requests.clear()
+        self._failures.clear()
+        self.hang = False
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r.get("_kind") == "chat"
+                and not is_summary_request(r["messages"])]
+
+    @property
+    def summary_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r.get("_kind") == "chat"
+                and is_summary_request(r["messages"])]
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        body["_kind"] = "chat"
+        self.requests.append(body)
+        messages = body.get("messages", [])
+        delay = self.latency
+        if self.summary_latency is not None and is_summary_request(messages):
+            delay = self.summary_latency
+        if self.hang:
+            await asyncio.sleep(3600)
+        if delay:
+            await asyncio.sleep(delay)
+        if self._failures:
+            status, text = self._failures.pop(0)
+            if status == 0:
+                assert request.transport is not None
+                request.transport.close()
+                return web.Response()
+            return web.json_response({"error": {"message": text, "code": status}}, status=status)
+        content = self.reply(messages)
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(content.split()),
+                    "total_tokens": prompt_tokens + len(content.split()),
+                },
+            }
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["_kind"] = "embeddings"
+        self.requests.append(body)
+        if self._failures:
+            status, text = self._failures.pop(0)
+            return web.json_response({"error": {"message": text}}, status=status)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dim = int(body.get("dimensions") or self.embedding_dim)
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model", "fake-embedding"),
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": hashed_embedding(t, dim)}
+                    for i, t in enumerate(inputs)
+                ],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            }
+        )
+
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        for prefix in ("/v1", ""):
+            app.router.add_post(f"{prefix}/chat/completions", self.chat)
+            app.router.add_post(f"{prefix}/embeddings", self.embeddings)
+            app.router.add_get(f"{prefix}/models", self.models)
+        return app
+
+
+class FakeLLMServer:
+    """Runs a FakeLLM on 127.0.0.1 in a background thread with its own event loop."""
+
+    def __init__(self, fake: FakeLLM | None = None, port: int = 0) -> None:
+        self.fake = fake or FakeLLM()
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeLLMServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.fake.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9999)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--summary-latency-ms", type=float, default=None)
+    args = parser.parse_args()
+    fake = FakeLLM(latency=args.latency_ms / 1000)
+    if args.summary_latency_ms is not None:
+        fake.summary_latency = args.summary_latency_ms / 1000
+    # Keep no request log in a long benchmark run.
+    fake.requests = _Discard()
+    web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    def append(self, _: Any) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Celery app and tasks: summaries (and indexing) off the request path."""

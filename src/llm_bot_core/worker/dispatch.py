@@ -1,0 +1,88 @@
+"""Queueing jobs for the Celery worker from the backend, without delaying replies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+
+from llm_bot_core.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def summary_lock_key(session_id: uuid.UUID | str) -> str:
+    return f"llm_bot_core:summary_queued:{session_id}"
+
+
+class CeleryJobs:
+    """Publishes tasks in background asyncio tasks, so a slow or absent broker never blocks a reply.
+
+    A failed publish is not lost work: the session's counter stays at or above the threshold,
+    so the next message queues the job again.
+    """
+
+    def __init__(
+        self, settings: Settings, *, index_enabled: bool = False, celery: Celery | None = None
+    ) -> None:
+        from llm_bot_core.worker.app import create_celery
+
+        self._settings = settings
+        self._index_enabled = index_enabled
+        self._celery = celery or create_celery(settings.celery_broker_url)
+        self._redis = aioredis.Redis.from_url(
+            settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def summarize(self, session_id: uuid.UUID) -> None:
+        self._spawn(self._summarize(session_id))
+
+    def index(self, message_ids: Sequence[int]) -> None:
+        from llm_bot_core.worker.app import INDEX_TASK
+
+        if self._index_enabled and message_ids:
+            self._spawn(self.publish(INDEX_TASK, [list(message_ids)]))
+
+    async def _summarize(self, session_id: uuid.UUID) -> None:
+        from llm_bot_core.worker.app import SUMMARIZE_TASK
+
+        key = summary_lock_key(session_id)
+        # At most one queued job per session; the key expires in case a worker dies holding it.
+        if not await self._redis.set(key, "1", nx=True, ex=self._settings.summary_lock_seconds):
+            return
+        try:
+            await self.publish(SUMMARIZE_TASK, [str(session_id)])
+        except Exception:
+            await self._redis.delete(key)
+            raise
+
+    async def publish(self, name: str, args: list[Any]) -> None:
+        # kombu's publish is synchronous network I/O: keep it off the event loop.
+        await asyncio.to_thread(self._celery.send_task, name, args=args)
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not queue a job (will retry on the next message): %r",
+                        task.exception())
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,91 @@
+"""Celery tasks. They take ids, read everything again, and are idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.config import Settings, get_settings
+from llm_bot_core.db.engine import create_engine, resolve_database_url
+from llm_bot_core.llm.base import ChatModel, LLMUnavailable
+from llm_bot_core.llm.openai_compat import build_chat_model
+from llm_bot_core.memory.summary import summarize_session
+from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.rag.factory import build_semantic_memory
+from llm_bot_core.worker.app import INDEX_TASK, SUMMARIZE_TASK, celery_app
+from llm_bot_core.worker.dispatch import summary_lock_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class _Runtime:
+    """One event loop and the clients bound to it, per worker process."""
+
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    settings: Settings
+    engine: AsyncEngine
+    model: ChatModel
+    semantic: SemanticMemory
+    redis: redis.Redis
+
+
+_runtime: _Runtime | None = None
+
+
+def runtime() -> _Runtime:
+    # Built lazily per process (prefork children and the solo pool alike), never per task.
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        settings = get_settings()
+        loop = asyncio.new_event_loop()
+        engine = create_engine(resolve_database_url(settings), settings)
+        semantic = loop.run_until_complete(build_semantic_memory(settings, engine))
+        _runtime = _Runtime(
+            pid=os.getpid(), loop=loop, settings=settings, engine=engine,
+            model=build_chat_model(settings), semantic=semantic,
+            redis=redis.Redis.from_url(settings.celery_broker_url),
+        )
+    return _runtime
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return runtime().loop.run_until_complete(coro)
+
+
+@celery_app.task(
+    name=SUMMARIZE_TASK,
+    autoretry_for=(LLMUnavailable, OSError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def summarize_session_task(session_id: str) -> int:
+    """Write the summary versions a session is due; returns how many were written."""
+    rt = runtime()
+    try:
+        result = run(summarize_session(rt.engine, rt.model, rt.settings, uuid.UUID(session_id)))
+    finally:
+        # Let the next message queue a new job (the dedupe key only avoids piling up duplicates).
+        try:
+            rt.redis.delete(summary_lock_key(session_id))
+        except redis.RedisError:
+            log.warning("could not clear the summary lock of %s", session_id)
+    return result.versions_written
+
+
+@celery_app.task(name=INDEX_TASK, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
+def index_messages_task(message_ids: list[int]) -> int:
+    """Index stored messages into semantic memory (idempotent)."""
+    rt = runtime()
+    return run(rt.semantic.index_messages(message_ids))
