@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     summary_new_messages_limit: int = Field(default=200, ge=1)
     use_celery_for_summary: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
+    celery_queue: str = Field(default="llm_bot_core", min_length=1)
     summary_lock_seconds: int = Field(default=600, ge=10)
 
     # --- semantic memory (RAG) -----------------------------------------------------------

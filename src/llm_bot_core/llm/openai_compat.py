@@ -62,6 +62,8 @@ class OpenAIChatModel:
             raise LLMBadResponse(_describe(exc)) from exc
         except openai.APIError as exc:  # malformed body and the like
             raise LLMBadResponse(_describe(exc)) from exc
+        except ValueError as exc:  # a 200 whose body is not JSON, or not a completion
+            raise LLMBadResponse(f"LLM provider sent an unreadable answer: {type(exc).__name__}") from exc
         seconds = time.perf_counter() - started
 
         choices = getattr(response, "choices", None) or []

@@ -34,7 +34,7 @@ class CeleryJobs:
 
         self._settings = settings
         self._index_enabled = index_enabled
-        self._celery = celery or create_celery(settings.celery_broker_url)
+        self._celery = celery or create_celery(settings)
         self._redis = aioredis.Redis.from_url(
             settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
