@@ -29,7 +29,7 @@ TABLES = ("embeddings", "conversation_summaries", "messages", "chat_sessions")
 
 
 def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI: a CI run that silently skipped its real-service tests proves nothing."""
+    """Skip locally, fail in CI: a CI run that skipped its real-service tests proves nothing."""
     if os.environ.get("CI"):
         pytest.fail(f"required service unavailable in CI: {reason}")
     pytest.skip(reason)
@@ -143,7 +143,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-class running_app:  # noqa: N801 - used like a function: `async with running_app(settings)`
+class running_app:
     """The real app with its lifespan, behind an in-process httpx client."""
 
     def __init__(self, settings: Settings) -> None:

@@ -39,7 +39,9 @@ class Worker:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llm_bot_core.cli", "worker", "--pool", "solo"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             cwd=tempfile.gettempdir(),  # no stray .env
         )
 
@@ -88,11 +90,18 @@ def worker(
 
 
 @pytest.fixture
-def celery_settings(clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str,
-                    fake_llm: FakeLLM) -> Settings:
-    return make_settings(clean_db, llm_server.base_url, use_celery_for_summary=True,
-                         celery_broker_url=redis_url, celery_queue=queue,
-                         summary_threshold=THRESHOLD, summary_lock_seconds=REDELIVERY_SECONDS)
+def celery_settings(
+    clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str, fake_llm: FakeLLM
+) -> Settings:
+    return make_settings(
+        clean_db,
+        llm_server.base_url,
+        use_celery_for_summary=True,
+        celery_broker_url=redis_url,
+        celery_queue=queue,
+        summary_threshold=THRESHOLD,
+        summary_lock_seconds=REDELIVERY_SECONDS,
+    )
 
 
 async def wait_for(db: AsyncEngine, sql: str, expected: object, timeout: float = 30) -> None:
@@ -108,8 +117,9 @@ async def wait_for(db: AsyncEngine, sql: str, expected: object, timeout: float =
 
 
 async def say(client: httpx.AsyncClient, words: str) -> None:
-    response = await client.post("/v1/chat/handle",
-                                 json={"user_id": "u", "chat_id": "c", "text": words})
+    response = await client.post(
+        "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": words}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -124,8 +134,15 @@ async def test_worker_writes_versions_after_each_threshold(
                 await say(client, f"v{version} t{turn}")
             await wait_for(db, "SELECT max(version) FROM conversation_summaries", version)
     async with db.connect() as conn:
-        watermarks = (await conn.execute(text(
-            "SELECT last_message_id FROM conversation_summaries ORDER BY version"))).scalars().all()
+        watermarks = (
+            (
+                await conn.execute(
+                    text("SELECT last_message_id FROM conversation_summaries ORDER BY version")
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert watermarks == [6, 12, 18]
     await assert_chunks_cover_each_message_once(db, fake_llm)
 
@@ -144,8 +161,9 @@ async def test_worker_killed_mid_summary_the_job_is_redone_once(
         worker.kill()
         fake_llm.summary_latency = None
         worker.start()  # the unacknowledged task comes back after the visibility timeout
-        await wait_for(db, "SELECT count(*) FROM conversation_summaries", 1,
-                       timeout=REDELIVERY_SECONDS + 30)
+        await wait_for(
+            db, "SELECT count(*) FROM conversation_summaries", 1, timeout=REDELIVERY_SECONDS + 30
+        )
         await asyncio.sleep(1)
     await wait_for(db, "SELECT count(*) FROM conversation_summaries", 1)
     await wait_for(db, "SELECT messages_since_summary FROM chat_sessions", 0)
@@ -154,16 +172,22 @@ async def test_worker_killed_mid_summary_the_job_is_redone_once(
     first, second = (r["messages"] for r in fake_llm.summary_requests)
     assert first == second
     async with db.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT version, last_message_id FROM conversation_summaries"))).all()
+        rows = (
+            await conn.execute(text("SELECT version, last_message_id FROM conversation_summaries"))
+        ).all()
     assert [tuple(r) for r in rows] == [(1, 6)]
 
 
 async def test_broker_down_replies_keep_flowing(
     clean_db: str, db: AsyncEngine, llm_server: FakeLLMServer, fake_llm: FakeLLM
 ) -> None:
-    settings = make_settings(clean_db, llm_server.base_url, use_celery_for_summary=True,
-                             celery_broker_url="redis://127.0.0.1:1/0", summary_threshold=2)
+    settings = make_settings(
+        clean_db,
+        llm_server.base_url,
+        use_celery_for_summary=True,
+        celery_broker_url="redis://127.0.0.1:1/0",
+        summary_threshold=2,
+    )
     async with running_app(settings) as client:
         for turn in range(3):
             await say(client, f"t{turn}")
@@ -172,7 +196,8 @@ async def test_broker_down_replies_keep_flowing(
     assert health["status"] == "ok" and health["broker"]["status"] == "error"
     async with db.connect() as conn:
         count = (await conn.execute(text("SELECT count(*) FROM messages"))).scalar()
-        counter = (await conn.execute(text("SELECT messages_since_summary FROM chat_sessions"))
-                   ).scalar()
+        counter = (
+            await conn.execute(text("SELECT messages_since_summary FROM chat_sessions"))
+        ).scalar()
     # Every reply was stored; the summary is still due and will be queued by the next message.
     assert count == 6 and counter == 6

@@ -1,4 +1,4 @@
-"""The LLM misbehaves: the user gets a documented error, the message is kept, nothing half-written."""
+"""The LLM misbehaves: a documented error, the message kept, nothing half-written."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ MSG = {"user_id": "u", "chat_id": "c"}
 
 async def stored(db: AsyncEngine) -> list[tuple[str, str]]:
     async with db.connect() as conn:
-        return [tuple(r) for r in await conn.execute(
-            text("SELECT role, content FROM messages ORDER BY id"))]  # type: ignore[misc]
+        return [
+            tuple(r)
+            for r in await conn.execute(text("SELECT role, content FROM messages ORDER BY id"))
+        ]  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -43,8 +45,11 @@ async def test_provider_error_keeps_user_message_and_conversation_recovers(
 
     ok = await app_client.post("/v1/chat/handle", json={**MSG, "text": "second"})
     assert ok.json() == {"text": "Echo: second", "type": "message"}
-    assert await stored(db) == [("user", "first"), ("user", "second"),
-                                ("assistant", "Echo: second")]
+    assert await stored(db) == [
+        ("user", "first"),
+        ("user", "second"),
+        ("assistant", "Echo: second"),
+    ]
     # The unanswered message is still part of the conversation the model sees.
     contents = [m["content"] for m in fake_llm.chat_requests[-1]["messages"]]
     assert contents[-2:] == ["first", "second"]

@@ -40,30 +40,39 @@ def summarized_lines(fake: FakeLLM) -> list[list[str]]:
 
 async def assert_chunks_cover_each_message_once(db: AsyncEngine, fake: FakeLLM) -> None:
     summaries = await fetch(
-        db, "SELECT version, last_message_id FROM conversation_summaries ORDER BY version")
+        db, "SELECT version, last_message_id FROM conversation_summaries ORDER BY version"
+    )
     assert [v for v, _ in summaries] == list(range(1, len(summaries) + 1))
     watermarks = [w for _, w in summaries]
     assert watermarks == sorted(watermarks) and len(set(watermarks)) == len(watermarks)
     covered = [line for chunk in summarized_lines(fake) for line in chunk]
-    expected = [f"[{role}] {content}" for role, content in await fetch(
-        db, "SELECT role, content FROM messages WHERE id <= :w ORDER BY id",
-        w=watermarks[-1] if watermarks else 0)]
+    expected = [
+        f"[{role}] {content}"
+        for role, content in await fetch(
+            db,
+            "SELECT role, content FROM messages WHERE id <= :w ORDER BY id",
+            w=watermarks[-1] if watermarks else 0,
+        )
+    ]
     assert covered == expected  # in order, none twice, none skipped
 
 
-async def converse(client: httpx.AsyncClient, turns: int, chat_id: str = "c",
-                   start: int = 0) -> None:
+async def converse(
+    client: httpx.AsyncClient, turns: int, chat_id: str = "c", start: int = 0
+) -> None:
     for i in range(start, start + turns):
         response = await client.post(
-            "/v1/chat/handle", json={"user_id": "u", "chat_id": chat_id, "text": f"message {i}"})
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": chat_id, "text": f"message {i}"}
+        )
         assert response.status_code == 200, response.text
         await drain_jobs(client)
 
 
 @pytest.fixture
 def summary_settings(clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM) -> Settings:
-    return make_settings(clean_db, llm_server.base_url, summary_threshold=THRESHOLD,
-                         short_history_limit=WINDOW)
+    return make_settings(
+        clean_db, llm_server.base_url, summary_threshold=THRESHOLD, short_history_limit=WINDOW
+    )
 
 
 async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_latest(
@@ -72,8 +81,10 @@ async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_
     async with running_app(summary_settings) as client:
         # Each turn stores two messages (user + assistant): 3 x THRESHOLD messages in all.
         await converse(client, turns=3 * THRESHOLD // 2)
-        summaries = await fetch(db, "SELECT version, last_message_id, content "
-                                    "FROM conversation_summaries ORDER BY version")
+        summaries = await fetch(
+            db,
+            "SELECT version, last_message_id, content FROM conversation_summaries ORDER BY version",
+        )
         assert [(v, w) for v, w, _ in summaries] == [(1, 6), (2, 12), (3, 18)]
         await assert_chunks_cover_each_message_once(db, fake_llm)
         assert await fetch(db, "SELECT messages_since_summary FROM chat_sessions") == [(0,)]
@@ -83,8 +94,12 @@ async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_
     assert prompt[0]["role"] == "system"
     assert prompt[1] == {"role": "system", "content": f"{SUMMARY_HEADER}\n{summaries[-1][2]}"}
     # The window the model saw ends with the new user message (its reply was stored after).
-    recent = await fetch(db, "SELECT role, content FROM messages WHERE id < "
-                             "(SELECT max(id) FROM messages) ORDER BY id DESC LIMIT :n", n=WINDOW)
+    recent = await fetch(
+        db,
+        "SELECT role, content FROM messages WHERE id < "
+        "(SELECT max(id) FROM messages) ORDER BY id DESC LIMIT :n",
+        n=WINDOW,
+    )
     assert [(m["role"], m["content"]) for m in prompt[2:]] == list(reversed(recent))
     assert prompt[-1] == {"role": "user", "content": "message 100"}
 
@@ -94,8 +109,9 @@ async def test_summary_covers_only_messages_after_watermark_in_chunks(
 ) -> None:
     # A backlog of 12 messages with chunks of at most 5: v1 = 1..5, v2 = 6..10, and the 2 left
     # are fewer than the threshold, so they wait.
-    settings = make_settings(clean_db, llm_server.base_url, summary_threshold=3,
-                             summary_new_messages_limit=5)
+    settings = make_settings(
+        clean_db, llm_server.base_url, summary_threshold=3, summary_new_messages_limit=5
+    )
     session_id = await seed_session(db, 12)
     model = OpenAIChatModel(settings)
     engine = create_async_engine(clean_db)
@@ -105,8 +121,9 @@ async def test_summary_covers_only_messages_after_watermark_in_chunks(
         await engine.dispose()
         await model.aclose()
     assert (run.versions_written, run.pending_after) == (2, 2)
-    assert await fetch(db, "SELECT version, last_message_id FROM conversation_summaries "
-                           "ORDER BY version") == [(1, 5), (2, 10)]
+    assert await fetch(
+        db, "SELECT version, last_message_id FROM conversation_summaries ORDER BY version"
+    ) == [(1, 5), (2, 10)]
     assert await fetch(db, "SELECT messages_since_summary FROM chat_sessions") == [(2,)]
     assert [len(c) for c in summarized_lines(fake_llm)] == [5, 5]
     # The second request extends the first summary rather than starting over.
@@ -117,15 +134,17 @@ async def test_summary_covers_only_messages_after_watermark_in_chunks(
 async def test_concurrent_summary_jobs_write_no_duplicate_version_and_leave_no_gap(
     clean_db: str, db: AsyncEngine, llm_server: FakeLLMServer, fake_llm: FakeLLM
 ) -> None:
-    settings = make_settings(clean_db, llm_server.base_url, summary_threshold=4,
-                             summary_new_messages_limit=4)
+    settings = make_settings(
+        clean_db, llm_server.base_url, summary_threshold=4, summary_new_messages_limit=4
+    )
     session_id = await seed_session(db, 17)
     fake_llm.latency = 0.05  # make the jobs overlap while each one waits for the model
     model = OpenAIChatModel(settings)
     engine = create_async_engine(clean_db)
     try:
         runs = await asyncio.gather(
-            *(summarize_session(engine, model, settings, session_id) for _ in range(5)))
+            *(summarize_session(engine, model, settings, session_id) for _ in range(5))
+        )
         # And once more after they finished: nothing left to do, nothing written.
         again = await summarize_session(engine, model, settings, session_id)
     finally:
@@ -133,8 +152,9 @@ async def test_concurrent_summary_jobs_write_no_duplicate_version_and_leave_no_g
         await model.aclose()
     assert sum(r.versions_written for r in runs) == 4
     assert again.versions_written == 0
-    assert await fetch(db, "SELECT version, last_message_id FROM conversation_summaries "
-                           "ORDER BY version") == [(1, 4), (2, 8), (3, 12), (4, 16)]
+    assert await fetch(
+        db, "SELECT version, last_message_id FROM conversation_summaries ORDER BY version"
+    ) == [(1, 4), (2, 8), (3, 12), (4, 16)]
     assert await fetch(db, "SELECT messages_since_summary FROM chat_sessions") == [(1,)]
 
 
@@ -153,8 +173,9 @@ async def test_summary_of_deleted_session_stops_quietly(
             await conn.execute(text("DELETE FROM chat_sessions WHERE id = :id"), {"id": session_id})
 
     try:
-        run, _ = await asyncio.gather(summarize_session(engine, model, settings, session_id),
-                                      delete_meanwhile())
+        run, _ = await asyncio.gather(
+            summarize_session(engine, model, settings, session_id), delete_meanwhile()
+        )
     finally:
         await engine.dispose()
         await model.aclose()
@@ -165,11 +186,18 @@ async def test_summary_of_deleted_session_stops_quietly(
 async def seed_session(db: AsyncEngine, count: int) -> uuid.UUID:
     """A session with `count` alternating messages, stored as the backend would."""
     async with db.begin() as conn:
-        session_id = (await conn.execute(text(
-            "INSERT INTO chat_sessions (user_id, chat_id, messages_since_summary) "
-            "VALUES ('u', 'c', :n) RETURNING id"), {"n": count})).scalar_one()
+        session_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO chat_sessions (user_id, chat_id, messages_since_summary) "
+                    "VALUES ('u', 'c', :n) RETURNING id"
+                ),
+                {"n": count},
+            )
+        ).scalar_one()
         for i in range(count):
-            await conn.execute(text(
-                "INSERT INTO messages (session_id, role, content) VALUES (:s, :r, :c)"),
-                {"s": session_id, "r": "user" if i % 2 == 0 else "assistant", "c": f"m{i + 1}"})
+            await conn.execute(
+                text("INSERT INTO messages (session_id, role, content) VALUES (:s, :r, :c)"),
+                {"s": session_id, "r": "user" if i % 2 == 0 else "assistant", "c": f"m{i + 1}"},
+            )
     return session_id

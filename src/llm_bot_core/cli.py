@@ -62,8 +62,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from llm_bot_core.worker.app import celery_app
 
     _database_url(settings)
-    argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(args.concurrency),
-            "--queues", settings.celery_queue, "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--concurrency",
+        str(args.concurrency),
+        "--queues",
+        settings.celery_queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if args.pool:
         argv += ["--pool", args.pool]
     celery_app.worker_main(argv)

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_path: Path | None = None
 
-    @field_validator("database_url", "llm_base_url", "embeddings_base_url", "qdrant_url",
-                     mode="before")
+    @field_validator(
+        "database_url", "llm_base_url", "embeddings_base_url", "qdrant_url", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

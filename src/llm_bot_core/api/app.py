@@ -54,10 +54,17 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             log.warning(UnconfiguredChatModel.MESSAGE)
         semantic = await build_semantic_memory(settings, engine)
         jobs = build_jobs(settings, engine, chat_model, semantic)
-        chat = ChatService(engine=engine, model=chat_model, semantic=semantic, jobs=jobs,
-                           settings=settings)
-        app.state.services = Services(settings=settings, engine=engine, model=chat_model,
-                                      semantic=semantic, jobs=jobs, chat=chat)
+        chat = ChatService(
+            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings
+        )
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            model=chat_model,
+            semantic=semantic,
+            jobs=jobs,
+            chat=chat,
+        )
         try:
             yield
         finally:

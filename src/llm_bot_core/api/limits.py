@@ -7,7 +7,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 on a Content-Length over the limit, or once the stream passes it."""
+    """Pure ASGI middleware: 413 on a large Content-Length, or once the streamed body passes it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app

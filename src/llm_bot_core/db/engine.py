@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.embedded import start_embedded_postgres
@@ -10,7 +15,12 @@ from llm_bot_core.db.embedded import start_embedded_postgres
 
 def normalize_url(url: str) -> str:
     """Accept the usual spellings of a PostgreSQL URL and pick the asyncpg driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg://",
+        "postgresql+psycopg2://",
+    ):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url

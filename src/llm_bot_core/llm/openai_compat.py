@@ -40,7 +40,11 @@ class OpenAIChatModel:
         self._client = client if client is not None else build_openai_client(settings)
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
     ) -> Completion:
         model_name = model or self._settings.openrouter_model
         extra: dict[str, Any] = {}
@@ -54,7 +58,11 @@ class OpenAIChatModel:
                 max_tokens=max_tokens or self._settings.llm_max_tokens,
                 **extra,
             )
-        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+        except (
+            openai.APIConnectionError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        ) as exc:
             raise LLMUnavailable(_describe(exc)) from exc
         except openai.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
@@ -63,7 +71,9 @@ class OpenAIChatModel:
         except openai.APIError as exc:  # malformed body and the like
             raise LLMBadResponse(_describe(exc)) from exc
         except ValueError as exc:  # a 200 whose body is not JSON, or not a completion
-            raise LLMBadResponse(f"LLM provider sent an unreadable answer: {type(exc).__name__}") from exc
+            raise LLMBadResponse(
+                f"LLM provider sent an unreadable answer: {type(exc).__name__}"
+            ) from exc
         seconds = time.perf_counter() - started
 
         choices = getattr(response, "choices", None) or []
@@ -92,7 +102,11 @@ class UnconfiguredChatModel:
     )
 
     async def complete(
-        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
     ) -> Completion:
         raise LLMNotConfigured(self.MESSAGE)
 

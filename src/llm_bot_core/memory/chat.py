@@ -95,7 +95,9 @@ class ChatService:
             llm_seconds=completion.seconds,
         )
 
-    async def reset(self, *, chat_id: str | None = None, session_id: uuid.UUID | None = None) -> int:
+    async def reset(
+        self, *, chat_id: str | None = None, session_id: uuid.UUID | None = None
+    ) -> int:
         """Close the active session of a chat, or one session by id; returns how many closed."""
         async with self._autocommit.connect() as conn:
             if chat_id is not None:

@@ -33,9 +33,7 @@ _CHUNK = text(
     "SELECT id, role, content FROM messages WHERE session_id = :session_id AND id > :after "
     "ORDER BY id LIMIT :limit"
 )
-_PENDING = text(
-    "SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after"
-)
+_PENDING = text("SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after")
 _LOCK_SESSION = text("SELECT id FROM chat_sessions WHERE id = :session_id FOR UPDATE")
 _INSERT = text(
     "INSERT INTO conversation_summaries (session_id, version, content, last_message_id) "
@@ -121,7 +119,9 @@ async def summarize_session(
                 ).first()
                 if inserted is None:
                     # Another job wrote this version first; re-read and continue from its watermark.
-                    log.info("summary v%s of %s already written by another job", version, session_id)
+                    log.info(
+                        "summary v%s of %s already written by another job", version, session_id
+                    )
                     continue
                 await conn.execute(_RECOUNT, {"session_id": session_id, "after": watermark})
         except IntegrityError:  # the session vanished between the lock and the insert
@@ -129,5 +129,8 @@ async def summarize_session(
         written += 1
         log.info(
             "summary v%s of session %s covers %d messages up to id %d",
-            version, session_id, len(chunk), watermark,
+            version,
+            session_id,
+            len(chunk),
+            watermark,
         )

@@ -69,13 +69,19 @@ class FakeLLM:
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r.get("_kind") == "chat"
-                and not is_summary_request(r["messages"])]
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and not is_summary_request(r["messages"])
+        ]
 
     @property
     def summary_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r.get("_kind") == "chat"
-                and is_summary_request(r["messages"])]
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and is_summary_request(r["messages"])
+        ]
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -179,9 +185,8 @@ class FakeLLMServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        # Port 0 means "any free port"; the runner knows which one the OS picked.
+        self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -211,7 +216,7 @@ def main() -> None:
     web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 
-class _Discard(list):  # type: ignore[type-arg]
+class _Discard(list[Any]):
     def append(self, _: Any) -> None:
         return None
 

@@ -77,8 +77,9 @@ class CeleryJobs:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("could not queue a job (will retry on the next message): %r",
-                        task.exception())
+            log.warning(
+                "could not queue a job (will retry on the next message): %r", task.exception()
+            )
 
     async def drain(self) -> None:
         while self._tasks:

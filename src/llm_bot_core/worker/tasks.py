@@ -52,8 +52,12 @@ def runtime() -> _Runtime:
         engine = create_engine(resolve_database_url(settings), settings)
         semantic = loop.run_until_complete(build_semantic_memory(settings, engine))
         _runtime = _Runtime(
-            pid=os.getpid(), loop=loop, settings=settings, engine=engine,
-            model=build_chat_model(settings), semantic=semantic,
+            pid=os.getpid(),
+            loop=loop,
+            settings=settings,
+            engine=engine,
+            model=build_chat_model(settings),
+            semantic=semantic,
             redis=redis.Redis.from_url(settings.celery_broker_url),
         )
     return _runtime
