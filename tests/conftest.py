@@ -61,7 +61,7 @@ def database_url() -> Iterator[str]:
         asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         return
 
-    from llm_bot_core.db.embedded import start_embedded_postgres
+    from llm_bot_core.db.embedded import start_embedded_postgres, stop_embedded_postgres
 
     # pgserver runs PostgreSQL as its own user when we are root: the directory must be traversable.
     data_dir = Path(tempfile.mkdtemp(prefix="llmbot-pg-"))
@@ -72,6 +72,7 @@ def database_url() -> Iterator[str]:
         unavailable(f"embedded PostgreSQL did not start: {exc!r}")
     upgrade_to_head(url)
     yield url
+    stop_embedded_postgres(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

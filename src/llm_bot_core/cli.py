@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -121,7 +122,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run}
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # A normal exit runs atexit hooks, which stop the embedded PostgreSQL. uvicorn re-raises
+    # the SIGTERM it caught after its graceful shutdown; with the default handler that would
+    # kill the process before those hooks run.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()
