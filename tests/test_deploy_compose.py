@@ -13,7 +13,6 @@ import subprocess
 import sys
 from importlib import metadata
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -22,7 +21,6 @@ import pytest
 from llm_bot_core.cli import build_parser
 from tests.deploy_support import (
     BASE_COMPOSE,
-    ENV_EXAMPLE,
     RAG_COMPOSE,
     ROOT,
     SPEC_BASE_SERVICES,

@@ -13,7 +13,13 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy_support import DOCKERFILE, ROOT, dockerignore_excludes, exec_form, parse_dockerfile
+from tests.deploy_support import (
+    DOCKERFILE,
+    ROOT,
+    dockerignore_excludes,
+    exec_form,
+    parse_dockerfile,
+)
 
 CONSTRAINTS = ROOT / "constraints.txt"
 
