@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 import llm_bot_core
@@ -77,7 +78,7 @@ def env_example_variables() -> list[str]:
 
 
 def rendered(default: object) -> str:
-    if default is None:
+    if default is None or default is PydanticUndefined:  # unset, or required
         return ""
     if isinstance(default, bool):
         return str(default).lower()

@@ -243,6 +243,19 @@ class Stack:
         for container in reversed(list(self.containers.values())):
             container.stop()
 
+    def memory_mb(self) -> dict[str, float]:
+        """Resident memory of each running service with its child processes (for the docs)."""
+        import psutil
+
+        sizes = {}
+        for name, container in self.containers.items():
+            if container.proc is None or container.proc.poll() is not None:
+                continue
+            root = psutil.Process(container.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+            sizes[name] = round(sum(p.memory_info().rss for p in procs) / 2**20, 1)
+        return sizes
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{c.log()[-2500:]}" for n, c in self.containers.items())
 
@@ -369,6 +382,7 @@ def test_base_stack_starts_in_order_and_a_message_becomes_an_answer_and_a_summar
         # The backend queued it (USE_CELERY_FOR_SUMMARY=true); the worker did it.
         assert "memory.summarize_session" in stack.containers["celery_worker"].log()
         assert len(fake_llm.summary_requests) == 1
+        print(f"resident memory (MB): {stack.memory_mb()}")
     finally:
         stack.down()
         if telegram is not None:
