@@ -82,6 +82,8 @@ def rendered(default: object) -> str:
         return ""
     if isinstance(default, bool):
         return str(default).lower()
+    if isinstance(default, set | frozenset | list | tuple):  # comma-separated in the environment
+        return ",".join(sorted(str(item) for item in default))
     return str(default)
 
 
