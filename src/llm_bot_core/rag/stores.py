@@ -304,7 +304,8 @@ class QdrantStore:
             # exact=True: a filtered HNSW search may return fewer than `limit` points.
             result = await self._client.query_points(
                 self.collection, query=vector, query_filter=flt, limit=limit,
-                search_params=models.SearchParams(exact=True), with_payload=False)
+                search_params=None if self._local else models.SearchParams(exact=True),
+                with_payload=False)
         except Exception as exc:
             raise VectorStoreUnavailable(f"qdrant search: {exc!r}") from exc
         return [(int(p.id), float(p.score)) for p in result.points]
