@@ -196,6 +196,22 @@ class Indexer:
             ))
             return result.rowcount or 0
 
+    async def enqueue_stale(self) -> int:
+        """Queue messages whose vector is missing or lives in another embedding space.
+
+        `embeddings.model` names the space each message was last embedded into, so switching
+        the model back and forth re-embeds exactly what the current space lacks.
+        """
+        async with self._engine.begin() as conn:
+            result = await conn.execute(text(
+                """INSERT INTO rag_outbox (message_id)
+                   SELECT m.id FROM messages m LEFT JOIN embeddings e ON e.message_id = m.id
+                   WHERE m.role IN ('user', 'assistant')
+                     AND (e.id IS NULL OR e.model IS DISTINCT FROM :model)
+                   ON CONFLICT (message_id) DO NOTHING"""
+            ), {"model": self._embedder.name})
+            return result.rowcount or 0
+
     async def pending(self) -> tuple[int, datetime | None]:
         """How many messages wait in the outbox, and the oldest enqueue time."""
         async with self._engine.connect() as conn:

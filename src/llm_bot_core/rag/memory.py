@@ -67,13 +67,12 @@ class VectorSemanticMemory:
                 s = self._settings
                 indexer = Indexer(self._engine, self._embedder, store, fts_config=s.rag_fts_config,
                                   context_turns=s.rag_context_turns, labels=self._labels)
-                if created:
-                    # A new embedding space (first start, or the model changed): every stored
-                    # message must be embedded into it, so all of them go back into the outbox.
-                    queued = await indexer.enqueue_all()
-                    if queued:
-                        log.warning("new vector collection (%s): %d stored messages queued for "
-                                    "indexing", store.description, queued)
+                # A new collection (first start, an emptied Qdrant) needs every message; a
+                # model change needs those last embedded by another model.
+                queued = await (indexer.enqueue_all() if created else indexer.enqueue_stale())
+                if queued:
+                    log.warning("%s: %d stored messages queued for indexing into it",
+                                store.description, queued)
                 self._store = store
                 self._indexer = indexer
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
