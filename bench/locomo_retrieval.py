@@ -212,7 +212,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
         rag_embedder="openai" if args.embedder == "openai" else "local",
         local_embedding_model=args.embedder if args.embedder != "openai" else "e5",
-        rag_context_turns=args.context_turns, rag_hybrid=not args.dense_only,
+        rag_context_turns=args.context_turns,
+        rag_lexical_weight=0.0 if args.dense_only else args.lexical_weight,
         qdrant_path=workdir / "qdrant" if args.store == "qdrant-local" else None,
         db_pool_size=4,
     )
@@ -238,7 +239,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         "data": str(args.data),
         "embedder": memory._embedder.name,
         "store": memory.description,
-        "settings": {"hybrid": not args.dense_only, "context_turns": args.context_turns,
+        "settings": {"lexical_weight": settings.rag_lexical_weight,
+                     "context_turns": args.context_turns,
                      "min_score": "off (ranking measured)"},
         "conversations": len(data),
         "turns_indexed": turns,
@@ -271,6 +273,8 @@ def main() -> None:
                         help="openai uses OPENAI_API_KEY / EMBEDDINGS_BASE_URL from the env")
     parser.add_argument("--context-turns", type=int, default=1)
     parser.add_argument("--dense-only", action="store_true", help="no lexical side")
+    parser.add_argument("--lexical-weight", type=float, default=0.5,
+                        help="weight of the BM25 ranking in the fusion (RAG_LEXICAL_WEIGHT)")
     parser.add_argument("--conversations", type=int, default=0, help="only the first N")
     parser.add_argument("--pad-to", type=int, default=0,
                         help="then grow each user to N messages and measure search again")

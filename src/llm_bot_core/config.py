@@ -95,7 +95,10 @@ class Settings(BaseSettings):
         default=None, ge=-1, le=1,
         description="Cosine below which a dense-only hit is dropped; unset: the embedder's own.",
     )
-    rag_hybrid: bool = True
+    rag_lexical_weight: float = Field(
+        default=0.5, ge=0, le=4,
+        description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
+    )
     rag_fts_config: str = Field(
         default="russian", pattern=r"^[a-z_]+$",
         description="PostgreSQL text search configuration of the lexical side.",

@@ -47,7 +47,7 @@ class LocalEmbedder:
         self._model: Any = None
         # e5 packs all similarities into 0.7..0.95, USE spreads them over -0.1..0.9.
         if variant == "e5":
-            self.name, self.dim, self.min_score = "local/multilingual-e5-small-q4", 384, 0.82
+            self.name, self.dim, self.min_score = "local/multilingual-e5-small-q4", 384, 0.78
         elif variant == "use":
             self.name, self.dim, self.min_score = "local/use-multilingual-v3", 512, 0.35
         else:

@@ -78,7 +78,7 @@ class VectorSemanticMemory:
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
                 self.description = (f"{self._embedder.name} ({self._embedder.dim}-d) in "
                                     f"{store.description}; scope={s.rag_scope}, "
-                                    f"hybrid={'on' if s.rag_hybrid else 'off'}")
+                                    f"lexical weight={s.rag_lexical_weight}")
                 log.info("semantic memory: %s", self.description)
         assert self._indexer is not None and self._searcher is not None
         return self._indexer, self._searcher
@@ -157,7 +157,7 @@ class VectorSemanticMemory:
         options = SearchOptions(limit=limit or s.rag_top_k,
                                 min_score=_first(min_score, s.rag_min_score,
                                                  self._embedder.min_score),
-                                hybrid=s.rag_hybrid)
+                                lexical_weight=s.rag_lexical_weight)
         return await searcher.search(query, scope, exclude, options)
 
     async def forget(self, scope: Scope) -> None:

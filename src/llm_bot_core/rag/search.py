@@ -21,6 +21,7 @@ from llm_bot_core.rag.stores import Scope, VectorStore
 log = logging.getLogger(__name__)
 
 RRF_K = 60
+MIN_CONTENT_WORDS = 2
 
 # BM25 (k1 = 1.2, b = 0.75, each query term counted once per message: chat turns are short).
 # Document frequencies are counted within the scope, so "what is common" is this user's
@@ -55,8 +56,9 @@ LIMIT :limit
 
 _HYDRATE = text(
     """
-    SELECT m.id, m.role, m.content, m.created_at, coalesce(e.importance, 0)
-    FROM messages m LEFT JOIN embeddings e ON e.message_id = m.id
+    SELECT m.id, m.role, m.content, m.created_at,
+           length(to_tsvector(CAST(:cfg AS regconfig), m.content)) AS content_words
+    FROM messages m
     WHERE m.id = ANY(CAST(:ids AS bigint[]))
     """
 )
@@ -78,7 +80,7 @@ class Hit:
 class SearchOptions:
     limit: int
     min_score: float
-    hybrid: bool = True
+    lexical_weight: float = 0.5
     candidates: int = 40
     dedupe_jaccard: float = 0.75
 
@@ -105,13 +107,14 @@ class Searcher:
         except Exception as exc:
             errors.append(exc)
             log.warning("dense search unavailable: %r", exc)
-        if options.hybrid:
+        hybrid = options.lexical_weight > 0
+        if hybrid:
             try:
                 lexical = await self.lexical(query, scope, exclude, options.candidates)
             except Exception as exc:
                 errors.append(exc)
                 log.warning("lexical search unavailable: %r", exc)
-        if errors and len(errors) == (2 if options.hybrid else 1):
+        if errors and len(errors) == (2 if hybrid else 1):
             raise errors[0]
         return await self._fuse(dense, lexical, options)
 
@@ -140,22 +143,27 @@ class Searcher:
         lexical_ids = set()
         for rank, (mid, _) in enumerate(lexical):
             lexical_ids.add(mid)
-            fused[mid] = fused.get(mid, 0.0) + 1.0 / (RRF_K + rank + 1)
+            fused[mid] = fused.get(mid, 0.0) + options.lexical_weight / (RRF_K + rank + 1)
         # The threshold keeps dense-only near misses out of the prompt; a message that also
         # shares rare words with the question has earned its place.
         kept = [mid for mid in fused
                 if mid in lexical_ids or cosine.get(mid, -1.0) >= options.min_score]
         kept.sort(key=lambda mid: fused[mid], reverse=True)
-        kept = kept[: options.limit * 3]
+        kept = kept[: options.limit * 4]
         if not kept:
             return []
         async with self._engine.connect() as conn:
-            rows = {r[0]: r for r in await conn.execute(_HYDRATE, {"ids": kept})}
+            rows = {r[0]: r for r in await conn.execute(_HYDRATE, {"ids": kept,
+                                                                   "cfg": self._cfg})}
         hits: list[Hit] = []
         seen: list[set[str]] = []
         for mid in kept:
             row = rows.get(mid)
             if row is None:  # deleted since it was indexed
+                continue
+            if row[4] < MIN_CONTENT_WORDS:
+                # "Ого!", "Ок", "Понимаю.": short texts sit close to every short question in
+                # embedding space, yet there is nothing in them to remember.
                 continue
             words = _words(row[2])
             # Near-duplicate small talk ("как дела?" x 20) must not crowd out the one fact.
