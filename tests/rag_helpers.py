@@ -60,9 +60,10 @@ async def scalar(db: AsyncEngine, sql: str, **params: object) -> Any:
         return (await conn.execute(text(sql), params)).scalar()
 
 
-async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await predicate():
+async def wait_until(predicate: Any, seconds: float = 30.0) -> None:
+    """Poll a condition another task (the outbox sweeper) will make true."""
+    async with asyncio.timeout(seconds):
+        while not await predicate():  # noqa: ASYNC110 - the condition lives in the database
             await asyncio.sleep(0.1)
 
 

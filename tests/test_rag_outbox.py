@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from llm_bot_core.config import Settings
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.maintenance import reindex
 from llm_bot_core.rag.memory import VectorSemanticMemory
@@ -37,18 +38,16 @@ async def store_overrides(url: str, tmp_path: Path) -> dict[str, object]:
     return overrides
 
 
-async def tell_and_forget(client: object, chat: str = "chat-a") -> None:
+async def tell_and_forget(client: httpx.AsyncClient, chat: str = "chat-a") -> None:
     """A fact among small talk, then /start: it can only come back through semantic memory."""
-    await say(client, "alice", chat, "Запомни: у моей сестры Маши день рождения 12 марта.")  # type: ignore[arg-type]
-    await say(client, "alice", chat, "Как же сегодня холодно.")  # type: ignore[arg-type]
-    await start_over(client, chat)  # type: ignore[arg-type]
+    await say(client, "alice", chat, "Запомни: у моей сестры Маши день рождения 12 марта.")
+    await say(client, "alice", chat, "Как же сегодня холодно.")
+    await start_over(client, chat)
 
 
 async def fast_forward_backoff(db: AsyncEngine) -> None:
     """What waiting out the retry backoff would do."""
     async with db.begin() as conn:
-        from sqlalchemy import text
-
         await conn.execute(text("UPDATE rag_outbox SET next_attempt_at = now()"))
 
 
@@ -66,7 +65,8 @@ async def test_embedder_outage_bot_answers_nothing_lost_indexed_when_back(
         assert recalled_block(fake_llm) == ""
         assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 6
         assert await scalar(db, "SELECT count(*) FROM embeddings") == 0
-        assert "503" in await scalar(db, "SELECT min(last_error) FROM rag_outbox WHERE attempts > 0")
+        errors = await scalar(db, "SELECT min(last_error) FROM rag_outbox WHERE attempts > 0")
+        assert "503" in errors
 
         fake_llm.embeddings_down = False
         await fast_forward_backoff(db)
@@ -184,7 +184,7 @@ async def test_repeated_indexing_and_reindex_create_no_duplicates(
     async with running_app(settings) as client:
         await tell_and_forget(client)
         semantic = services(client).semantic
-        ids = [r for r in range(1, 5)]
+        ids = list(range(1, 5))
         # Already indexed and out of the outbox: a repeat (a redelivered Celery task) is a no-op.
         assert await semantic.index_messages(ids) == 0
         store = semantic._store
@@ -211,7 +211,7 @@ async def test_changing_the_embedding_model_builds_a_separate_collection(
         old = services(client).semantic.description
     second = make_settings(clean_db, llm_server.base_url, rag_embedder="local",
                            local_embedding_model="e5", **overrides)
-    engine = (await _engine(clean_db))
+    engine = create_async_engine(clean_db)
     try:
         memory = await build_semantic_memory(second, engine, sweeper=False)
         assert isinstance(memory, VectorSemanticMemory)
@@ -225,12 +225,3 @@ async def test_changing_the_embedding_model_builds_a_separate_collection(
     finally:
         await engine.dispose()
 
-
-async def _engine(url: str) -> AsyncEngine:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    return create_async_engine(url)
-
-
-def _unused(_: Settings) -> None:  # pragma: no cover - keeps the import for type checkers
-    return None
