@@ -118,3 +118,18 @@ async def test_every_message_gets_a_metadata_row_with_scope_and_importance(
         assert rows[2][3] == 1.0  # a fact with a number, told by the user
         assert all(r[4] for r in rows)
         assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 0
+
+
+async def test_chat_scope_keeps_a_users_memory_inside_the_chat_it_was_told_in(
+    rag_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    per_chat = rag_settings.model_copy(update={"rag_scope": "chat"})
+    async with running_app(per_chat) as client:
+        await say(client, "alice", "work-chat", "Код от офисной двери — 4711.")
+        for filler in ("раз", "два", "три"):
+            await say(client, "alice", "work-chat", filler)
+        await say(client, "alice", "home-chat", "Какой код от офисной двери?")
+        assert "4711" not in whole_prompt(fake_llm)
+        await start_over(client, "work-chat")
+        await say(client, "alice", "work-chat", "Какой код от офисной двери?")
+        assert "4711" in recalled_block(fake_llm)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
-from llm_bot_core.rag.embedders import Embedder, OpenAIEmbedder, build_embedder
+from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, build_embedder
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import StoreFactory, VectorSemanticMemory
 from llm_bot_core.rag.stores import PgVectorStore, QdrantStore, VectorStore
@@ -38,6 +38,8 @@ async def build_semantic_memory(
         await embedder.aclose()
         return DisabledSemanticMemory()
     memory = VectorSemanticMemory(engine, embedder, open_store, settings, labels=labels)
+    if isinstance(embedder, LocalEmbedder):
+        await embedder.warm_up()  # load the weights now, not during the first user's message
     try:
         await memory.ready()
     except Exception as exc:  # the outbox keeps the work; the store is opened again on next use
