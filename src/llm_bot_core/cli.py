@@ -80,6 +80,34 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    """Rebuild the vector store from the messages table (e.g. after changing the model)."""
+    import asyncio
+    import dataclasses
+    import json
+
+    from llm_bot_core.db.engine import create_engine
+    from llm_bot_core.db.migrate import upgrade_to_head
+    from llm_bot_core.rag.maintenance import reindex
+
+    url = _database_url(settings)
+    upgrade_to_head(url)
+
+    async def _run() -> int:
+        engine = create_engine(url, settings)
+        try:
+            report = await reindex(settings, engine, batch=args.batch)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            await engine.dispose()
+        print(json.dumps(dataclasses.asdict(report), ensure_ascii=False))
+        return 0 if report.pending == 0 else 1
+
+    return asyncio.run(_run())
+
+
 def _announce(settings: Settings, host: str, port: int) -> None:
     if settings.llm_configured:
         log.info("LLM: %s at %s", settings.openrouter_model, settings.effective_llm_base_url)
@@ -111,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Celery worker (summaries, indexing)")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default=None, help="prefork (default), solo, threads")
+
+    reindex = sub.add_parser("reindex", help="rebuild semantic memory's vectors from messages")
+    reindex.add_argument("--batch", type=int, default=256, help="messages embedded per batch")
     return parser
 
 
@@ -119,7 +150,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return cmd_serve(settings, args)
 
 
-COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run}
+COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run,
+            "reindex": cmd_reindex}
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

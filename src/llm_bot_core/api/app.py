@@ -14,6 +14,7 @@ from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.config import Settings, get_settings
 from llm_bot_core.db.engine import create_engine, resolve_database_url
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     )
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(memory)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).

@@ -54,6 +54,8 @@ class FakeLLM:
     requests: list[dict[str, Any]] = field(default_factory=list)
     _failures: list[tuple[int, str]] = field(default_factory=list)
     hang: bool = False
+    embeddings_down: bool = False
+    """While set, /v1/embeddings answers 503 (an embedding server outage)."""
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
@@ -66,6 +68,7 @@ class FakeLLM:
         self.requests.clear()
         self._failures.clear()
         self.hang = False
+        self.embeddings_down = False
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -131,6 +134,8 @@ class FakeLLM:
         body = await request.json()
         body["_kind"] = "embeddings"
         self.requests.append(body)
+        if self.embeddings_down:
+            return web.json_response({"error": {"message": "embeddings down"}}, status=503)
         if self._failures:
             status, text = self._failures.pop(0)
             return web.json_response({"error": {"message": text}}, status=status)

@@ -50,7 +50,7 @@ def runtime() -> _Runtime:
         settings = get_settings()
         loop = asyncio.new_event_loop()
         engine = create_engine(resolve_database_url(settings), settings)
-        semantic = loop.run_until_complete(build_semantic_memory(settings, engine))
+        semantic = loop.run_until_complete(build_semantic_memory(settings, engine, sweeper=False))
         _runtime = _Runtime(
             pid=os.getpid(),
             loop=loop,
