@@ -1,6 +1,7 @@
 """The bot's test rig: the real aiogram polling a fake Telegram, the real backend under uvicorn.
 
-Fixtures are imported by the tests/test_bot_*.py modules that use them.
+The tests/test_bot_*.py modules import the fixtures they use (`*_fixture`, registered under
+the name without the suffix).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -68,21 +69,21 @@ class BackendServer:
         self.stop()
 
 
-@pytest.fixture(scope="session")
-def telegram_server() -> Iterator[FakeTelegramServer]:
+@pytest.fixture(scope="session", name="telegram_server")
+def telegram_server_fixture() -> Iterator[FakeTelegramServer]:
     with FakeTelegramServer() as server:
         yield server
 
 
-@pytest.fixture
-def telegram(telegram_server: FakeTelegramServer) -> Iterator[FakeTelegram]:
+@pytest.fixture(name="telegram")
+def telegram_fixture(telegram_server: FakeTelegramServer) -> Iterator[FakeTelegram]:
     telegram_server.fake.reset()
     yield telegram_server.fake
     telegram_server.fake.reset()
 
 
-@pytest.fixture
-def backend(settings: Settings) -> Iterator[BackendServer]:
+@pytest.fixture(name="backend")
+def backend_fixture(settings: Settings) -> Iterator[BackendServer]:
     """The real backend on a free port, with the test database and the fake LLM."""
     with BackendServer(settings) as server:
         yield server
@@ -105,7 +106,7 @@ def make_bot_settings(telegram_server: FakeTelegramServer, backend_url: str,
     return BotSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-class running_bot:  # noqa: N801 - used like a function: `async with running_bot(settings)`
+class running_bot:
     """The real Dispatcher polling the fake Telegram, as the entry point builds it."""
 
     def __init__(self, settings: BotSettings) -> None:
@@ -129,7 +130,7 @@ class running_bot:  # noqa: N801 - used like a function: `async with running_bot
         await self.backend.aclose()
 
 
-class webhook_bot:  # noqa: N801
+class webhook_bot:
     """The bot in webhook mode: its aiohttp server, registered with the fake Telegram."""
 
     def __init__(self, settings: BotSettings) -> None:

@@ -13,14 +13,14 @@ from llm_bot_core.testing.fake_llm import FakeLLM
 from llm_bot_core.testing.fake_telegram import FakeTelegram, FakeTelegramServer
 from tests.bot_support import (  # noqa: F401 - fixtures
     BackendServer,
-    backend,
+    backend_fixture,
     free_port,
     make_bot_settings,
     rows,
     running_bot,
     settle,
-    telegram,
-    telegram_server,
+    telegram_fixture,
+    telegram_server_fixture,
 )
 
 pytestmark = pytest.mark.asyncio
@@ -84,7 +84,8 @@ async def test_long_markdown_answer_arrives_as_several_valid_messages_with_code_
     fake_llm: FakeLLM,
 ) -> None:
     code = "\n".join(f"    total += values[{i}]  # a < b && c > d" for i in range(40))
-    prose = " ".join(f"Sentence {i} has **bold** and `inline <code>` & *italics*." for i in range(60))
+    prose = " ".join(f"Sentence {i} has **bold** and `inline <code>` & *italics*."
+                     for i in range(60))
     answer = (f"# Report\n\n{prose}\n\n```python\ndef total(values):\n{code}\n```\n\n"
               f"{prose}\n\n- one\n- two\n\n{prose}\n\n[docs](https://example.com/?a=1&b=2)")
     answer = answer + "\n\n" + prose * ((10_000 - len(answer)) // len(prose) + 1)

@@ -131,7 +131,9 @@ def cmd_bot(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _start_bot_beside(settings: Settings, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+def _start_bot_beside(
+    settings: Settings, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
     """With BOT_TOKEN set, the bot as a child process talking to this backend."""
     from llm_bot_core.bot.config import BotConfigError, load_bot_settings
 
@@ -143,7 +145,7 @@ def _start_bot_beside(settings: Settings, args: argparse.Namespace) -> subproces
             return None
         raise
     host = args.host or settings.host
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listen address, not a target
+    if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     env = {**os.environ, "BACKEND_URL": f"http://{host}:{args.port or settings.port}"}
     log.info("starting the Telegram bot (backend %s)", env["BACKEND_URL"])

@@ -74,7 +74,8 @@ class BackendClient:
         self._client = client or httpx.AsyncClient(
             base_url=settings.backend_url,
             headers=headers,
-            timeout=httpx.Timeout(settings.backend_timeout, connect=min(10.0, settings.backend_timeout)),
+            timeout=httpx.Timeout(settings.backend_timeout,
+                                  connect=min(10.0, settings.backend_timeout)),
         )
         self._attempts = settings.backend_retries
         self._backoff = settings.backend_retry_backoff

@@ -43,7 +43,7 @@ class BotSettings(BaseSettings):
     rate_limit_window: float = Field(default=60.0, gt=0)
 
     webhook_url: str | None = None
-    webhook_host: str = "0.0.0.0"  # noqa: S104 - a webhook exists to be reached from outside
+    webhook_host: str = "0.0.0.0"
     webhook_port: int = Field(default=8081, ge=1, le=65535)
     webhook_secret: SecretStr | None = None
     polling_timeout: int = Field(default=30, ge=0, le=50)
@@ -91,8 +91,8 @@ def load_bot_settings(**overrides: object) -> BotSettings:
         missing = [str(e["loc"][0]).upper() for e in exc.errors() if e["type"] == "missing"]
         if "BOT_TOKEN" in missing:
             raise BotConfigError(
-                "BOT_TOKEN is not set: create a bot with @BotFather and put BOT_TOKEN=123456:ABC... "
-                "in .env (or the environment)"
+                "BOT_TOKEN is not set: create a bot with @BotFather and put "
+                "BOT_TOKEN=123456:ABC... in .env (or the environment)"
             ) from exc
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()

@@ -125,6 +125,7 @@ class FakeTelegram:
         self._new_updates: asyncio.Event | None = None
         self._client: aiohttp.ClientSession | None = None
         self.confirmed_offset = 0
+        self._deliveries: set[asyncio.Future[None]] = set()
 
     # --- what tests use ----------------------------------------------------------------
     def push_update(self, update: dict[str, Any]) -> int:
@@ -189,25 +190,25 @@ class FakeTelegram:
         return [c.plain_text or "" for c in self.calls_to("sendMessage", chat_id)]
 
     async def wait_for(self, method: str, count: int = 1, *, chat_id: int | None = None,
-                       timeout: float = 15.0) -> list[ApiCall]:
+                       within: float = 15.0) -> list[ApiCall]:
         """Wait (from any event loop) until `count` successful calls of `method` were made."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             calls = self.calls_to(method, chat_id)
             if len(calls) >= count:
                 return calls
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{count} {method} call(s) expected within {timeout}s, got {len(calls)}; "
+                    f"{count} {method} call(s) expected within {within}s, got {len(calls)}; "
                     f"calls: {[(c.method, c.params) for c in self.calls][-10:]}")
             await asyncio.sleep(0.02)
 
-    async def wait_consumed(self, update_id: int, timeout: float = 10.0) -> None:
+    async def wait_consumed(self, update_id: int, within: float = 10.0) -> None:
         """Wait until the bot confirmed (by its next getUpdates offset) it got `update_id`."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while self.confirmed_offset <= update_id:
             if time.monotonic() > deadline:
-                raise AssertionError(f"update {update_id} was not consumed within {timeout}s")
+                raise AssertionError(f"update {update_id} was not consumed within {within}s")
             await asyncio.sleep(0.02)
 
     def reset(self) -> None:
@@ -220,7 +221,9 @@ class FakeTelegram:
     # --- the server ----------------------------------------------------------------------
     def _on_new_update(self, update: dict[str, Any]) -> None:
         if self.webhook is not None:
-            asyncio.ensure_future(self._post_to_webhook(update))
+            task = asyncio.ensure_future(self._post_to_webhook(update))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
         elif self._new_updates is not None:
             self._new_updates.set()
 
