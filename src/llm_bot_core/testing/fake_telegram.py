@@ -5,10 +5,15 @@ Speaks the real protocol (`POST /bot{token}/{method}`, form-encoded or JSON para
 `AiohttpSession(api=TelegramAPIServer.from_base(server.base_url))`. It checks HTML the way
 Telegram does (supported tags, nesting, entities, 4096 characters after parsing) and answers
 400 "can't parse entities" otherwise; a set webhook gets the updates POSTed, like Telegram.
+
+Run standalone: `python -m llm_bot_core.testing.fake_telegram --port 8999`, then point the bot
+at it (TELEGRAM_API_URL=http://127.0.0.1:8999, BOT_TOKEN=123456:TEST-token) and talk to it:
+`curl -d '{"text": "hi"}' localhost:8999/_fake/messages`; `curl localhost:8999/_fake/calls`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import html
 import itertools
@@ -219,6 +224,16 @@ class FakeTelegram:
             self.webhook = None
 
     # --- the server ----------------------------------------------------------------------
+    async def attach(self, _: web.Application | None = None) -> None:
+        """Bind to the event loop the server runs in."""
+        self._loop = asyncio.get_running_loop()
+        self._new_updates = asyncio.Event()
+        self._client = aiohttp.ClientSession()
+
+    async def detach(self, _: web.Application | None = None) -> None:
+        if self._client is not None:
+            await self._client.close()
+
     def _on_new_update(self, update: dict[str, Any]) -> None:
         if self.webhook is not None:
             task = asyncio.ensure_future(self._post_to_webhook(update))
@@ -369,9 +384,23 @@ class FakeTelegram:
                 "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
                 "from": self.bot_user, "text": text}
 
+    async def _push_message(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        text = body.pop("text", None)
+        message = self.message(text, **body)
+        self.push_update({"message": message})
+        return web.json_response(message)
+
+    async def _list_calls(self, _: web.Request) -> web.Response:
+        return web.json_response([{"method": c.method, "params": c.params, "ok": c.ok,
+                                   "plain_text": c.plain_text} for c in list(self.calls)])
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self.handle)
+        # Control endpoints for a fake running in another process.
+        app.router.add_post("/_fake/messages", self._push_message)
+        app.router.add_get("/_fake/calls", self._list_calls)
         return app
 
 
@@ -411,9 +440,7 @@ class FakeTelegramServer:
         return self
 
     async def _start(self) -> None:
-        self.fake._loop = asyncio.get_running_loop()
-        self.fake._new_updates = asyncio.Event()
-        self.fake._client = aiohttp.ClientSession()
+        await self.fake.attach()
         self._runner = web.AppRunner(self.fake.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
@@ -425,8 +452,7 @@ class FakeTelegramServer:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.fake._client is not None:
-            await self.fake._client.close()
+        await self.fake.detach()
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
@@ -438,3 +464,20 @@ class FakeTelegramServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8999)
+    parser.add_argument("--token", default="123456:TEST-token")
+    args = parser.parse_args()
+    fake = FakeTelegram(token=args.token)
+    app = fake.app()
+    app.on_startup.append(fake.attach)
+    app.on_cleanup.append(fake.detach)
+    web.run_app(app, host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
