@@ -42,35 +42,40 @@ async def test_run_serves_the_backend_and_the_bot_answers_through_it(
         "BACKEND_URL": "http://wrong-host:1",  # `run` points the bot at its own backend
         "POLLING_TIMEOUT": "1",
     }
-    process = start_run(env, tmp_path)
+    log = tmp_path / "run.log"
+    process = start_run(env, tmp_path, log)
     try:
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
             while True:
-                assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+                assert process.poll() is None, log.read_text()[-3000:]
                 try:
                     if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, "backend did not come up"
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
                 await asyncio.sleep(0.2)
         children = psutil.Process(process.pid).children()
-        assert len(children) == 1
+        assert len(children) == 1, log.read_text()[-3000:]
 
         telegram.send_text("through make run", chat_id=930)
-        sent = await telegram.wait_for("sendMessage", chat_id=930, within=60)
+        try:
+            sent = await telegram.wait_for("sendMessage", chat_id=930, within=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
         assert sent[0].plain_text == "Echo: through make run"
     finally:
         stop(process)
     # The bot stops with the backend instead of being left behind.
-    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
-                   for child in children)
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, log.read_text()[-3000:]
 
 
-def start_run(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", "run"], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_run(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:  # a file, not a pipe nobody reads that could fill up
+        return subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", "run"], env=env,
+                                cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
