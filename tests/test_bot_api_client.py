@@ -110,7 +110,7 @@ async def test_handle_read_timeout_is_not_repeated(scripted) -> None:
     client = client_for(url, backend_timeout=0.2)
     with pytest.raises(BackendUnavailable) as caught:
         await client.handle_chat(user_id=1, chat_id=1, text="x")
-    assert caught.value.maybe_processed
+    assert caught.value.maybe_processed and caught.value.timed_out
     assert len(fake.requests) == 1
     await client.aclose()
 

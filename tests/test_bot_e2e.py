@@ -166,6 +166,20 @@ async def test_backend_down_gives_friendly_message_and_recovers_when_it_is_back(
         ("and now?",), ("Echo: and now?",)]
 
 
+async def test_backend_timeout_is_a_friendly_message_and_the_message_is_not_sent_twice(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM, db: AsyncEngine,
+) -> None:
+    fake_llm.latency = 1.5
+    async with running_bot(make_bot_settings(telegram_server, backend.url, backend_timeout=0.5)):
+        telegram.send_text("slow one", chat_id=510)
+        sent = await telegram.wait_for("sendMessage", chat_id=510)
+        assert sent[0].plain_text == "The answer is taking too long. Please try again a bit later."
+        await settle(1.5)
+    assert len(fake_llm.chat_requests) == 1
+    assert await rows(db, "SELECT role FROM messages WHERE role = 'user'") == [("user",)]
+
+
 async def test_llm_failure_is_a_short_message_in_english(
     telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
     fake_llm: FakeLLM,
@@ -219,6 +233,7 @@ async def test_group_answers_only_when_mentioned_or_replied_to(
     assert len(fake_llm.chat_requests) == 2
 
 
+@pytest.mark.filterwarnings("ignore:Detected unknown update type")
 async def test_stickers_photos_edits_and_unknown_updates_do_not_break_the_bot(
     telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
     fake_llm: FakeLLM,

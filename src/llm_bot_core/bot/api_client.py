@@ -34,8 +34,9 @@ class BackendError(Exception):
 class BackendUnavailable(Exception):
     """The backend could not be reached or did not answer in time."""
 
-    def __init__(self, message: str, *, maybe_processed: bool) -> None:
+    def __init__(self, message: str, *, maybe_processed: bool, timed_out: bool = False) -> None:
         super().__init__(message)
+        self.timed_out = timed_out
         # False when the request never left (connection refused, connect timeout): the backend
         # certainly did nothing. True when it may have been received (read timeout, reset).
         self.maybe_processed = maybe_processed
@@ -127,7 +128,8 @@ class BackendClient:
             never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
                                     | httpx.PoolTimeout)
             raise BackendUnavailable(f"backend {path}: {type(exc).__name__} {exc}".strip(),
-                                     maybe_processed=not never_sent) from exc
+                                     maybe_processed=not never_sent,
+                                     timed_out=isinstance(exc, httpx.ReadTimeout)) from exc
         try:
             data = response.json()
         except ValueError:

@@ -27,7 +27,7 @@ _ERROR_KEYS = {
 def error_text(exc: BackendError | BackendUnavailable, language: str | None) -> str:
     """A short message in the user's language for a backend failure."""
     if isinstance(exc, BackendUnavailable):
-        return t("backend_timeout" if exc.maybe_processed else "backend_unavailable", language)
+        return t("backend_timeout" if exc.timed_out else "backend_unavailable", language)
     return t(_ERROR_KEYS.get(exc.code, "error"), language)
 
 
@@ -36,16 +36,13 @@ async def answer_text(message: Message, text: str, bot: Bot, backend: BackendCli
     """Ask the backend, showing "typing…" meanwhile, and send its answer."""
     language = message.from_user.language_code if message.from_user else None
     user_id = message.from_user.id if message.from_user else message.chat.id
-    async with typing(bot, message, settings.typing_interval):
-        try:
+    try:
+        async with typing(bot, message, settings.typing_interval):
             answer = await backend.handle_chat(user_id=user_id, chat_id=message.chat.id,
                                                text=text, request_id=request_id)
-        except (BackendError, BackendUnavailable) as exc:
-            log.warning("backend failed for chat %s: %s", message.chat.id, exc)
-            answer = None
-            failure = error_text(exc, language)
-    if answer is None:
-        await reply(message, failure)
+    except (BackendError, BackendUnavailable) as exc:
+        log.warning("backend failed for chat %s: %s", message.chat.id, exc)
+        await reply(message, error_text(exc, language))
         return
     if not answer.strip():
         await reply(message, t("error", language))
