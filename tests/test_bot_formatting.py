@@ -15,7 +15,7 @@ from llm_bot_core.bot.formatting import (
     to_plain,
     utf16_len,
 )
-from llm_bot_core.testing.fake_telegram import parse_telegram_html
+from llm_bot_core.testing.telegram_html import parse_telegram_html
 
 
 def squash(text: str) -> str:
