@@ -161,10 +161,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     except BotConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if bot is not None:
-        # uvicorn re-raises the SIGTERM it caught once it has shut down; by default that would
-        # end this process on the spot and leave the bot running without its backend.
-        signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    # main() turns SIGTERM into SystemExit, so the `finally` below stops the bot with us.
     try:
         return cmd_serve(settings, args)
     finally:
