@@ -262,3 +262,20 @@ async def test_stickers_photos_edits_and_unknown_updates_do_not_break_the_bot(
     assert answered[3].plain_text == "Echo: what is on this photo?"
     assert [r["messages"][-1]["content"] for r in fake_llm.chat_requests] == [
         "what is on this photo?"]
+
+
+async def test_help_lists_the_commands_in_the_users_language(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM,
+) -> None:
+    async with running_bot(make_bot_settings(telegram_server, backend.url)):
+        telegram.send_text("/help", chat_id=511, language_code="ru")
+        telegram.send_text("/help", chat_id=512, language_code="de")
+        russian = (await telegram.wait_for("sendMessage", chat_id=511))[0].plain_text or ""
+        english = (await telegram.wait_for("sendMessage", chat_id=512))[0].plain_text or ""
+    assert "/start — начать диалог заново" in russian and "@test_llm_bot" in russian
+    assert "/start — start over" in english and "/help" in english
+    assert fake_llm.chat_requests == []
+    # The command menu was registered at startup, in both languages.
+    menus = telegram.calls_to("setMyCommands")
+    assert {m.params.get("language_code") for m in menus} == {None, "ru"}
