@@ -1,4 +1,4 @@
-"""Command-line entry point: `llm-bot-core serve|worker|migrate|run ...`."""
+"""Command-line entry point: `llm-bot-core serve|worker|bot|migrate|run ...`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--workers", type=int, default=None, help="default BACKEND_WORKERS or 1")
         serve.add_argument("--access-log", action="store_true", help="log every request")
 
+    sub.add_parser("bot", help="run the Telegram bot (long polling, or webhook with WEBHOOK_URL)")
+
     worker = sub.add_parser("worker", help="run the Celery worker (summaries, indexing)")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default=None, help="prefork (default), solo, threads")
@@ -145,13 +148,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_bot(settings: Settings, _: argparse.Namespace) -> int:
+    from llm_bot_core.bot.config import BotConfigError, load_bot_settings
+
+    try:
+        bot_settings = load_bot_settings()
+    except BotConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from llm_bot_core.bot.app import run
+
+    run(bot_settings)
+    return 0
+
+
+def _start_bot_beside(
+    settings: Settings, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
+    """With BOT_TOKEN set, the bot as a child process talking to this backend."""
+    from llm_bot_core.bot.config import BotConfigError, load_bot_settings
+
+    try:
+        load_bot_settings()
+    except BotConfigError as exc:
+        if "BOT_TOKEN is not set" in str(exc):
+            log.info("BOT_TOKEN is not set: starting the backend without the Telegram bot")
+            return None
+        raise
+    host = args.host or settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    env = {**os.environ, "BACKEND_URL": f"http://{host}:{args.port or settings.port}"}
+    log.info("starting the Telegram bot (backend %s)", env["BACKEND_URL"])
+    return subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", "bot"], env=env)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """`make run`: the backend on embedded defaults."""
-    return cmd_serve(settings, args)
+    """`make run`: the backend on embedded defaults, and the bot beside it when BOT_TOKEN is set."""
+    from llm_bot_core.bot.config import BotConfigError
+
+    try:
+        bot = _start_bot_beside(settings, args)
+    except BotConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    # main() turns SIGTERM into SystemExit, so the `finally` below stops the bot with us.
+    try:
+        return cmd_serve(settings, args)
+    finally:
+        if bot is not None:
+            bot.terminate()
+            try:
+                bot.wait(10)
+            except subprocess.TimeoutExpired:
+                bot.kill()
 
 
-COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run,
-            "reindex": cmd_reindex}
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "bot": cmd_bot,
+    "run": cmd_run,
+    "reindex": cmd_reindex,
+}
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
