@@ -1,4 +1,4 @@
-"""Command-line entry point: `llm-bot-core serve|worker|migrate|run ...`."""
+"""Command-line entry point: `llm-bot-core serve|worker|migrate|run|admin ...`."""
 
 from __future__ import annotations
 
@@ -69,6 +69,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from llm_bot_core.admin.run import run_admin
+    from llm_bot_core.db.migrate import upgrade_to_head
+
+    if args.provision_only:  # Directus runs elsewhere (e.g. docker compose): REST only
+        return run_admin(settings, "", provision_url=args.provision_only)
+    url = _database_url(settings)
+    upgrade_to_head(url)  # the tables must exist before Directus can register them
+    return run_admin(settings, url)
+
+
 def _announce(settings: Settings, host: str, port: int) -> None:
     if settings.llm_configured:
         log.info("LLM: %s at %s", settings.openrouter_model, settings.effective_llm_base_url)
@@ -100,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Celery worker (summaries, indexing)")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default=None, help="prefork (default), solo, threads")
+
+    admin = sub.add_parser(
+        "admin", help="run the Directus admin panel over the same database (provisioned)"
+    )
+    admin.add_argument("--provision-only", metavar="URL", default=None,
+                       help="only provision the Directus already running at URL, then exit")
     return parser
 
 
@@ -108,7 +125,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return cmd_serve(settings, args)
 
 
-COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run}
+COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run,
+            "admin": cmd_admin}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
