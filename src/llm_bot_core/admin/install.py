@@ -68,7 +68,9 @@ def ensure_installed(
         lock = (deploy_dir / "package-lock.json").read_bytes()
         stamp = app / ".llm-bot-core-installed"
         digest = hashlib.sha256(lock + (deploy_dir / "package.json").read_bytes()).hexdigest()
-        cli = app / "node_modules" / "directus" / "cli.js"
+        # directus/cli.js asks the npm registry for a newer version on every start (up to 8s,
+        # a network call); the CLI it then imports is this one.
+        cli = app / "node_modules" / "@directus" / "api" / "dist" / "cli" / "run.js"
         if not (cli.is_file() and stamp.is_file() and stamp.read_text().strip() == digest):
             _npm_ci(node, app, deploy_dir)
             stamp.write_text(digest + "\n")

@@ -52,8 +52,8 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Columns the backend maintains. Read-only in the app, and left out of the Operator's update
-# permission so the API enforces it too.
+# Columns the backend maintains: read-only in the app. Only there: a permission limited to some
+# fields is a "custom permission rule", which unlicensed Directus 12 refuses to store.
 READ_ONLY: dict[str, frozenset[str]] = {
     "chat_sessions": frozenset(
         {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
@@ -71,10 +71,16 @@ ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system",
 
 # Field metadata beyond `readonly`, for fields that exist in the table.
 FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
+    # The session form: who and state first (two columns), its messages below.
     "chat_sessions": {
-        "is_active": {"interface": "boolean", "display": "boolean"},
-        "created_at": {"display": "datetime", "display_options": {"relative": True}},
-        "closed_at": {"interface": "datetime", "display": "datetime"},
+        "user_id": {"sort": 1, "width": "half"},
+        "chat_id": {"sort": 2, "width": "half"},
+        "is_active": {"sort": 3, "width": "half", "interface": "boolean", "display": "boolean"},
+        "messages_since_summary": {"sort": 4, "width": "half"},
+        "created_at": {"sort": 5, "width": "half", "display": "datetime",
+                       "display_options": {"relative": True}},
+        "closed_at": {"sort": 6, "width": "half", "interface": "datetime", "display": "datetime"},
+        "id": {"sort": 20},
     },
     "messages": {
         "session_id": {
@@ -130,13 +136,14 @@ class Relation:
     related: str
     alias: str | None = None
     alias_template: str = ""
+    alias_sort: int | None = None
 
 
 RELATIONS = (
-    Relation("messages", "session_id", "chat_sessions", "messages", MESSAGE_TEMPLATE),
+    Relation("messages", "session_id", "chat_sessions", "messages", MESSAGE_TEMPLATE, 10),
     Relation("conversation_summaries", "session_id", "chat_sessions", "summaries",
-             "v{{version}}: {{content}}"),
-    Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE),
+             "v{{version}}: {{content}}", 11),
+    Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE, 12),
     Relation("embeddings", "message_id", "messages"),
 )
 
@@ -261,7 +268,7 @@ class Provisioner:
             return
         if relation.alias:
             self._alias_field(relation)
-        desired_meta = {"one_field": relation.alias, "one_deselect_action": "nullify"}
+        desired_meta = {"one_field": relation.alias, "one_deselect_action": "delete"}
         path = f"/relations/{relation.collection}/{relation.field}"
         response = self.client.get(path)
         if response.status_code in (403, 404):
@@ -283,10 +290,14 @@ class Provisioner:
         meta = {
             "special": ["o2m"],
             "interface": "list-o2m",
-            "options": {"template": relation.alias_template, "enableCreate": False},
+            # Sessions do not adopt other sessions' messages; removing one from the list
+            # deletes it (session_id is NOT NULL, so "nullify" could never be saved).
+            "options": {"template": relation.alias_template, "enableCreate": False,
+                        "enableSelect": False},
             "display": "related-values",
             "display_options": {"template": relation.alias_template},
             "readonly": False,
+            "sort": relation.alias_sort,
         }
         response = self.client.get(f"/fields/{relation.related}/{relation.alias}")
         if response.status_code in (403, 404):
@@ -309,9 +320,11 @@ class Provisioner:
         """The collection's global default layout (a preset with no user, role or bookmark)."""
         visible = [c for c in LIST_COLUMNS.get(table, []) if c in columns] or columns[:6]
         sort = ["-created_at"] if "created_at" in columns else []
+        widths = {c: 420 for c in ("content",) if c in visible}
         desired = {
             "layout": "tabular",
             "layout_query": {"tabular": {"fields": visible, "sort": sort, "limit": 25}},
+            "layout_options": {"tabular": {"widths": widths}},
         }
         found = self._data(self.client.get("/presets", params={
             "filter[collection][_eq]": table, "filter[user][_null]": "true",
@@ -334,8 +347,7 @@ class Provisioner:
         }
         for table in EDITABLE_BY_OPERATOR:
             if table in columns:
-                editable = [c for c in columns[table] if c not in READ_ONLY.get(table, ())]
-                wanted[(table, "update")] = sorted(editable)
+                wanted[(table, "update")] = ["*"]
                 wanted[(table, "delete")] = ["*"]
         return wanted
 
