@@ -283,7 +283,7 @@ class Provisioner:
         if meta is None or _differs(meta, desired_meta):
             self._request("PATCH", path, json={"meta": desired_meta})
             self.changes.append(f"linked {relation.collection}.{relation.field} "
-                                f"→ {relation.related}.{relation.alias}")
+                                f"→ {relation.related}")
 
     def _alias_field(self, relation: Relation) -> None:
         assert relation.alias is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -50,18 +51,22 @@ def run_admin(settings: Settings, database_url: str, provision_url: str | None =
     cache = Path(settings.directus_cache_dir).expanduser() if settings.directus_cache_dir else None
     install = ensure_installed(cache)
     server = DirectusServer(install, config, output=sys.stdout.buffer)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
+    began = time.monotonic()
     server.bootstrap()
+    bootstrap = time.monotonic() - began
     seconds = server.start()
 
     def _stop(signum: int, _: FrameType | None) -> None:
-        server.stop()
-        sys.exit(128 + signum)
+        # Only unwind here: `finally` stops Directus once the pending wait() has returned.
+        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _stop)
     try:
         changes = provision(server.url, config.admin_email, config.admin_password)
-        log.info("Directus %s ready in %.1fs (%d provisioning change(s)), RSS %.0f MB",
-                 install.version, seconds, len(changes), server.rss_bytes() / 2**20)
+        log.info("Directus %s ready: bootstrap %.1fs, start %.1fs, %d provisioning change(s), "
+                 "RSS %.0f MB", install.version, bootstrap, seconds, len(changes),
+                 server.rss_bytes() / 2**20)
         _announce(settings, config)
         return server.wait()
     except KeyboardInterrupt:

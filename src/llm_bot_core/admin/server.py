@@ -139,6 +139,10 @@ class DirectusServer:
         """Create Directus's system tables and the admin user once; later runs migrate them."""
         for sub in ("uploads", "extensions"):
             (self.config.work_dir / sub).mkdir(parents=True, exist_ok=True)
+        manifest = self.config.work_dir / "package.json"
+        if not manifest.exists():
+            # Directus looks for extensions installed as npm packages in its working directory.
+            manifest.write_text('{"name": "llm-bot-core-admin", "private": true}\n')
         result = subprocess.run(self.install.command("bootstrap"), env=self.env,
                                 cwd=self.config.work_dir, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, check=False)
