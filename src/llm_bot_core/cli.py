@@ -1,4 +1,4 @@
-"""Command-line entry point: `llm-bot-core serve|worker|bot|migrate|run ...`."""
+"""Command-line entry point: `llm-bot-core serve|worker|bot|admin|migrate|reindex|run`."""
 
 from __future__ import annotations
 
@@ -109,6 +109,17 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_run())
 
 
+def cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from llm_bot_core.admin.run import run_admin
+    from llm_bot_core.db.migrate import upgrade_to_head
+
+    if args.provision_only:  # Directus runs elsewhere (e.g. docker compose): REST only
+        return run_admin(settings, "", provision_url=args.provision_only)
+    url = _database_url(settings)
+    upgrade_to_head(url)  # the tables must exist before Directus can register them
+    return run_admin(settings, url)
+
+
 def _announce(settings: Settings, host: str, port: int) -> None:
     if settings.llm_configured:
         log.info("LLM: %s at %s", settings.openrouter_model, settings.effective_llm_base_url)
@@ -145,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     reindex = sub.add_parser("reindex", help="rebuild semantic memory's vectors from messages")
     reindex.add_argument("--batch", type=int, default=256, help="messages embedded per batch")
+
+    admin = sub.add_parser(
+        "admin", help="run the Directus admin panel over the same database (provisioned)"
+    )
+    admin.add_argument(
+        "--provision-only",
+        metavar="URL",
+        default=None,
+        help="only provision the Directus already running at URL, then exit",
+    )
     return parser
 
 
@@ -211,6 +232,7 @@ COMMANDS = {
     "bot": cmd_bot,
     "run": cmd_run,
     "reindex": cmd_reindex,
+    "admin": cmd_admin,
 }
 
 

@@ -36,6 +36,25 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
     migrate_on_start: bool = True
 
+    # --- admin panel (Directus over the same database) -----------------------------------
+    directus_host: str = "127.0.0.1"
+    directus_port: int = Field(default=8055, ge=1, le=65535,
+                               description="Directus reads PORT itself; this one is ours.")
+    directus_public_url: str | None = Field(
+        default=None, description="The URL users open; default http://DIRECTUS_HOST:PORT."
+    )
+    admin_email: str = "admin@example.com"
+    admin_password: SecretStr | None = Field(
+        default=None, description="Unset: generated once, kept in DATA_DIR/directus/secrets.json."
+    )
+    directus_key: SecretStr | None = None
+    directus_secret: SecretStr | None = Field(
+        default=None, description="Signs Directus sessions. Unset: generated under DATA_DIR."
+    )
+    directus_cache_dir: str | None = Field(
+        default=None, description="Where Node and Directus are installed; ~/.cache/llm-bot-core."
+    )
+
     # --- HTTP server ---------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
