@@ -13,6 +13,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory import store
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.prompt import build_prompt
+from llm_bot_core.metrics import metered_completion
 from llm_bot_core.rag.base import SemanticMemory
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class ChatService:
         )
         prompt = build_prompt(settings.system_prompt, summary, recent, facts)
         try:
-            completion = await self._model.complete(prompt)
+            completion = await metered_completion(self._model, "chat", prompt)
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
             # worth remembering even when the model failed to answer it.
