@@ -52,11 +52,12 @@ class ChatService:
         """Answer a user message; the user message is stored even if the model then fails."""
         settings = self._settings
         async with self._autocommit.connect() as conn:
-            user = await store.append_user_message(
-                conn, user_id=user_id, chat_id=chat_id, content=text
-            )
-            summary, recent = await store.load_context(
-                conn, user.session_id, max(settings.short_history_limit, 1)
+            user, summary, recent = await store.append_user_message_with_context(
+                conn,
+                user_id=user_id,
+                chat_id=chat_id,
+                content=text,
+                limit=max(settings.short_history_limit, 1),
             )
         if settings.short_history_limit == 0:
             recent = recent[-1:]  # the window is off, but the model must see the question
