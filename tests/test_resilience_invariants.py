@@ -76,7 +76,8 @@ async def test_after_concurrent_load_every_invariant_holds_in_the_database(
     assert (
         await rows(
             db,
-            "SELECT chat_id FROM chat_sessions WHERE is_active GROUP BY chat_id HAVING count(*) > 1",
+            "SELECT chat_id FROM chat_sessions WHERE is_active"
+            " GROUP BY chat_id HAVING count(*) > 1",
         )
         == []
     )
