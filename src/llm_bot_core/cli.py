@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from llm_bot_core.config import Settings, get_settings
@@ -34,7 +35,20 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_metrics_dir() -> None:
+    """Several processes: they write metrics to files in one fresh directory, /metrics sums them.
+
+    Must run before prometheus_client is imported in this process or any child.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-bot-core-metrics-")
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    workers = args.workers or settings.backend_workers
+    if workers > 1:
+        _shared_metrics_dir()
+
     import uvicorn
 
     from llm_bot_core.db.migrate import upgrade_to_head
@@ -44,7 +58,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     os.environ["MIGRATE_ON_START"] = "false"  # done once here, not in every worker
     host = args.host or settings.host
     port = args.port or settings.port
-    workers = args.workers or settings.backend_workers
     _announce(settings, host, port)
     uvicorn.run(
         "llm_bot_core.api.app:create_app",
@@ -61,6 +74,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.metrics_port:
+        _shared_metrics_dir()
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(args.metrics_port, addr=settings.host, registry=registry)
+
     from llm_bot_core.worker.app import celery_app
 
     _database_url(settings)
@@ -153,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Celery worker (summaries, indexing)")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default=None, help="prefork (default), solo, threads")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the worker's Prometheus metrics (job lag, failures, LLM) on this port",
+    )
 
     reindex = sub.add_parser("reindex", help="rebuild semantic memory's vectors from messages")
     reindex.add_argument("--batch", type=int, default=256, help="messages embedded per batch")

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Embedded state (PostgreSQL, ...).")
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test each pooled connection before use (3 round trips per checkout). Off: "
+        "a dead connection fails one request with 503 database_unavailable and the pool "
+        "is refreshed.",
+    )
     migrate_on_start: bool = True
 
     # --- admin panel (Directus over the same database) -----------------------------------
@@ -72,6 +78,10 @@ class Settings(BaseSettings):
         default=None, description="Any OpenAI-compatible server; default OpenRouter."
     )
     llm_api_key: SecretStr | None = None
+    llm_client: Literal["http", "openai"] = Field(
+        default="http",
+        description="http: the lean aiohttp client (llm/http_chat.py); openai: the official SDK.",
+    )
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_max_tokens: int = Field(default=1024, ge=1)

@@ -94,12 +94,15 @@ class FakeLLM:
         delay = self.latency
         if self.summary_latency is not None and is_summary_request(messages):
             delay = self.summary_latency
+        # Decided on arrival: a slow request still sleeping from an earlier test must not
+        # consume a failure queued for the next one.
+        failure = self._failures.pop(0) if self._failures else None
         if self.hang:
             await asyncio.sleep(3600)
         if delay:
             await asyncio.sleep(delay)
-        if self._failures:
-            status, text = self._failures.pop(0)
+        if failure is not None:
+            status, text = failure
             if status == 0:
                 assert request.transport is not None
                 request.transport.close()
