@@ -18,6 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/llm-bot-core run
 
+## The Directus admin panel on 127.0.0.1:8055 (DIRECTUS_PORT) over the same database as `make run`.
+## The first run installs Node 22 and Directus into ~/.cache/llm-bot-core (several minutes).
+.PHONY: admin
+admin: $(STAMP)
+	$(BIN)/llm-bot-core admin
+
 ## The whole test suite against real PostgreSQL (embedded, or TEST_DATABASE_URL) and Redis.
 test: $(STAMP)
 	$(BIN)/python -m pytest

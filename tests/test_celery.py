@@ -201,3 +201,37 @@ async def test_broker_down_replies_keep_flowing(
         ).scalar()
     # Every reply was stored; the summary is still due and will be queued by the next message.
     assert count == 6 and counter == 6
+
+
+async def test_summary_due_while_the_broker_was_down_is_queued_once_it_is_back(
+    clean_db: str,
+    db: AsyncEngine,
+    llm_server: FakeLLMServer,
+    fake_llm: FakeLLM,
+    celery_settings: Settings,
+    worker: Worker,
+) -> None:
+    broker_down = make_settings(
+        clean_db,
+        llm_server.base_url,
+        use_celery_for_summary=True,
+        celery_broker_url="redis://127.0.0.1:1/0",
+        summary_threshold=THRESHOLD,
+    )
+    async with running_app(broker_down) as client:
+        for turn in range(THRESHOLD // 2 + 1):
+            await say(client, f"while down {turn}")
+        await client.app.state.services.jobs.drain()  # type: ignore[attr-defined]
+    await wait_for(db, "SELECT count(*) FROM conversation_summaries", 0)
+    await wait_for(db, "SELECT messages_since_summary FROM chat_sessions", THRESHOLD + 2)
+
+    # The broker is back: the next message finds the counter past the threshold and queues it.
+    async with running_app(celery_settings) as client:
+        await say(client, "back")
+        await wait_for(db, "SELECT count(*) FROM conversation_summaries", 1)
+    async with db.connect() as conn:
+        watermark = (
+            await conn.execute(text("SELECT last_message_id FROM conversation_summaries"))
+        ).scalar()
+    assert watermark is not None and watermark >= THRESHOLD + 3  # everything said while down
+    await assert_chunks_cover_each_message_once(db, fake_llm)

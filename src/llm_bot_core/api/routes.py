@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from llm_bot_core import __version__
+from llm_bot_core import __version__, metrics
 from llm_bot_core.api.deps import ChatServiceDep, ServicesDep, require_api_key
 from llm_bot_core.api.errors import ERROR_CODES, ApiError
 from llm_bot_core.api.schemas import (
@@ -61,6 +61,19 @@ async def reset(body: ResetRequest, chat: ChatServiceDep) -> ResetResponse:
     """Close the chat's active session (Telegram /start), by chat_id or session_id."""
     closed = await chat.reset(chat_id=body.chat_id, session_id=body.session_id)
     return ResetResponse(reset_sessions=closed)
+
+
+@system.get("/health/live", response_class=PlainTextResponse)
+async def live() -> PlainTextResponse:
+    """Liveness only: touches neither the database nor the LLM (the benchmark's floor)."""
+    return PlainTextResponse("ok")
+
+
+@system.get("/metrics", response_class=PlainTextResponse)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics: request latency by route, LLM calls and tokens, jobs, DB pool."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
 
 
 @system.get(

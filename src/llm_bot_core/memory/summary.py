@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatMessage, ChatModel
 from llm_bot_core.memory.store import StoredMessage, Summary
+from llm_bot_core.metrics import metered_completion
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,11 @@ async def summarize_session(
             chunk = [StoredMessage(id=r[0], role=r[1], content=r[2]) for r in rows]
             await conn.rollback()  # no connection is held across the LLM call
 
-        completion = await model.complete(
-            summary_prompt(previous, chunk), model=settings.effective_summary_model
+        completion = await metered_completion(
+            model,
+            "summary",
+            summary_prompt(previous, chunk),
+            model=settings.effective_summary_model,
         )
         version = (previous.version if previous else 0) + 1
         watermark = chunk[-1].id

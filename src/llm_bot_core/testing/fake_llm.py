@@ -54,6 +54,8 @@ class FakeLLM:
     requests: list[dict[str, Any]] = field(default_factory=list)
     _failures: list[tuple[int, str]] = field(default_factory=list)
     hang: bool = False
+    embeddings_down: bool = False
+    """While set, /v1/embeddings answers 503 (an embedding server outage)."""
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
@@ -66,6 +68,7 @@ class FakeLLM:
         self.requests.clear()
         self._failures.clear()
         self.hang = False
+        self.embeddings_down = False
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -91,8 +94,8 @@ class FakeLLM:
         delay = self.latency
         if self.summary_latency is not None and is_summary_request(messages):
             delay = self.summary_latency
-        # The fault belongs to the request that arrived, not to whichever wakes up first: a slow
-        # request left over from a previous test must not take the next test's fault.
+        # Decided on arrival: a slow request still sleeping from an earlier test must not
+        # consume a failure queued for the next one.
         failure = self._failures.pop(0) if self._failures else None
         if self.hang:
             await asyncio.sleep(3600)
@@ -134,6 +137,8 @@ class FakeLLM:
         body = await request.json()
         body["_kind"] = "embeddings"
         self.requests.append(body)
+        if self.embeddings_down:
+            return web.json_response({"error": {"message": "embeddings down"}}, status=503)
         if self._failures:
             status, text = self._failures.pop(0)
             return web.json_response({"error": {"message": text}}, status=status)
