@@ -53,6 +53,9 @@ IMAGE_TOOLS = {
 }
 SHELL_BUILTINS = {"exec", "printf", "echo", "[", "test", "true", "false", "exit"}
 
+# Started, not waited for: the first start of bge_embeddings downloads the model (minutes), and
+# the backend and worker degrade without it (replies without recalled memory, indexing queued).
+SOFT_DEPENDENCIES = {("backend", "bge_embeddings"), ("celery_worker", "bge_embeddings")}
 # One-shot services: run to completion, no healthcheck, no restart.
 ONE_SHOTS = {"migrate", "directus_provision"}
 # Subcommands being built in other issues; until they exist their services are skipped.
@@ -127,8 +130,8 @@ def test_rag_stack_points_backend_and_worker_at_qdrant_and_bge_m3() -> None:
         assert env["EMBEDDINGS_BASE_URL"] == "http://bge_embeddings:7998"
         assert env["OPENAI_EMBEDDING_MODEL"] == "BAAI/bge-m3"
         deps = rag.service(name)["depends_on"]
-        assert deps["qdrant"]["condition"] == deps["bge_embeddings"]["condition"] == (
-            "service_healthy")
+        assert deps["qdrant"]["condition"] == "service_healthy"
+        assert deps["bge_embeddings"]["condition"] == "service_started"  # see SOFT_DEPENDENCIES
     infinity = rag.service("bge_embeddings")
     command = infinity["command"]
     assert command[command.index("--model-id") + 1] == "BAAI/bge-m3"
@@ -156,6 +159,8 @@ def test_dependencies_wait_for_health_or_completion(stack: str) -> None:
             condition = spec["condition"]
             if dep in ONE_SHOTS:
                 assert condition == "service_completed_successfully", (name, dep)
+            elif (name, dep) in SOFT_DEPENDENCIES:
+                assert condition == "service_started", (name, dep)
             else:
                 assert condition == "service_healthy", (name, dep)
                 assert "healthcheck" in services[dep], (name, dep)
