@@ -258,10 +258,20 @@ async def test_stickers_photos_edits_and_unknown_updates_do_not_break_the_bot(
         telegram.push_update({"message": telegram.message(
             chat_id=chat, photo=photo, caption="what is on this photo?")})
         answered = await telegram.wait_for("sendMessage", 4, chat_id=chat)
+        assert answered[3].plain_text == "Echo: what is on this photo?"
 
-    assert answered[3].plain_text == "Echo: what is on this photo?"
+        for caption in ("compare these two", None):  # an album: the caption on one item
+            album_item = telegram.message(chat_id=chat, photo=photo, media_group_id="album1")
+            if caption:
+                album_item["caption"] = caption
+            update_id = telegram.push_update({"message": album_item})
+        await telegram.wait_for("sendMessage", 5, chat_id=chat)
+        await telegram.wait_consumed(update_id)
+        await settle()
+
+    assert telegram.sent_texts(chat_id=chat)[4:] == ["Echo: compare these two"]
     assert [r["messages"][-1]["content"] for r in fake_llm.chat_requests] == [
-        "what is on this photo?"]
+        "what is on this photo?", "compare these two"]
 
 
 async def test_help_lists_the_commands_in_the_users_language(

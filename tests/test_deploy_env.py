@@ -49,7 +49,7 @@ def settings_variables() -> dict[str, object]:
     variables: dict[str, object] = {}
     for cls in settings_classes():
         for field, info in cls.model_fields.items():
-            variables[env_name(cls, field)] = info.default
+            variables[env_name(cls, field)] = info.get_default(call_default_factory=True)
     return variables
 
 

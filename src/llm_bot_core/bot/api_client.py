@@ -77,6 +77,9 @@ class BackendClient:
             headers=headers,
             timeout=httpx.Timeout(settings.backend_timeout,
                                   connect=min(10.0, settings.backend_timeout)),
+            # Drop idle connections before uvicorn does (its keep-alive is 5 s): a request on a
+            # connection the server just closed fails in a way that cannot be safely repeated.
+            limits=httpx.Limits(keepalive_expiry=2.0),
         )
         self._attempts = settings.backend_retries
         self._backoff = settings.backend_retry_backoff

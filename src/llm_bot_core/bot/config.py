@@ -37,8 +37,8 @@ class BotSettings(BaseSettings):
     telegram_max_retry_after: float = Field(default=60.0, ge=0)
     typing_interval: float = Field(default=4.0, gt=0)
 
-    allowed_user_ids: IdSet = frozenset()
-    allowed_chat_ids: IdSet = frozenset()
+    allowed_user_ids: IdSet = Field(default_factory=frozenset)
+    allowed_chat_ids: IdSet = Field(default_factory=frozenset)
     rate_limit_messages: int = Field(default=0, ge=0, description="0: no limit.")
     rate_limit_window: float = Field(default=60.0, gt=0)
 

@@ -27,5 +27,8 @@ async def text_only(message: Message) -> None:
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(text_only, F.content_type.in_(USER_CONTENT), Addressed())
+    # An album arrives as one message per item, the caption on one of them (answered as text):
+    # the others are skipped instead of each getting its own "text only".
+    router.message.register(text_only, F.content_type.in_(USER_CONTENT), ~F.media_group_id,
+                            Addressed())
     return router
