@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,10 +83,16 @@ def has_subcommand(name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def image_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package as the image installs it: a wheel built from this checkout, unpacked."""
+    """The package as the image installs it: a wheel built from what the Dockerfile copies."""
+    context = tmp_path_factory.mktemp("context")
+    for name in ("pyproject.toml", "constraints.txt"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "src", context / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out),
+         str(context)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
