@@ -9,12 +9,20 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from llm_bot_core.admin.install import ensure_installed
-from llm_bot_core.admin.provision import provision
-from llm_bot_core.admin.server import DirectusConfig, DirectusServer, load_or_create_secrets
+from llm_bot_core.admin.install import InstallError, ensure_installed
+from llm_bot_core.admin.provision import ProvisioningError, provision
+from llm_bot_core.admin.server import (
+    DirectusConfig,
+    DirectusServer,
+    DirectusStartError,
+    load_or_create_secrets,
+)
 from llm_bot_core.config import Settings
 
 log = logging.getLogger(__name__)
+
+# What `llm-bot-core admin` reports as one line instead of a traceback.
+AdminError = (InstallError, DirectusStartError, ProvisioningError)
 
 
 def directus_config(settings: Settings, database_url: str) -> DirectusConfig:
