@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -265,6 +266,38 @@ def test_alembic_autogenerate_does_not_see_directus_tables(directus: Directus) -
             await engine.dispose()
 
     assert "directus" not in repr(asyncio.run(diff()))
+
+
+# --- the compose stack's directus services, against this real Directus -------------------------
+
+
+def test_compose_healthcheck_of_directus_passes_on_a_running_directus(
+    directus: Directus, directus_install: DirectusInstall
+) -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    test = compose["services"]["directus"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "node", "-e"]
+    script = test[3].replace("http://127.0.0.1:8055", directus.url)
+    probe = subprocess.run([str(directus_install.node), "-e", script], timeout=30, check=False)
+    assert probe.returncode == 0, f"the compose healthcheck fails on a healthy Directus: {script}"
+
+
+def test_compose_provisioning_command_runs_against_a_running_directus(
+    directus: Directus, tmp_path: Path
+) -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["directus_provision"]["command"]
+    command = [directus.url if arg == "http://directus:8055" else arg for arg in command]
+    env = {**os.environ, "ADMIN_EMAIL": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
+           "DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://unused@127.0.0.1:1/none"}
+    result = subprocess.run([sys.executable, "-m", "llm_bot_core.cli", *command], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "provisioning done: 0 change(s)" in result.stderr + result.stdout
 
 
 # --- roles over REST ---------------------------------------------------------------------------
