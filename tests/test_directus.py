@@ -40,8 +40,9 @@ from tests.conftest import make_settings, running_app, unavailable
 pytestmark = pytest.mark.directus
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "img" / "directus-messages.png"
-SESSION_SCREENSHOT = ROOT / "docs" / "img" / "directus-session.png"
+# README's screenshots; retaken into docs/img with UPDATE_SCREENSHOTS=1 (else into a temp dir,
+# so that a test run leaves the work tree clean).
+SCREENSHOTS = ("directus-messages.png", "directus-session.png")
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 ADMIN = ("admin@example.com", "admin-password-1")
 OPERATOR = ("operator@example.com", "operator-password-1")
@@ -407,11 +408,13 @@ async def page(chromium: Path) -> AsyncIterator[object]:
 
 
 async def test_operator_logs_in_and_sees_the_dialogue_in_the_messages_collection(
-    directus: Directus, users: None, conversation: dict[str, str], page: object
+    directus: Directus, users: None, conversation: dict[str, str], page: object, tmp_path: Path
 ) -> None:
     from playwright.async_api import Page, expect
 
     assert isinstance(page, Page)
+    shots = ROOT / "docs" / "img" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    messages_png, session_png = (shots / name for name in SCREENSHOTS)
     await page.goto(f"{directus.url}/admin/login")
     await page.locator("input[type=email]").fill(OPERATOR[0])
     await page.locator("input[type=password]").fill(OPERATOR[1])
@@ -427,15 +430,17 @@ async def test_operator_logs_in_and_sees_the_dialogue_in_the_messages_collection
     if await toggle.count():
         await toggle.first.click()
         await page.wait_for_timeout(1000)  # let the panel finish sliding away
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT))
+    shots.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(messages_png))
 
     # A session shows its messages through the o2m relation.
     [(session_id,)] = await _query(directus.database_url,
                                    "SELECT id::text FROM chat_sessions WHERE chat_id = '67890'")
     await page.goto(f"{directus.url}/admin/content/chat_sessions/{session_id}")
     await expect(page.get_by_text(conversation["user"]).first).to_be_visible(timeout=30_000)
-    await page.screenshot(path=str(SESSION_SCREENSHOT))
+    await page.screenshot(path=str(session_png))
+    for png in (messages_png, session_png):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the backend beside Directus ---------------------------------------------------------------
