@@ -54,3 +54,11 @@ def test_directus_gets_our_port_not_the_backends_and_none_of_our_generic_variabl
     assert "REDIS" not in env
     assert env["PATH"].startswith(str(tmp_path / "bin"))
     assert env["KEY"] and env["SECRET"] and env["KEY"] != env["SECRET"]
+
+
+def test_nothing_is_written_under_data_dir_when_every_secret_is_given(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, admin_password="a",  # type: ignore[call-arg]
+                        directus_key="k", directus_secret="s")
+    config = directus_config(settings, "postgresql+asyncpg://u:p@db:5432/db")
+    assert (config.admin_password, config.key, config.secret) == ("a", "k", "s")
+    assert not (tmp_path / "directus").exists()

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,8 +40,9 @@ from tests.conftest import make_settings, running_app, unavailable
 pytestmark = pytest.mark.directus
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "docs" / "img" / "directus-messages.png"
-SESSION_SCREENSHOT = ROOT / "docs" / "img" / "directus-session.png"
+# README's screenshots; retaken into docs/img with UPDATE_SCREENSHOTS=1 (else into a temp dir,
+# so that a test run leaves the work tree clean).
+SCREENSHOTS = ("directus-messages.png", "directus-session.png")
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 ADMIN = ("admin@example.com", "admin-password-1")
 OPERATOR = ("operator@example.com", "operator-password-1")
@@ -246,6 +248,59 @@ def test_reprovisioning_picks_up_a_column_added_by_a_later_migration(directus: D
         provision(directus.url, *ADMIN)
 
 
+def test_alembic_autogenerate_does_not_see_directus_tables(directus: Directus) -> None:
+    """A developer autogenerating the next migration must not get `drop_table('directus_*')`."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from llm_bot_core.db.migrate import include_name
+    from llm_bot_core.db.models import Base
+
+    async def diff() -> list[object]:
+        engine = create_async_engine(directus.database_url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(lambda sync: compare_metadata(
+                    MigrationContext.configure(sync, opts={"include_name": include_name}),
+                    Base.metadata))
+        finally:
+            await engine.dispose()
+
+    assert "directus" not in repr(asyncio.run(diff()))
+
+
+# --- the compose stack's directus services, against this real Directus -------------------------
+
+
+def test_compose_healthcheck_of_directus_passes_on_a_running_directus(
+    directus: Directus, directus_install: DirectusInstall
+) -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    test = compose["services"]["directus"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "node", "-e"]
+    script = test[3].replace("http://127.0.0.1:8055", directus.url)
+    probe = subprocess.run([str(directus_install.node), "-e", script], timeout=30, check=False)
+    assert probe.returncode == 0, f"the compose healthcheck fails on a healthy Directus: {script}"
+
+
+def test_compose_provisioning_command_runs_against_a_running_directus(
+    directus: Directus, tmp_path: Path
+) -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    command = compose["services"]["directus_provision"]["command"]
+    command = [directus.url if arg == "http://directus:8055" else arg for arg in command]
+    env = {**os.environ, "ADMIN_EMAIL": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1],
+           "DATA_DIR": str(tmp_path), "DATABASE_URL": "postgresql://unused@127.0.0.1:1/none"}
+    result = subprocess.run([sys.executable, "-m", "llm_bot_core.cli", *command], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "provisioning done: 0 change(s)" in result.stderr + result.stdout
+
+
 # --- roles over REST ---------------------------------------------------------------------------
 
 
@@ -342,7 +397,7 @@ async def page(chromium: Path) -> AsyncIterator[object]:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(chromium), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync",
+            "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
         ])
         context = await browser.new_context(viewport={"width": 1440, "height": 810},
                                             locale="en-US")
@@ -353,16 +408,19 @@ async def page(chromium: Path) -> AsyncIterator[object]:
 
 
 async def test_operator_logs_in_and_sees_the_dialogue_in_the_messages_collection(
-    directus: Directus, users: None, conversation: dict[str, str], page: object
+    directus: Directus, users: None, conversation: dict[str, str], page: object, tmp_path: Path
 ) -> None:
     from playwright.async_api import Page, expect
 
     assert isinstance(page, Page)
+    shots = ROOT / "docs" / "img" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    messages_png, session_png = (shots / name for name in SCREENSHOTS)
     await page.goto(f"{directus.url}/admin/login")
     await page.locator("input[type=email]").fill(OPERATOR[0])
     await page.locator("input[type=password]").fill(OPERATOR[1])
     await page.locator("button[type=submit]").click()
-    await page.wait_for_url("**/admin/**", timeout=30_000)
+    # The app leaves /admin/login once the session cookie is set.
+    await page.wait_for_url(lambda url: "/admin/login" not in url, timeout=30_000)
 
     await page.goto(f"{directus.url}/admin/content/messages")
     await expect(page.get_by_text(conversation["user"]).first).to_be_visible(timeout=30_000)
@@ -372,15 +430,17 @@ async def test_operator_logs_in_and_sees_the_dialogue_in_the_messages_collection
     if await toggle.count():
         await toggle.first.click()
         await page.wait_for_timeout(1000)  # let the panel finish sliding away
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT))
+    shots.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(messages_png))
 
     # A session shows its messages through the o2m relation.
     [(session_id,)] = await _query(directus.database_url,
                                    "SELECT id::text FROM chat_sessions WHERE chat_id = '67890'")
     await page.goto(f"{directus.url}/admin/content/chat_sessions/{session_id}")
     await expect(page.get_by_text(conversation["user"]).first).to_be_visible(timeout=30_000)
-    await page.screenshot(path=str(SESSION_SCREENSHOT))
+    await page.screenshot(path=str(session_png))
+    for png in (messages_png, session_png):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the backend beside Directus ---------------------------------------------------------------

@@ -131,14 +131,18 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
-    from llm_bot_core.admin.run import run_admin
+    from llm_bot_core.admin.run import AdminError, run_admin
     from llm_bot_core.db.migrate import upgrade_to_head
 
-    if args.provision_only:  # Directus runs elsewhere (e.g. docker compose): REST only
-        return run_admin(settings, "", provision_url=args.provision_only)
-    url = _database_url(settings)
-    upgrade_to_head(url)  # the tables must exist before Directus can register them
-    return run_admin(settings, url)
+    try:
+        if args.provision_only:  # Directus runs elsewhere (e.g. docker compose): REST only
+            return run_admin(settings, "", provision_url=args.provision_only)
+        url = _database_url(settings)
+        upgrade_to_head(url)  # the tables must exist before Directus can register them
+        return run_admin(settings, url)
+    except AdminError as exc:
+        log.error("admin panel: %s", exc)
+        return 1
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:

@@ -1,0 +1,1 @@
+"""The Directus admin panel over the backend's database: install, run, provision."""

@@ -9,29 +9,42 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from llm_bot_core.admin.install import ensure_installed
-from llm_bot_core.admin.provision import provision
-from llm_bot_core.admin.server import DirectusConfig, DirectusServer, load_or_create_secrets
+from pydantic import SecretStr
+
+from llm_bot_core.admin.install import InstallError, ensure_installed
+from llm_bot_core.admin.provision import ProvisioningError, provision
+from llm_bot_core.admin.server import (
+    DirectusConfig,
+    DirectusServer,
+    DirectusStartError,
+    load_or_create_secrets,
+)
 from llm_bot_core.config import Settings
 
 log = logging.getLogger(__name__)
+
+# What `llm-bot-core admin` reports as one line instead of a traceback.
+AdminError = (InstallError, DirectusStartError, ProvisioningError)
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
 
 
 def directus_config(settings: Settings, database_url: str) -> DirectusConfig:
     """Directus's settings from ours; secrets not given are generated once under DATA_DIR."""
     work_dir = (settings.data_dir / "directus").resolve()
-    stored = load_or_create_secrets(work_dir)
-
-    def pick(value: object, fallback: str) -> str:
-        secret = getattr(value, "get_secret_value", lambda: value)()
-        return str(secret) if secret else fallback
-
+    given = {"admin_password": _secret(settings.admin_password),
+             "key": _secret(settings.directus_key), "secret": _secret(settings.directus_secret)}
+    if not all(given.values()):  # only then touch DATA_DIR (it may be read-only in a container)
+        stored = load_or_create_secrets(work_dir)
+        given = {name: value or stored[name] for name, value in given.items()}
     return DirectusConfig(
         database_url=database_url,
         admin_email=settings.admin_email,
-        admin_password=pick(settings.admin_password, stored["admin_password"]),
-        key=pick(settings.directus_key, stored["key"]),
-        secret=pick(settings.directus_secret, stored["secret"]),
+        admin_password=given["admin_password"],
+        key=given["key"],
+        secret=given["secret"],
         work_dir=work_dir,
         host=settings.directus_host,
         port=settings.directus_port,
@@ -42,12 +55,14 @@ def directus_config(settings: Settings, database_url: str) -> DirectusConfig:
 
 def run_admin(settings: Settings, database_url: str, provision_url: str | None = None) -> int:
     """Serve the admin panel until interrupted, or only provision the Directus at provision_url."""
-    config = directus_config(settings, database_url)
     if provision_url:
-        changes = provision(provision_url, config.admin_email, config.admin_password)
+        password = (_secret(settings.admin_password)
+                    or load_or_create_secrets(settings.data_dir / "directus")["admin_password"])
+        changes = provision(provision_url, settings.admin_email, password)
         log.info("provisioning done: %d change(s)", len(changes))
         return 0
 
+    config = directus_config(settings, database_url)
     cache = Path(settings.directus_cache_dir).expanduser() if settings.directus_cache_dir else None
     install = ensure_installed(cache)
     server = DirectusServer(install, config, output=sys.stdout.buffer)

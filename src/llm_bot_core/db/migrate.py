@@ -13,6 +13,11 @@ from llm_bot_core.db.engine import normalize_url
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Autogenerate's filter: the admin panel keeps its own `directus_*` tables in our database."""
+    return not (type_ == "table" and name is not None and name.startswith("directus_"))
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

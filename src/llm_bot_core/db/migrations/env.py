@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from llm_bot_core.db.migrate import include_name
 from llm_bot_core.db.models import Base
 
 # Any constant; several backend replicas starting together must not race on DDL.
@@ -22,7 +23,8 @@ target_metadata = Base.metadata
 def _run(connection: Connection) -> None:
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     try:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          include_name=include_name)
         with context.begin_transaction():
             context.run_migrations()
     finally:

@@ -1,0 +1,166 @@
+"""What the admin panel should look like: collections, fields, relations, roles and their rights.
+
+Data only; `provision.py` brings a running Directus to this state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SPEC_TABLES = ("chat_sessions", "messages", "conversation_summaries", "embeddings")
+
+# Fixed ids make "is it already there?" a lookup by id, immune to renames in the UI.
+OPERATOR_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0001"
+OPERATOR_POLICY_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0002"
+VIEWER_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0003"
+VIEWER_POLICY_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0004"
+
+COLLECTIONS: dict[str, dict[str, Any]] = {
+    "chat_sessions": {
+        "icon": "forum",
+        "note": "Dialogue sessions: one active session per chat; /start closes it.",
+        "display_template": "{{user_id}} · {{chat_id}} · {{created_at}}",
+        "sort": 1,
+    },
+    "messages": {
+        "icon": "chat",
+        "note": "The full log of user and assistant messages.",
+        "display_template": "{{role}}: {{content}}",
+        "sort": 2,
+    },
+    "conversation_summaries": {
+        "icon": "summarize",
+        "note": "Progressive summaries of a session (summary memory).",
+        "display_template": "v{{version}}: {{content}}",
+        "sort": 3,
+    },
+    "embeddings": {
+        "icon": "memory",
+        "note": "Semantic-memory records; the vectors live in the vector store.",
+        "display_template": "{{role}}: {{content}}",
+        "sort": 4,
+    },
+}
+
+# Columns the backend maintains: read-only in the app. Only there: a permission limited to some
+# fields is a "custom permission rule", which unlicensed Directus 12 refuses to store.
+READ_ONLY: dict[str, frozenset[str]] = {
+    "chat_sessions": frozenset(
+        {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
+    ),
+    "messages": frozenset({"id", "session_id", "tokens", "created_at"}),
+    "conversation_summaries": frozenset(
+        {"id", "session_id", "version", "created_at", "last_message_id"}
+    ),
+    "embeddings": frozenset({"id", "session_id", "message_id", "created_at"}),
+}
+
+SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
+MESSAGE_TEMPLATE = "{{role}}: {{content}}"
+ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system", "tool")]
+
+# Field metadata beyond `readonly`, for fields that exist in the table.
+FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
+    # The session form: who and state first (two columns), its messages below.
+    "chat_sessions": {
+        "user_id": {"sort": 1, "width": "half"},
+        "chat_id": {"sort": 2, "width": "half"},
+        "is_active": {"sort": 3, "width": "half", "interface": "boolean", "display": "boolean"},
+        "messages_since_summary": {"sort": 4, "width": "half"},
+        "created_at": {"sort": 5, "width": "half", "display": "datetime",
+                       "display_options": {"relative": True}},
+        "closed_at": {"sort": 6, "width": "half", "interface": "datetime", "display": "datetime"},
+        "id": {"sort": 20},
+    },
+    "messages": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "role": {
+            "interface": "select-dropdown",
+            "options": {"choices": ROLE_CHOICES},
+            "display": "labels",
+            "display_options": {"choices": ROLE_CHOICES},
+        },
+        "content": {"interface": "input-multiline", "display": "formatted-value"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "conversation_summaries": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "content": {"interface": "input-multiline"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "embeddings": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "message_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": MESSAGE_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": MESSAGE_TEMPLATE},
+        },
+        "content": {"interface": "input-multiline"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A many-to-one over an existing foreign key, with the reverse (o2m) alias on the parent."""
+
+    collection: str
+    field: str
+    related: str
+    alias: str | None = None
+    alias_template: str = ""
+    alias_sort: int | None = None
+
+
+RELATIONS = (
+    Relation("messages", "session_id", "chat_sessions", "messages", MESSAGE_TEMPLATE, 10),
+    Relation("conversation_summaries", "session_id", "chat_sessions", "summaries",
+             "v{{version}}: {{content}}", 11),
+    Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE, 12),
+    Relation("embeddings", "message_id", "messages"),
+)
+
+# The table view's default columns; sorted newest first.
+LIST_COLUMNS: dict[str, list[str]] = {
+    "chat_sessions": ["user_id", "chat_id", "is_active", "messages_since_summary", "created_at",
+                      "closed_at"],
+    "messages": ["role", "content", "session_id", "tokens", "created_at"],
+    "conversation_summaries": ["session_id", "version", "content", "last_message_id",
+                               "created_at"],
+    "embeddings": ["role", "content", "importance", "session_id", "created_at"],
+}
+
+EDITABLE_BY_OPERATOR = ("messages", "chat_sessions")
+
+
+@dataclass(frozen=True)
+class Access:
+    role_id: str
+    policy_id: str
+    name: str
+    icon: str
+    description: str
+
+
+OPERATOR = Access(OPERATOR_ROLE_ID, OPERATOR_POLICY_ID, "Operator", "support_agent",
+                  "Reads all dialogue data; fixes or deletes messages and sessions.")
+VIEWER = Access(VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility",
+                "Read-only access to dialogue data.")
