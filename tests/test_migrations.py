@@ -31,7 +31,8 @@ async def test_upgrade_twice_is_harmless(clean_db: str, db: AsyncEngine) -> None
             (
                 await conn.execute(
                     text(
-                        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+                        "SELECT table_name FROM information_schema.tables"
+                        " WHERE table_schema = 'public'"
                     )
                 )
             ).scalars()
