@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,15 @@ def one(args: argparse.Namespace, db_url: str, llm_url: str, mode: str, slow: bo
         settings |= {"celery_broker_url": args.broker, "celery_queue": f"bench-{uuid.uuid4().hex}"}
     env = harness.backend_env(db_url, llm_url, **settings)
     tag = f"{mode}-{'slow' if slow else 'off'}-{uuid.uuid4().hex[:6]}"
-    before = harness.run_async(summaries_written(db_url))
-    with harness.backend(env, args.workers) as base_url:
+    with harness.backend(env, args.workers) as base_url:  # it migrates the database first
+        before = harness.run_async(summaries_written(db_url))
         if mode == "celery":
             with harness.celery_worker(env):
                 samples = harness.run_async(measure(base_url, args, tag))
         else:
             samples = harness.run_async(measure(base_url, args, tag))
+        if slow:  # let the summaries queued during the run land before counting them
+            time.sleep(args.summary_latency_ms / 1000 + 3)
         written = harness.run_async(summaries_written(db_url)) - before
     return {"summaries_written_during_run": written, **harness.summarize(samples)}
 
