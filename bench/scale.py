@@ -62,7 +62,9 @@ FILL = [
     INSERT INTO conversation_summaries (session_id, version, content, last_message_id)
     SELECT session_id, 1, 'A summary of the earlier conversation, a few sentences long.',
            max(id)
-    FROM messages GROUP BY session_id
+    FROM messages
+    WHERE session_id IN (SELECT id FROM chat_sessions WHERE chat_id LIKE 'scale-%')
+    GROUP BY session_id
     """,
 ]
 

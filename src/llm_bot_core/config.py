@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     short_history_limit: int = Field(default=8, ge=0, le=200)
     summary_threshold: int = Field(default=24, ge=1)
     summary_new_messages_limit: int = Field(default=200, ge=1)
+    summary_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="In-process mode: summaries running at once per backend process.",
+    )
     use_celery_for_summary: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
     celery_queue: str = Field(default="llm_bot_core", min_length=1)

@@ -52,6 +52,10 @@ class InProcessJobs:
         # One summarizer per session at a time in this process; the job itself is safe to run
         # concurrently, this only avoids paying the LLM twice for the same chunk.
         self._summarizing: set[uuid.UUID] = set()
+        # Summaries share the event loop with the replies. Bounding how many run at once keeps
+        # their database work from crowding out requests under load; a waiting job loses
+        # nothing, it covers more messages (up to SUMMARY_NEW_MESSAGES_LIMIT) when it runs.
+        self._summary_slots = asyncio.Semaphore(settings.summary_concurrency)
 
     def summarize(self, session_id: uuid.UUID) -> None:
         if session_id in self._summarizing:
@@ -69,11 +73,14 @@ class InProcessJobs:
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         try:
-            await timed_job(
-                "summary",
-                queued_at,
-                lambda: summarize_session(self._engine, self._model, self._settings, session_id),
-            )
+            async with self._summary_slots:
+                await timed_job(
+                    "summary",
+                    queued_at,
+                    lambda: summarize_session(
+                        self._engine, self._model, self._settings, session_id
+                    ),
+                )
         finally:
             self._summarizing.discard(session_id)
 
