@@ -93,6 +93,42 @@ async def fill(db_url: str, sessions: int, per_session: int) -> dict[str, Any]:
     }
 
 
+async def query_times(db_url: str, chat_id: str, repeat: int = 30) -> dict[str, Any]:
+    """Server-side execution time of the context read for one chat, and the plan's scans: the
+    part of the request that grows with the database if an index is missing."""
+    import statistics
+
+    import asyncpg
+
+    from llm_bot_core.memory.store import _CONTEXT
+
+    sql = str(_CONTEXT).replace(":session_id", "$1").replace(":limit", "$2")
+    conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        session_id = await conn.fetchval(
+            "SELECT id FROM chat_sessions WHERE chat_id = $1 AND is_active", chat_id
+        )
+        times = []
+        plan: Any = None
+        for _ in range(repeat):
+            raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, session_id, 8)
+            plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
+            times.append(plan["Execution Time"])
+    finally:
+        await conn.close()
+
+    def scans(node: dict[str, Any]) -> list[str]:
+        found = [f"{node['Node Type']} {node.get('Index Name', node.get('Relation Name', ''))}"]
+        for child in node.get("Plans", []):
+            found += scans(child)
+        return [f for f in found if "Scan" in f]
+
+    return {
+        "context_query_ms_median": round(statistics.median(times), 3),
+        "scans": sorted(set(scans(plan["Plan"]))),
+    }
+
+
 async def measure(base_url: str, args: argparse.Namespace, chat_ids: list[str]) -> harness.Samples:
     # Two messages first, so every measured chat already has an active session in both runs.
     await harness.drive_chats(
@@ -119,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with harness.backend(env, args.workers) as base_url:
                 empty_chats = [f"empty-{i}" for i in range(args.chats)]
                 empty = harness.summarize(harness.run_async(measure(base_url, args, empty_chats)))
+                empty["context_query"] = harness.run_async(query_times(db_url, empty_chats[0]))
                 print(json.dumps({"empty": empty}), file=sys.stderr, flush=True)
                 filled_info = harness.run_async(
                     fill(db_url, args.sessions, args.messages_per_session)
@@ -126,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(json.dumps({"fill": filled_info}), file=sys.stderr, flush=True)
                 scale_chats = [f"scale-{i * step}" for i in range(args.chats)]
                 filled = harness.summarize(harness.run_async(measure(base_url, args, scale_chats)))
+                filled["context_query"] = harness.run_async(query_times(db_url, scale_chats[0]))
     result = {
         "benchmark": "scale",
         "machine": harness.machine(),
