@@ -8,6 +8,7 @@ given), the fake OpenAI-compatible LLM as its own process, and the backend start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -148,6 +149,7 @@ class Process:
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             list(argv),
+            start_new_session=True,  # stop() ends the process group: uvicorn's workers too
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -155,13 +157,18 @@ class Process:
         )
 
     def stop(self) -> None:
+        import signal
+
         if self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
