@@ -167,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 scale_chats = [f"scale-{i * step}" for i in range(args.chats)]
                 filled = harness.summarize(harness.run_async(measure(base_url, args, scale_chats)))
                 filled["context_query"] = harness.run_async(query_times(db_url, scale_chats[0]))
+                # Noise check: short new chats again, now on the full database. If these are as
+                # slow as the filled ones, the difference is the machine, not the data.
+                fresh_chats = [f"fresh-{i}" for i in range(args.chats)]
+                fresh = harness.summarize(harness.run_async(measure(base_url, args, fresh_chats)))
     result = {
         "benchmark": "scale",
         "machine": harness.machine(),
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "database": filled_info,
         "empty": empty,
         "filled": filled,
+        "new_chats_on_filled": fresh,
         "p50_ratio": round(filled["latency_ms"]["p50"] / empty["latency_ms"]["p50"], 3),
         "p99_ratio": round(filled["latency_ms"]["p99"] / empty["latency_ms"]["p99"], 3),
     }
