@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
 
-
 PCTS = ("p50", "p99")
 
 
