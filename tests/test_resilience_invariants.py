@@ -152,3 +152,24 @@ async def chunk_contents(db: AsyncEngine) -> list[list[tuple[str, str]]]:
             )
             out.append([(r[0], r[1]) for r in result])
     return out
+
+
+async def test_shutdown_drops_queued_summaries_which_stay_due(
+    clean_db: str, db: AsyncEngine, llm_server: FakeLLMServer, fake_llm: FakeLLM
+) -> None:
+    settings = make_settings(
+        clean_db, llm_server.base_url, summary_threshold=2, summary_concurrency=1
+    )
+    fake_llm.summary_latency = 1.0
+    started = asyncio.get_running_loop().time()
+    async with running_app(settings) as client:
+        for c in range(5):
+            body = {"user_id": "u", "chat_id": f"q{c}", "text": "hello"}
+            assert (await client.post("/v1/chat/handle", json=body)).status_code == 200
+    # One summary was running and is finished; the four waiting for the slot were dropped.
+    assert asyncio.get_running_loop().time() - started < 4
+    [(written,)] = await rows(db, "SELECT count(*) FROM conversation_summaries")
+    [(still_due,)] = await rows(
+        db, "SELECT count(*) FROM chat_sessions WHERE messages_since_summary >= 2"
+    )
+    assert written <= 2 and written + still_due == 5

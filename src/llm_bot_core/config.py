@@ -32,8 +32,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL (postgresql+asyncpg://...). Empty: embedded PostgreSQL.",
     )
     data_dir: Path = Field(default=Path("data"), description="Embedded state (PostgreSQL, ...).")
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # Connections are held only for single statements (never across the LLM call), so 20 per
+    # process is plenty; overflow connections are closed again on return, and under bursts
+    # that churn (a PostgreSQL backend started per connection) cost more than waiting.
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_pre_ping: bool = Field(
         default=False,
         description="Test each pooled connection before use (3 round trips per checkout). Off: "
@@ -94,6 +97,12 @@ class Settings(BaseSettings):
     short_history_limit: int = Field(default=8, ge=0, le=200)
     summary_threshold: int = Field(default=24, ge=1)
     summary_new_messages_limit: int = Field(default=200, ge=1)
+    summary_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="In-process mode: summaries running at once per backend process.",
+    )
     use_celery_for_summary: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
     celery_queue: str = Field(default="llm_bot_core", min_length=1)

@@ -135,7 +135,12 @@ def render() -> tuple[bytes, str]:
 
 
 class RequestMetrics:
-    """Pure ASGI middleware: one histogram observation per HTTP request, by route template."""
+    """Pure ASGI middleware: one histogram observation per HTTP request, by route template.
+
+    It also adds `Server-Timing: app;dur=<ms>`, the time from the request reaching the app to
+    its response starting, so a client can subtract the `llm` entry and get the backend's own
+    overhead without the network and its own scheduling in it.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -151,6 +156,11 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"server-timing", b"app;dur=%.2f" % elapsed_ms),
+                ]
             await send(message)
 
         try:

@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         try:
             yield
         finally:
+            drop_waiting = getattr(jobs, "drop_waiting", None)
+            if drop_waiting is not None:
+                drop_waiting()
             await jobs.drain()
             await semantic.aclose()
             if model is None:

@@ -52,6 +52,11 @@ class InProcessJobs:
         # One summarizer per session at a time in this process; the job itself is safe to run
         # concurrently, this only avoids paying the LLM twice for the same chunk.
         self._summarizing: set[uuid.UUID] = set()
+        # Summaries share the event loop with the replies. Bounding how many run at once keeps
+        # their database work from crowding out requests under load; a waiting job loses
+        # nothing, it covers more messages (up to SUMMARY_NEW_MESSAGES_LIMIT) when it runs.
+        self._summary_slots = asyncio.Semaphore(settings.summary_concurrency)
+        self._waiting: set[asyncio.Task[Any]] = set()
 
     def summarize(self, session_id: uuid.UUID) -> None:
         if session_id in self._summarizing:
@@ -68,13 +73,26 @@ class InProcessJobs:
             )
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
+        task = asyncio.current_task()
         try:
-            await timed_job(
-                "summary",
-                queued_at,
-                lambda: summarize_session(self._engine, self._model, self._settings, session_id),
-            )
+            if task is not None:
+                self._waiting.add(task)
+            await self._summary_slots.acquire()
+            if task is not None:
+                self._waiting.discard(task)
+            try:
+                await timed_job(
+                    "summary",
+                    queued_at,
+                    lambda: summarize_session(
+                        self._engine, self._model, self._settings, session_id
+                    ),
+                )
+            finally:
+                self._summary_slots.release()
         finally:
+            if task is not None:
+                self._waiting.discard(task)
             self._summarizing.discard(session_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
@@ -91,3 +109,9 @@ class InProcessJobs:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def drop_waiting(self) -> None:
+        """At shutdown: forget summaries still waiting for a slot (they stay due in the
+        database and the next message queues them again); running ones are drained."""
+        for task in list(self._waiting):
+            task.cancel()
