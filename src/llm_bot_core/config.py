@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     )
     llm_api_key: SecretStr | None = None
     llm_client: Literal["http", "openai"] = Field(
-        default="http",
-        description="http: the lean aiohttp client (llm/http_chat.py); openai: the official SDK.",
+        default="openai",
+        description="openai: the official SDK; http: the lean aiohttp client (llm/http_chat.py), "
+        "about 2 ms less CPU per request for high-throughput deployments.",
     )
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
