@@ -76,8 +76,7 @@ class VectorSemanticMemory:
                 self._store = store
                 self._indexer = indexer
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
-                self.description = (f"{self._embedder.name} ({self._embedder.dim}-d) in "
-                                    f"{store.description}; scope={s.rag_scope}, "
+                self.description = (f"{store.description}; scope={s.rag_scope}, "
                                     f"lexical weight={s.rag_lexical_weight}")
                 log.info("semantic memory: %s", self.description)
         assert self._indexer is not None and self._searcher is not None
