@@ -80,7 +80,7 @@ class Hit:
 class SearchOptions:
     limit: int
     min_score: float
-    lexical_weight: float = 0.5
+    lexical_weight: float = 1.0
     candidates: int = 40
     dedupe_jaccard: float = 0.75
 
