@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-pg lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/llm-bot-core run
 
+## The Directus admin panel on 127.0.0.1:8055 (DIRECTUS_PORT) over the same database as `make run`.
+## The first run installs Node 22 and Directus into ~/.cache/llm-bot-core (several minutes).
+.PHONY: admin
+admin: $(STAMP)
+	$(BIN)/llm-bot-core admin
+
 ## The whole test suite against real PostgreSQL (embedded, or TEST_DATABASE_URL) and Redis.
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -28,3 +34,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## The suite again on the machine's PostgreSQL server (CI runs both).
+TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+test-pg: $(STAMP)
+	TEST_DATABASE_URL=$(TEST_PG_URL) $(BIN)/python -m pytest -m "not directus"

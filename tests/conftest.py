@@ -29,7 +29,7 @@ TABLES = ("embeddings", "conversation_summaries", "messages", "chat_sessions")
 
 
 def unavailable(reason: str) -> None:
-    """Skip locally, fail in CI: a CI run that silently skipped its real-service tests proves nothing."""
+    """Skip locally, fail in CI: a CI run that skipped its real-service tests proves nothing."""
     if os.environ.get("CI"):
         pytest.fail(f"required service unavailable in CI: {reason}")
     pytest.skip(reason)
@@ -61,7 +61,7 @@ def database_url() -> Iterator[str]:
         asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         return
 
-    from llm_bot_core.db.embedded import start_embedded_postgres
+    from llm_bot_core.db.embedded import start_embedded_postgres, stop_embedded_postgres
 
     # pgserver runs PostgreSQL as its own user when we are root: the directory must be traversable.
     data_dir = Path(tempfile.mkdtemp(prefix="llmbot-pg-"))
@@ -72,6 +72,7 @@ def database_url() -> Iterator[str]:
         unavailable(f"embedded PostgreSQL did not start: {exc!r}")
     upgrade_to_head(url)
     yield url
+    stop_embedded_postgres(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -143,7 +144,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-class running_app:  # noqa: N801 - used like a function: `async with running_app(settings)`
+class running_app:
     """The real app with its lifespan, behind an in-process httpx client."""
 
     def __init__(self, settings: Settings) -> None:

@@ -46,15 +46,18 @@ async def test_handle_answers_in_spec_shape_and_stores_both_messages(
         ("user", "Привет, расскажи, что ты умеешь?", None),
         ("assistant", "Echo: Привет, расскажи, что ты умеешь?", 6),
     ]
-    sessions = await rows(db, "SELECT user_id, chat_id, is_active, messages_since_summary "
-                              "FROM chat_sessions")
+    sessions = await rows(
+        db, "SELECT user_id, chat_id, is_active, messages_since_summary FROM chat_sessions"
+    )
     assert sessions == [("12345", "67890", True, 2)]
 
 
-async def test_numeric_ids_are_accepted_as_strings(app_client: httpx.AsyncClient,
-                                                   db: AsyncEngine) -> None:
-    response = await app_client.post("/v1/chat/handle",
-                                     json={"user_id": 12345, "chat_id": -100500, "text": "hi"})
+async def test_numeric_ids_are_accepted_as_strings(
+    app_client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    response = await app_client.post(
+        "/v1/chat/handle", json={"user_id": 12345, "chat_id": -100500, "text": "hi"}
+    )
     assert response.status_code == 200, response.text
     assert await rows(db, "SELECT user_id, chat_id FROM chat_sessions") == [("12345", "-100500")]
 
@@ -118,8 +121,9 @@ async def test_without_llm_the_backend_starts_explains_and_keeps_the_message(
         assert health["status"] == "ok"
         assert health["llm"]["status"] == "not_configured"
         assert "OPENROUTER_API_KEY" in health["llm"]["detail"]
-        response = await client.post("/v1/chat/handle",
-                                      json={"user_id": "1", "chat_id": "c", "text": "hello"})
+        response = await client.post(
+            "/v1/chat/handle", json={"user_id": "1", "chat_id": "c", "text": "hello"}
+        )
     body = assert_error(response, 503, "llm_not_configured")
     assert "OPENROUTER_API_KEY" in body["message"] and "LLM_BASE_URL" in body["message"]
     assert await rows(db, "SELECT role, content FROM messages") == [("user", "hello")]
@@ -152,16 +156,22 @@ async def test_bad_handle_input_is_rejected_with_error_shape_and_stores_nothing(
 
 @pytest.mark.parametrize(
     "payload",
-    [{}, {"chat_id": "1", "session_id": str(uuid.UUID(int=1))}, {"session_id": "not-a-uuid"},
-     {"chat_id": ""}, {"chat_id": None}],
+    [
+        {},
+        {"chat_id": "1", "session_id": str(uuid.UUID(int=1))},
+        {"session_id": "not-a-uuid"},
+        {"chat_id": ""},
+        {"chat_id": None},
+    ],
 )
 async def test_bad_reset_input_is_rejected(app_client: httpx.AsyncClient, payload: object) -> None:
     assert_error(await app_client.post("/v1/chat/reset", json=payload), 422, "validation_error")
 
 
 async def test_invalid_json_and_unknown_routes(app_client: httpx.AsyncClient) -> None:
-    response = await app_client.post("/v1/chat/handle", content=b"{not json",
-                                     headers={"content-type": "application/json"})
+    response = await app_client.post(
+        "/v1/chat/handle", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert_error(response, 400, "invalid_json")
     assert_error(await app_client.get("/v1/nope"), 404, "not_found")
     assert_error(await app_client.get("/v1/chat/handle"), 405, "method_not_allowed")
@@ -169,8 +179,9 @@ async def test_invalid_json_and_unknown_routes(app_client: httpx.AsyncClient) ->
 
 async def test_oversized_body_is_rejected_before_parsing(app_client: httpx.AsyncClient) -> None:
     big = b'{"user_id": "1", "chat_id": "2", "text": "' + b"x" * 400_000 + b'"}'
-    response = await app_client.post("/v1/chat/handle", content=big,
-                                     headers={"content-type": "application/json"})
+    response = await app_client.post(
+        "/v1/chat/handle", content=big, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
 
@@ -181,10 +192,14 @@ async def test_api_key_protects_v1_but_not_health(clean_db: str, llm_server) -> 
         payload = {"user_id": "1", "chat_id": "2", "text": "x"}
         assert_error(await client.post("/v1/chat/handle", json=payload), 401, "unauthorized")
         wrong = {"Authorization": "Bearer nope"}
-        assert_error(await client.post("/v1/chat/reset", json={"chat_id": "2"}, headers=wrong),
-                     401, "unauthorized")
-        ok = await client.post("/v1/chat/handle", json=payload,
-                               headers={"Authorization": "Bearer s3cret"})
+        assert_error(
+            await client.post("/v1/chat/reset", json={"chat_id": "2"}, headers=wrong),
+            401,
+            "unauthorized",
+        )
+        ok = await client.post(
+            "/v1/chat/handle", json=payload, headers={"Authorization": "Bearer s3cret"}
+        )
         assert ok.status_code == 200
         assert (await client.get("/health")).status_code == 200
 
@@ -193,8 +208,9 @@ async def test_concurrent_first_messages_open_exactly_one_session(
     app_client: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
     async def send(i: int) -> int:
-        r = await app_client.post("/v1/chat/handle",
-                                  json={"user_id": "u", "chat_id": "new-chat", "text": f"m{i}"})
+        r = await app_client.post(
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": "new-chat", "text": f"m{i}"}
+        )
         return r.status_code
 
     statuses = await asyncio.gather(*(send(i) for i in range(50)))
@@ -202,12 +218,15 @@ async def test_concurrent_first_messages_open_exactly_one_session(
     assert await rows(db, "SELECT count(*) FROM chat_sessions WHERE is_active") == [(1,)]
     assert await rows(db, "SELECT count(*) FROM chat_sessions") == [(1,)]
     assert await rows(db, "SELECT role, count(*) FROM messages GROUP BY role ORDER BY role") == [
-        ("assistant", 50), ("user", 50)]
+        ("assistant", 50),
+        ("user", 50),
+    ]
     await drain_jobs(app_client)
     # The counter equals the messages not yet covered by a summary, whatever ran concurrently.
     [(counter, pending)] = await rows(
         db,
-        "SELECT s.messages_since_summary, (SELECT count(*) FROM messages m WHERE m.session_id = s.id"
+        "SELECT s.messages_since_summary, (SELECT count(*) FROM messages m"
+        " WHERE m.session_id = s.id"
         " AND m.id > coalesce((SELECT max(last_message_id) FROM conversation_summaries c"
         " WHERE c.session_id = s.id), 0)) FROM chat_sessions s",
     )

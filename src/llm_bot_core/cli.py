@@ -1,11 +1,14 @@
-"""Command-line entry point: `llm-bot-core serve|worker|migrate|run ...`."""
+"""Command-line entry point: `llm-bot-core serve|worker|bot|admin|migrate|reindex|run`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from llm_bot_core.config import Settings, get_settings
@@ -32,7 +35,20 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _shared_metrics_dir() -> None:
+    """Several processes: they write metrics to files in one fresh directory, /metrics sums them.
+
+    Must run before prometheus_client is imported in this process or any child.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-bot-core-metrics-")
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    workers = args.workers or settings.backend_workers
+    if workers > 1:
+        _shared_metrics_dir()
+
     import uvicorn
 
     from llm_bot_core.db.migrate import upgrade_to_head
@@ -42,7 +58,6 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     os.environ["MIGRATE_ON_START"] = "false"  # done once here, not in every worker
     host = args.host or settings.host
     port = args.port or settings.port
-    workers = args.workers or settings.backend_workers
     _announce(settings, host, port)
     uvicorn.run(
         "llm_bot_core.api.app:create_app",
@@ -59,10 +74,28 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    if args.metrics_port:
+        _shared_metrics_dir()
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        start_http_server(args.metrics_port, addr=settings.host, registry=registry)
+
     from llm_bot_core.worker.app import celery_app
 
     _database_url(settings)
-    argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(args.concurrency)]
+    argv = [
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "--concurrency",
+        str(args.concurrency),
+        "--queues",
+        settings.celery_queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if args.pool:
         argv += ["--pool", args.pool]
     celery_app.worker_main(argv)
@@ -97,6 +130,17 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_run())
 
 
+def cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
+    from llm_bot_core.admin.run import run_admin
+    from llm_bot_core.db.migrate import upgrade_to_head
+
+    if args.provision_only:  # Directus runs elsewhere (e.g. docker compose): REST only
+        return run_admin(settings, "", provision_url=args.provision_only)
+    url = _database_url(settings)
+    upgrade_to_head(url)  # the tables must exist before Directus can register them
+    return run_admin(settings, url)
+
+
 def _announce(settings: Settings, host: str, port: int) -> None:
     if settings.llm_configured:
         log.info("LLM: %s at %s", settings.openrouter_model, settings.effective_llm_base_url)
@@ -125,25 +169,109 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument("--workers", type=int, default=None, help="default BACKEND_WORKERS or 1")
         serve.add_argument("--access-log", action="store_true", help="log every request")
 
+    sub.add_parser("bot", help="run the Telegram bot (long polling, or webhook with WEBHOOK_URL)")
+
     worker = sub.add_parser("worker", help="run the Celery worker (summaries, indexing)")
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default=None, help="prefork (default), solo, threads")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the worker's Prometheus metrics (job lag, failures, LLM) on this port",
+    )
 
     reindex = sub.add_parser("reindex", help="rebuild semantic memory's vectors from messages")
     reindex.add_argument("--batch", type=int, default=256, help="messages embedded per batch")
+
+    admin = sub.add_parser(
+        "admin", help="run the Directus admin panel over the same database (provisioned)"
+    )
+    admin.add_argument(
+        "--provision-only",
+        metavar="URL",
+        default=None,
+        help="only provision the Directus already running at URL, then exit",
+    )
     return parser
 
 
+def cmd_bot(settings: Settings, _: argparse.Namespace) -> int:
+    from llm_bot_core.bot.config import BotConfigError, load_bot_settings
+
+    try:
+        bot_settings = load_bot_settings()
+    except BotConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from llm_bot_core.bot.app import run
+
+    run(bot_settings)
+    return 0
+
+
+def _start_bot_beside(
+    settings: Settings, args: argparse.Namespace
+) -> subprocess.Popen[bytes] | None:
+    """With BOT_TOKEN set, the bot as a child process talking to this backend."""
+    from llm_bot_core.bot.config import BotConfigError, load_bot_settings
+
+    try:
+        load_bot_settings()
+    except BotConfigError as exc:
+        if "BOT_TOKEN is not set" in str(exc):
+            log.info("BOT_TOKEN is not set: starting the backend without the Telegram bot")
+            return None
+        raise
+    host = args.host or settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    env = {**os.environ, "BACKEND_URL": f"http://{host}:{args.port or settings.port}"}
+    log.info("starting the Telegram bot (backend %s)", env["BACKEND_URL"])
+    return subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", "bot"], env=env)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """`make run`: the backend on embedded defaults."""
-    return cmd_serve(settings, args)
+    """`make run`: the backend on embedded defaults, and the bot beside it when BOT_TOKEN is set."""
+    from llm_bot_core.bot.config import BotConfigError
+
+    try:
+        bot = _start_bot_beside(settings, args)
+    except BotConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    # main() turns SIGTERM into SystemExit, so the `finally` below stops the bot with us.
+    try:
+        return cmd_serve(settings, args)
+    finally:
+        if bot is not None:
+            bot.terminate()
+            try:
+                bot.wait(10)
+            except subprocess.TimeoutExpired:
+                bot.kill()
 
 
-COMMANDS = {"migrate": cmd_migrate, "serve": cmd_serve, "worker": cmd_worker, "run": cmd_run,
-            "reindex": cmd_reindex}
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "serve": cmd_serve,
+    "worker": cmd_worker,
+    "bot": cmd_bot,
+    "run": cmd_run,
+    "reindex": cmd_reindex,
+    "admin": cmd_admin,
+}
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # A normal exit runs atexit hooks, which stop the embedded PostgreSQL. uvicorn re-raises
+    # the SIGTERM it caught after its graceful shutdown; with the default handler that would
+    # kill the process before those hooks run.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = build_parser().parse_args(argv)
     try:
         settings = get_settings()

@@ -34,7 +34,32 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Embedded state (PostgreSQL, ...).")
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    db_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test each pooled connection before use (3 round trips per checkout). Off: "
+        "a dead connection fails one request with 503 database_unavailable and the pool "
+        "is refreshed.",
+    )
     migrate_on_start: bool = True
+
+    # --- admin panel (Directus over the same database) -----------------------------------
+    directus_host: str = "127.0.0.1"
+    directus_port: int = Field(default=8055, ge=1, le=65535,
+                               description="Directus reads PORT itself; this one is ours.")
+    directus_public_url: str | None = Field(
+        default=None, description="The URL users open; default http://DIRECTUS_HOST:PORT."
+    )
+    admin_email: str = "admin@example.com"
+    admin_password: SecretStr | None = Field(
+        default=None, description="Unset: generated once, kept in DATA_DIR/directus/secrets.json."
+    )
+    directus_key: SecretStr | None = None
+    directus_secret: SecretStr | None = Field(
+        default=None, description="Signs Directus sessions. Unset: generated under DATA_DIR."
+    )
+    directus_cache_dir: str | None = Field(
+        default=None, description="Where Node and Directus are installed; ~/.cache/llm-bot-core."
+    )
 
     # --- HTTP server ---------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -53,6 +78,10 @@ class Settings(BaseSettings):
         default=None, description="Any OpenAI-compatible server; default OpenRouter."
     )
     llm_api_key: SecretStr | None = None
+    llm_client: Literal["http", "openai"] = Field(
+        default="http",
+        description="http: the lean aiohttp client (llm/http_chat.py); openai: the official SDK.",
+    )
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_max_tokens: int = Field(default=1024, ge=1)
@@ -67,6 +96,7 @@ class Settings(BaseSettings):
     summary_new_messages_limit: int = Field(default=200, ge=1)
     use_celery_for_summary: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
+    celery_queue: str = Field(default="llm_bot_core", min_length=1)
     summary_lock_seconds: int = Field(default=600, ge=10)
 
     # --- semantic memory (RAG) -----------------------------------------------------------

@@ -23,6 +23,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
+from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
 
@@ -55,10 +56,17 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             log.warning(UnconfiguredChatModel.MESSAGE)
         semantic = await build_semantic_memory(settings, engine)
         jobs = build_jobs(settings, engine, chat_model, semantic)
-        chat = ChatService(engine=engine, model=chat_model, semantic=semantic, jobs=jobs,
-                           settings=settings)
-        app.state.services = Services(settings=settings, engine=engine, model=chat_model,
-                                      semantic=semantic, jobs=jobs, chat=chat)
+        chat = ChatService(
+            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings
+        )
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            model=chat_model,
+            semantic=semantic,
+            jobs=jobs,
+            chat=chat,
+        )
         try:
             yield
         finally:
@@ -82,6 +90,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     app.include_router(memory)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")
     return app

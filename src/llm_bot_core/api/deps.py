@@ -30,7 +30,7 @@ class Services:
     chat: ChatService
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -38,7 +38,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_chat_service(services: ServicesDep) -> ChatService:
+async def get_chat_service(services: ServicesDep) -> ChatService:
     return services.chat
 
 
@@ -47,7 +47,7 @@ ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_api_key(
+async def require_api_key(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -37,7 +37,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "The body does not match the schema; see details."),
     "session_gone": (409, "The session was deleted while the answer was generated."),
     "llm_unavailable": (502, "The LLM provider failed or timed out; the message was stored."),
-    "llm_bad_response": (502, "The LLM provider returned no usable answer; the message was stored."),
+    "llm_bad_response": (
+        502,
+        "The LLM provider returned no usable answer; the message was stored.",
+    ),
     "llm_not_configured": (503, "No LLM is configured; the message was stored."),
     "database_unavailable": (503, "The database is unreachable; nothing was stored."),
     "internal_error": (500, "Unexpected error; see the server log with the request id."),
@@ -47,7 +50,9 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
 ) -> JSONResponse:
-    body = ErrorResponse(code=code, message=message, details=details, request_id=correlation_id.get())
+    body = ErrorResponse(
+        code=code, message=message, details=details, request_id=correlation_id.get()
+    )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
@@ -69,8 +74,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                415: "unsupported_media_type", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+            415: "unsupported_media_type",
+            401: "unauthorized",
+        }.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(LLMError)

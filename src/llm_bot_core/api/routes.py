@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from llm_bot_core import __version__
+from llm_bot_core import __version__, metrics
 from llm_bot_core.api.deps import ChatServiceDep, ServicesDep, require_api_key
 from llm_bot_core.api.errors import ERROR_CODES, ApiError
 from llm_bot_core.api.schemas import (
@@ -21,7 +22,7 @@ from llm_bot_core.api.schemas import (
     ResetResponse,
 )
 
-_errors = {
+_errors: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "invalid_json",
@@ -39,13 +40,17 @@ system = APIRouter()
 
 
 @v1.post("/chat/handle", response_model=HandleResponse)
-async def handle(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep,
-                 response: Response) -> HandleResponse:
+async def handle(
+    body: HandleRequest, chat: ChatServiceDep, services: ServicesDep, response: Response
+) -> HandleResponse:
     """Answer a user's message using the chat's memory."""
     if len(body.text) > services.settings.max_message_chars:
-        raise ApiError(413, "payload_too_large",
-                       f"text is longer than {services.settings.max_message_chars} characters "
-                       "(MAX_MESSAGE_CHARS)")
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"text is longer than {services.settings.max_message_chars} characters "
+            "(MAX_MESSAGE_CHARS)",
+        )
     reply = await chat.handle(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
     response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
     return HandleResponse(text=reply.text)
@@ -58,25 +63,51 @@ async def reset(body: ResetRequest, chat: ChatServiceDep) -> ResetResponse:
     return ResetResponse(reset_sessions=closed)
 
 
-@system.get("/health", response_model=HealthResponse,
-            responses={503: {"model": HealthResponse, "description": "database unreachable"}})
+@system.get("/health/live", response_class=PlainTextResponse)
+async def live() -> PlainTextResponse:
+    """Liveness only: touches neither the database nor the LLM (the benchmark's floor)."""
+    return PlainTextResponse("ok")
+
+
+@system.get("/metrics", response_class=PlainTextResponse)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics: request latency by route, LLM calls and tokens, jobs, DB pool."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@system.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "database unreachable"}},
+)
 async def health(services: ServicesDep) -> JSONResponse:
     """Liveness and the state of the database, broker, LLM and semantic memory."""
     database = await _check_database(services)
     broker = await _check_broker(services)
     settings = services.settings
     llm = (
-        ComponentHealth(status="ok", detail=f"{settings.openrouter_model} at "
-                        f"{settings.effective_llm_base_url}")
+        ComponentHealth(
+            status="ok", detail=f"{settings.openrouter_model} at {settings.effective_llm_base_url}"
+        )
         if settings.llm_configured
-        else ComponentHealth(status="not_configured",
-                             detail="set OPENROUTER_API_KEY or LLM_BASE_URL")
+        else ComponentHealth(
+            status="not_configured", detail="set OPENROUTER_API_KEY or LLM_BASE_URL"
+        )
     )
-    rag = ComponentHealth(status="ok" if services.semantic.enabled else "disabled",
-                          detail=getattr(services.semantic, "description", None))
+    rag = ComponentHealth(
+        status="ok" if services.semantic.enabled else "disabled",
+        detail=getattr(services.semantic, "description", None),
+    )
     ok = database.status == "ok"
-    body = HealthResponse(status="ok" if ok else "degraded", version=__version__,
-                          database=database, broker=broker, llm=llm, rag=rag)
+    body = HealthResponse(
+        status="ok" if ok else "degraded",
+        version=__version__,
+        database=database,
+        broker=broker,
+        llm=llm,
+        rag=rag,
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
 
 

@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from llm_bot_core.db.models import ID_MAX_LEN
 
 # Telegram ids are numbers; accepting them as JSON numbers too spares every client a str().
+# PostgreSQL text cannot hold NUL: refuse it here (422) rather than fail in the database.
+NO_NUL = r"^[^\x00]*$"
+
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX_LEN)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX_LEN, pattern=NO_NUL),
 ]
 
 
@@ -24,6 +28,7 @@ class HandleRequest(_Strict):
     chat_id: Identifier = Field(examples=["67890"])
     text: str = Field(
         min_length=1,
+        pattern=NO_NUL,
         description="The user's message; must contain a non-space character. "
         "Longer than MAX_MESSAGE_CHARS (default 16000) is rejected with 413.",
         examples=["Привет, расскажи, что ты умеешь?"],

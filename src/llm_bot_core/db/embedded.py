@@ -36,3 +36,10 @@ def start_embedded_postgres(data_dir: Path) -> str:
 def asyncpg_url_from_libpq(uri: str) -> str:
     """pgserver gives `postgresql://postgres:@/postgres?host=/socket/dir`."""
     return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Release this process's handle; the server stops when no other process uses it."""
+    server = _servers.pop((data_dir / "postgres").resolve(), None)
+    if server is not None:
+        server.cleanup()

@@ -11,11 +11,17 @@ from sqlalchemy.ext.asyncio import (
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.embedded import start_embedded_postgres
+from llm_bot_core.metrics import instrument_pool
 
 
 def normalize_url(url: str) -> str:
     """Accept the usual spellings of a PostgreSQL URL and pick the asyncpg driver."""
-    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg://",
+        "postgresql+psycopg2://",
+    ):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
@@ -29,14 +35,20 @@ def resolve_database_url(settings: Settings) -> str:
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         normalize_url(url),
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        pool_pre_ping=True,
+        # Off by default: on asyncpg a pre-ping is BEGIN, ";" and ROLLBACK at every checkout,
+        # which was the largest DB cost per request. Without it, the first statement on a
+        # connection killed by a PostgreSQL restart fails (503), SQLAlchemy invalidates the
+        # whole pool on that disconnect error, and the next requests reconnect.
+        pool_pre_ping=settings.db_pool_pre_ping,
         # A restarted PostgreSQL invalidates pooled connections; recycle keeps the pool fresh.
         pool_recycle=1800,
     )
+    instrument_pool(engine)
+    return engine
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

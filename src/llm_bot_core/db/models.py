@@ -92,9 +92,7 @@ class Message(Base):
     )
 
     __table_args__ = (
-        CheckConstraint(
-            "role IN ('user', 'assistant', 'system', 'tool')", name="role_known"
-        ),
+        CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role_known"),
         # Serves the short-term window (last N of a session) and summary chunks (after id X).
         Index("ix_messages_session_id_id", "session_id", "id"),
     )

@@ -46,7 +46,11 @@ class LLMBadResponse(LLMError):
 
 class ChatModel(Protocol):
     async def complete(
-        self, messages: list[ChatMessage], *, model: str | None = None, max_tokens: int | None = None
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
     ) -> Completion:
         """One chat completion; raises LLMError subclasses only."""
         ...

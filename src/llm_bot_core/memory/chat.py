@@ -13,6 +13,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory import store
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.prompt import build_prompt
+from llm_bot_core.metrics import metered_completion
 from llm_bot_core.rag.base import SemanticMemory
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,12 @@ class ChatService:
         """Answer a user message; the user message is stored even if the model then fails."""
         settings = self._settings
         async with self._autocommit.connect() as conn:
-            user = await store.append_user_message(
-                conn, user_id=user_id, chat_id=chat_id, content=text
-            )
-            summary, recent = await store.load_context(
-                conn, user.session_id, max(settings.short_history_limit, 1)
+            user, summary, recent = await store.append_user_message_with_context(
+                conn,
+                user_id=user_id,
+                chat_id=chat_id,
+                content=text,
+                limit=max(settings.short_history_limit, 1),
             )
         if settings.short_history_limit == 0:
             recent = recent[-1:]  # the window is off, but the model must see the question
@@ -69,7 +71,7 @@ class ChatService:
         )
         prompt = build_prompt(settings.system_prompt, summary, recent, facts)
         try:
-            completion = await self._model.complete(prompt)
+            completion = await metered_completion(self._model, "chat", prompt)
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
             # worth remembering even when the model failed to answer it.
@@ -95,7 +97,9 @@ class ChatService:
             llm_seconds=completion.seconds,
         )
 
-    async def reset(self, *, chat_id: str | None = None, session_id: uuid.UUID | None = None) -> int:
+    async def reset(
+        self, *, chat_id: str | None = None, session_id: uuid.UUID | None = None
+    ) -> int:
         """Close the active session of a chat, or one session by id; returns how many closed."""
         async with self._autocommit.connect() as conn:
             if chat_id is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.summary import summarize_session
+from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,23 @@ class InProcessJobs:
         if session_id in self._summarizing:
             return
         self._summarizing.add(session_id)
-        self._spawn(self._summarize(session_id), f"summarize {session_id}")
+        self._spawn(self._summarize(session_id, time.time()), f"summarize {session_id}")
 
     def index(self, message_ids: Sequence[int]) -> None:
         if self._semantic.enabled and message_ids:
-            self._spawn(self._semantic.index_messages(list(message_ids)), "index messages")
+            ids = list(message_ids)
+            self._spawn(
+                timed_job("index", time.time(), lambda: self._semantic.index_messages(ids)),
+                "index messages",
+            )
 
-    async def _summarize(self, session_id: uuid.UUID) -> None:
+    async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         try:
-            await summarize_session(self._engine, self._model, self._settings, session_id)
+            await timed_job(
+                "summary",
+                queued_at,
+                lambda: summarize_session(self._engine, self._model, self._settings, session_id),
+            )
         finally:
             self._summarizing.discard(session_id)
 

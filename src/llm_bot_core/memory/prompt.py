@@ -1,4 +1,4 @@
-"""Prompt assembly in the specification's order: system, summary, recent messages, recalled facts."""
+"""Prompt assembly in the spec's order: system, summary, recent messages, recalled facts."""
 
 from __future__ import annotations
 

@@ -85,6 +85,59 @@ _CONTEXT = text(
 )
 
 
+# The request's first round trip does everything the model call needs: store the user message
+# (as _APPEND_TO_ACTIVE) and read the latest summary and the messages before it. The reads run in
+# the statement's snapshot, which does not contain the row being inserted, so they fetch one
+# message less and the caller appends the new one.
+_APPEND_WITH_CONTEXT = text(
+    """
+    WITH s AS (
+        UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
+        WHERE chat_id = :chat_id AND is_active
+        RETURNING id, messages_since_summary
+    ), m AS (
+        INSERT INTO messages (session_id, role, content, tokens)
+        SELECT s.id, :role, :content, :tokens FROM s
+        RETURNING id, session_id, created_at
+    )
+    SELECT m.id, m.session_id, s.messages_since_summary, m.created_at,
+      (SELECT json_build_object('version', version, 'content', content,
+                                'last_message_id', last_message_id)
+         FROM conversation_summaries WHERE session_id = m.session_id
+         ORDER BY version DESC LIMIT 1) AS summary,
+      (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
+                                                  'created_at', created_at) ORDER BY id), '[]')
+         FROM (SELECT id, role, content, created_at FROM messages
+               WHERE session_id = m.session_id ORDER BY id DESC LIMIT :older) recent) AS recent
+    FROM m CROSS JOIN s
+    """
+)
+
+
+async def append_user_message_with_context(
+    conn: AsyncConnection, *, user_id: str, chat_id: str, content: str, limit: int
+) -> tuple[Appended, Summary | None, list[StoredMessage]]:
+    """Store a user message (opening a session if needed) and read the prompt context in one
+    round trip: the latest summary and the last `limit` messages, the new one included."""
+    params = {
+        "chat_id": chat_id,
+        "role": "user",
+        "content": content,
+        "tokens": None,
+        "older": max(limit - 1, 0),
+    }
+    for _ in range(5):
+        row = (await conn.execute(_APPEND_WITH_CONTEXT, params)).first()
+        if row is not None:
+            appended = Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
+            summary, recent = _context(row[4], row[5])
+            recent.append(StoredMessage(id=row[0], role="user", content=content, created_at=row[3]))
+            return appended, summary, recent[-limit:] if limit else []
+        # No active session: open one (see append_user_message) and try again.
+        await conn.execute(_OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id})
+    raise RuntimeError(f"could not open a session for chat {chat_id!r}")  # pragma: no cover
+
+
 async def append_user_message(
     conn: AsyncConnection, *, user_id: str, chat_id: str, content: str
 ) -> Appended:
@@ -120,8 +173,12 @@ async def load_context(
 ) -> tuple[Summary | None, list[StoredMessage]]:
     """The latest summary and the last `limit` messages of a session, oldest first."""
     row = (await conn.execute(_CONTEXT, {"session_id": session_id, "limit": limit})).one()
-    summary_raw: Any = _json(row[0])
-    recent_raw: list[dict[str, Any]] = _json(row[1]) or []
+    return _context(row[0], row[1])
+
+
+def _context(summary_value: Any, recent_value: Any) -> tuple[Summary | None, list[StoredMessage]]:
+    summary_raw: Any = _json(summary_value)
+    recent_raw: list[dict[str, Any]] = _json(recent_value) or []
     summary = (
         Summary(summary_raw["version"], summary_raw["content"], summary_raw["last_message_id"])
         if summary_raw

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatMessage, ChatModel
 from llm_bot_core.memory.store import StoredMessage, Summary
+from llm_bot_core.metrics import metered_completion
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ _CHUNK = text(
     "SELECT id, role, content FROM messages WHERE session_id = :session_id AND id > :after "
     "ORDER BY id LIMIT :limit"
 )
-_PENDING = text(
-    "SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after"
-)
+_PENDING = text("SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after")
 _LOCK_SESSION = text("SELECT id FROM chat_sessions WHERE id = :session_id FOR UPDATE")
 _INSERT = text(
     "INSERT INTO conversation_summaries (session_id, version, content, last_message_id) "
@@ -99,8 +98,11 @@ async def summarize_session(
             chunk = [StoredMessage(id=r[0], role=r[1], content=r[2]) for r in rows]
             await conn.rollback()  # no connection is held across the LLM call
 
-        completion = await model.complete(
-            summary_prompt(previous, chunk), model=settings.effective_summary_model
+        completion = await metered_completion(
+            model,
+            "summary",
+            summary_prompt(previous, chunk),
+            model=settings.effective_summary_model,
         )
         version = (previous.version if previous else 0) + 1
         watermark = chunk[-1].id
@@ -121,7 +123,9 @@ async def summarize_session(
                 ).first()
                 if inserted is None:
                     # Another job wrote this version first; re-read and continue from its watermark.
-                    log.info("summary v%s of %s already written by another job", version, session_id)
+                    log.info(
+                        "summary v%s of %s already written by another job", version, session_id
+                    )
                     continue
                 await conn.execute(_RECOUNT, {"session_id": session_id, "after": watermark})
         except IntegrityError:  # the session vanished between the lock and the insert
@@ -129,5 +133,8 @@ async def summarize_session(
         written += 1
         log.info(
             "summary v%s of session %s covers %d messages up to id %d",
-            version, session_id, len(chunk), watermark,
+            version,
+            session_id,
+            len(chunk),
+            watermark,
         )

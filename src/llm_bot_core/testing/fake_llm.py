@@ -72,13 +72,19 @@ class FakeLLM:
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r.get("_kind") == "chat"
-                and not is_summary_request(r["messages"])]
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and not is_summary_request(r["messages"])
+        ]
 
     @property
     def summary_requests(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r.get("_kind") == "chat"
-                and is_summary_request(r["messages"])]
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and is_summary_request(r["messages"])
+        ]
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -88,16 +94,21 @@ class FakeLLM:
         delay = self.latency
         if self.summary_latency is not None and is_summary_request(messages):
             delay = self.summary_latency
+        # Decided on arrival: a slow request still sleeping from an earlier test must not
+        # consume a failure queued for the next one.
+        failure = self._failures.pop(0) if self._failures else None
         if self.hang:
             await asyncio.sleep(3600)
         if delay:
             await asyncio.sleep(delay)
-        if self._failures:
-            status, text = self._failures.pop(0)
+        if failure is not None:
+            status, text = failure
             if status == 0:
                 assert request.transport is not None
                 request.transport.close()
                 return web.Response()
+            if status == 200:  # a "successful" answer whose body is not what the protocol says
+                return web.Response(text=text, content_type="application/json")
             return web.json_response({"error": {"message": text, "code": status}}, status=status)
         content = self.reply(messages)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -182,9 +193,8 @@ class FakeLLMServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        # Port 0 means "any free port"; the runner knows which one the OS picked.
+        self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -214,7 +224,7 @@ def main() -> None:
     web.run_app(fake.app(), host=args.host, port=args.port, access_log=None, print=None)
 
 
-class _Discard(list):  # type: ignore[type-arg]
+class _Discard(list[Any]):
     def append(self, _: Any) -> None:
         return None
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from celery import Celery
 
-from llm_bot_core.config import get_settings
+from llm_bot_core.config import Settings, get_settings
 
 SUMMARIZE_TASK = "memory.summarize_session"
 INDEX_TASK = "rag.index_messages"
 
 
-def create_celery(broker_url: str | None = None) -> Celery:
-    settings = get_settings()
-    app = Celery("llm_bot_core", broker=broker_url or settings.celery_broker_url)
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("llm_bot_core", broker=settings.celery_broker_url)
     app.conf.update(
+        task_default_queue=settings.celery_queue,
         task_serializer="json",
         accept_content=["json"],
         # Ack after the task finished: a worker killed mid-summary leaves the message to be
@@ -23,7 +24,13 @@ def create_celery(broker_url: str | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.summary_lock_seconds},
+        # An unacknowledged task (its worker died) is redelivered after the visibility timeout;
+        # sweep for such tasks often enough that this is what bounds the delay.
+        broker_transport_options={
+            "visibility_timeout": settings.summary_lock_seconds,
+            "unacked_restore_interval": max(1, min(60, settings.summary_lock_seconds // 5)),
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         imports=["llm_bot_core.worker.tasks"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from llm_bot_core.config import Settings
+from llm_bot_core.metrics import JOBS
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +36,20 @@ class CeleryJobs:
 
         self._settings = settings
         self._index_enabled = index_enabled
-        self._celery = celery or create_celery(settings.celery_broker_url)
+        self._celery = celery or create_celery(settings)
         self._redis = aioredis.Redis.from_url(
             settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def summarize(self, session_id: uuid.UUID) -> None:
-        self._spawn(self._summarize(session_id))
+        self._spawn(self._summarize(session_id), job="summary")
 
     def index(self, message_ids: Sequence[int]) -> None:
         from llm_bot_core.worker.app import INDEX_TASK
 
         if self._index_enabled and message_ids:
-            self._spawn(self.publish(INDEX_TASK, [list(message_ids)]))
+            self._spawn(self.publish(INDEX_TASK, [list(message_ids)]), job="index")
 
     async def _summarize(self, session_id: uuid.UUID) -> None:
         from llm_bot_core.worker.app import SUMMARIZE_TASK
@@ -64,21 +66,26 @@ class CeleryJobs:
 
     async def publish(self, name: str, args: list[Any]) -> None:
         # kombu's publish is synchronous network I/O: keep it off the event loop.
-        await asyncio.to_thread(self._celery.send_task, name, args=args)
+        # queued_at lets the worker report how long the job waited (llmbot_job_queue_lag_seconds).
+        await asyncio.to_thread(
+            self._celery.send_task, name, args=args, kwargs={"queued_at": time.time()}
+        )
 
     async def ping(self) -> None:
         await self._redis.ping()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Any, job: str) -> None:
+        task = asyncio.create_task(coro, name=job)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("could not queue a job (will retry on the next message): %r",
-                        task.exception())
+            JOBS.labels(task.get_name(), "publish_failed").inc()
+            log.warning(
+                "could not queue a job (will retry on the next message): %r", task.exception()
+            )
 
     async def drain(self) -> None:
         while self._tasks:

@@ -18,6 +18,7 @@ from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.llm.base import ChatModel, LLMUnavailable
 from llm_bot_core.llm.openai_compat import build_chat_model
 from llm_bot_core.memory.summary import summarize_session
+from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.worker.app import INDEX_TASK, SUMMARIZE_TASK, celery_app
@@ -52,8 +53,12 @@ def runtime() -> _Runtime:
         engine = create_engine(resolve_database_url(settings), settings)
         semantic = loop.run_until_complete(build_semantic_memory(settings, engine, sweeper=False))
         _runtime = _Runtime(
-            pid=os.getpid(), loop=loop, settings=settings, engine=engine,
-            model=build_chat_model(settings), semantic=semantic,
+            pid=os.getpid(),
+            loop=loop,
+            settings=settings,
+            engine=engine,
+            model=build_chat_model(settings),
+            semantic=semantic,
             redis=redis.Redis.from_url(settings.celery_broker_url),
         )
     return _runtime
@@ -70,11 +75,18 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     retry_backoff_max=300,
     max_retries=8,
 )
-def summarize_session_task(session_id: str) -> int:
+def summarize_session_task(session_id: str, queued_at: float | None = None) -> int:
     """Write the summary versions a session is due; returns how many were written."""
     rt = runtime()
+    sid = uuid.UUID(session_id)
     try:
-        result = run(summarize_session(rt.engine, rt.model, rt.settings, uuid.UUID(session_id)))
+        result = run(
+            timed_job(
+                "summary",
+                queued_at,
+                lambda: summarize_session(rt.engine, rt.model, rt.settings, sid),
+            )
+        )
     finally:
         # Let the next message queue a new job (the dedupe key only avoids piling up duplicates).
         try:
@@ -85,7 +97,7 @@ def summarize_session_task(session_id: str) -> int:
 
 
 @celery_app.task(name=INDEX_TASK, autoretry_for=(OSError,), retry_backoff=True, max_retries=8)
-def index_messages_task(message_ids: list[int]) -> int:
+def index_messages_task(message_ids: list[int], queued_at: float | None = None) -> int:
     """Index stored messages into semantic memory (idempotent)."""
     rt = runtime()
-    return run(rt.semantic.index_messages(message_ids))
+    return run(timed_job("index", queued_at, lambda: rt.semantic.index_messages(message_ids)))

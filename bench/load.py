@@ -1,0 +1,167 @@
+"""Load benchmark of /v1/chat/handle against the real stack; prints one JSON object.
+
+Starts PostgreSQL, the fake OpenAI-compatible LLM (its own process, fixed latency) and the backend
+as `make run` does (`llm-bot-core serve --workers N`), then drives many concurrent chats through
+/v1/chat/handle with an async HTTP client. For each (LLM latency, concurrency) it reports
+throughput, latency percentiles, errors, and the backend's own overhead per request: the
+client-measured latency minus the LLM time the server reports in `Server-Timing: llm;dur=`
+(so the overhead includes the loopback and the client, an upper bound of the server's own).
+In the same run it loads GET /health/live (same app, no DB, no LLM) at the same concurrency:
+`floor_rps`, and `ratio` = handle throughput / floor throughput.
+
+The top-level numbers are the headline: throughput, latency, floor and ratio of the 0 ms run at
+the highest concurrency, overhead of the concurrency-1 run; every run is listed in `runs`.
+
+  python bench/load.py --quick                 # 0 ms LLM, concurrency 1 and 50, < 2 min
+  python bench/load.py                         # 0 and 500 ms, concurrency 1, 50, 100, 200
+  python bench/load.py --latency-ms 500 --concurrency 100 --chats 200 --messages 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="0 ms LLM, concurrency 1 and 50, < 2 min")
+    p.add_argument(
+        "--latency-ms", type=float, nargs="+", default=None, help="fake LLM latencies (0 500)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, nargs="+", default=None, help="concurrent users (1 50 100 200)"
+    )
+    p.add_argument("--chats", type=int, default=None, help="chats per run (default 200)")
+    p.add_argument("--messages", type=int, default=None, help="messages per chat (default 30)")
+    p.add_argument(
+        "--serial-requests",
+        type=int,
+        default=None,
+        help="requests of a concurrency-1 run (default 300 at 0 ms, 60 otherwise)",
+    )
+    p.add_argument(
+        "--max-seconds", type=float, default=60.0, help="stop issuing requests after this per run"
+    )
+    p.add_argument("--workers", type=int, default=2, help="uvicorn workers (--workers of serve)")
+    p.add_argument(
+        "--floor-requests", type=int, default=4000, help="requests to /health/live per floor run"
+    )
+    p.add_argument("--database-url", default=None, help="use this server (a fresh database in it)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra backend setting, e.g. --set SUMMARY_THRESHOLD=24 (repeatable)",
+    )
+    p.add_argument("--save", default=None, help="also write bench/results/<SAVE>.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.latency_ms = args.latency_ms or [0.0]
+        args.concurrency = args.concurrency or [1, 50]
+        args.chats = args.chats or 200
+        args.messages = args.messages or 10
+        args.max_seconds = min(args.max_seconds, 25.0)
+        args.floor_requests = min(args.floor_requests, 3000)
+    args.latency_ms = args.latency_ms or [0.0, 500.0]
+    args.concurrency = args.concurrency or [1, 50, 100, 200]
+    args.chats = args.chats or 200
+    args.messages = args.messages or 30
+    return args
+
+
+def settings_from(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        out[name.strip().upper()] = value
+    return out
+
+
+async def one_run(
+    base_url: str, args: argparse.Namespace, latency_ms: float, concurrency: int, tag: str
+) -> dict[str, Any]:
+    # Warm up connections, code paths and PostgreSQL's caches before measuring.
+    await harness.drive_chats(
+        base_url, tag=f"{tag}-warm", chats=concurrency, messages=2, concurrency=concurrency,
+        max_seconds=20,
+    )  # fmt: skip
+    if concurrency == 1:
+        serial = args.serial_requests or (300 if latency_ms == 0 else 60)
+        chats, messages = max(1, serial // 10), min(10, serial)
+    else:
+        chats, messages = args.chats, args.messages
+    samples = await harness.drive_chats(
+        base_url,
+        tag=tag,
+        chats=chats,
+        messages=messages,
+        concurrency=concurrency,
+        max_seconds=args.max_seconds,
+    )
+    floor = await harness.drive_floor(
+        base_url, requests=args.floor_requests, concurrency=concurrency
+    )
+    result = {
+        "llm_latency_ms": latency_ms,
+        "concurrency": concurrency,
+        **harness.summarize(samples),
+    }
+    result["floor_rps"] = round(floor.ok / floor.elapsed, 1) if floor.elapsed else 0.0
+    result["ratio"] = (
+        round(result["throughput_rps"] / result["floor_rps"], 3) if result["floor_rps"] else None
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    extra = settings_from(args.set)
+    runs: list[dict[str, Any]] = []
+    with harness.postgres(args.database_url) as db_url:
+        for latency in args.latency_ms:
+            with harness.fake_llm(latency) as llm_url:
+                env = harness.backend_env(db_url, llm_url, **extra)
+                with harness.backend(env, args.workers) as base_url:
+                    for concurrency in args.concurrency:
+                        tag = f"l{int(latency)}-c{concurrency}"
+                        run = harness.run_async(one_run(base_url, args, latency, concurrency, tag))
+                        runs.append(run)
+                        print(json.dumps(run), file=sys.stderr, flush=True)
+
+    zero = [r for r in runs if r["llm_latency_ms"] == 0] or runs
+    headline = max(zero, key=lambda r: r["concurrency"])
+    serial = next((r for r in zero if r["concurrency"] == 1), headline)
+    result: dict[str, Any] = {
+        "benchmark": "load",
+        "quick": args.quick,
+        "workers": args.workers,
+        "settings": extra,
+        "machine": harness.machine(),
+        "throughput_rps": headline["throughput_rps"],
+        "latency_ms": headline["latency_ms"],
+        "overhead_ms": serial["overhead_ms"],
+        "errors": sum(r["errors"] for r in runs),
+        "floor_rps": headline["floor_rps"],
+        "ratio": headline["ratio"],
+        "headline": {"llm_latency_ms": 0, "concurrency": headline["concurrency"]},
+        "runs": runs,
+    }
+    if args.save:
+        harness.save(args.save, result)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

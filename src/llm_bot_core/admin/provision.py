@@ -1,0 +1,437 @@
+"""Idempotent provisioning of the admin panel through Directus's REST API.
+
+Registers the backend's tables as collections, gives them metadata, links the sessions to their
+messages and summaries, and creates the Operator and Viewer roles. Every step reads the current
+state first and writes only what differs, so a second run changes nothing. Nothing here issues
+DDL: Alembic owns the tables; Directus only stores its metadata in its own `directus_*` tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+SPEC_TABLES = ("chat_sessions", "messages", "conversation_summaries", "embeddings")
+
+# Fixed ids make "is it already there?" a lookup by id, immune to renames in the UI.
+OPERATOR_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0001"
+OPERATOR_POLICY_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0002"
+VIEWER_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0003"
+VIEWER_POLICY_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0004"
+
+COLLECTIONS: dict[str, dict[str, Any]] = {
+    "chat_sessions": {
+        "icon": "forum",
+        "note": "Dialogue sessions: one active session per chat; /start closes it.",
+        "display_template": "{{user_id}} · {{chat_id}} · {{created_at}}",
+        "sort": 1,
+    },
+    "messages": {
+        "icon": "chat",
+        "note": "The full log of user and assistant messages.",
+        "display_template": "{{role}}: {{content}}",
+        "sort": 2,
+    },
+    "conversation_summaries": {
+        "icon": "summarize",
+        "note": "Progressive summaries of a session (summary memory).",
+        "display_template": "v{{version}}: {{content}}",
+        "sort": 3,
+    },
+    "embeddings": {
+        "icon": "memory",
+        "note": "Semantic-memory records; the vectors live in the vector store.",
+        "display_template": "{{role}}: {{content}}",
+        "sort": 4,
+    },
+}
+
+# Columns the backend maintains: read-only in the app. Only there: a permission limited to some
+# fields is a "custom permission rule", which unlicensed Directus 12 refuses to store.
+READ_ONLY: dict[str, frozenset[str]] = {
+    "chat_sessions": frozenset(
+        {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
+    ),
+    "messages": frozenset({"id", "session_id", "tokens", "created_at"}),
+    "conversation_summaries": frozenset(
+        {"id", "session_id", "version", "created_at", "last_message_id"}
+    ),
+    "embeddings": frozenset({"id", "session_id", "message_id", "created_at"}),
+}
+
+SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
+MESSAGE_TEMPLATE = "{{role}}: {{content}}"
+ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system", "tool")]
+
+# Field metadata beyond `readonly`, for fields that exist in the table.
+FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
+    # The session form: who and state first (two columns), its messages below.
+    "chat_sessions": {
+        "user_id": {"sort": 1, "width": "half"},
+        "chat_id": {"sort": 2, "width": "half"},
+        "is_active": {"sort": 3, "width": "half", "interface": "boolean", "display": "boolean"},
+        "messages_since_summary": {"sort": 4, "width": "half"},
+        "created_at": {"sort": 5, "width": "half", "display": "datetime",
+                       "display_options": {"relative": True}},
+        "closed_at": {"sort": 6, "width": "half", "interface": "datetime", "display": "datetime"},
+        "id": {"sort": 20},
+    },
+    "messages": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "role": {
+            "interface": "select-dropdown",
+            "options": {"choices": ROLE_CHOICES},
+            "display": "labels",
+            "display_options": {"choices": ROLE_CHOICES},
+        },
+        "content": {"interface": "input-multiline", "display": "formatted-value"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "conversation_summaries": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "content": {"interface": "input-multiline"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "embeddings": {
+        "session_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": SESSION_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": SESSION_TEMPLATE},
+        },
+        "message_id": {
+            "interface": "select-dropdown-m2o",
+            "options": {"template": MESSAGE_TEMPLATE},
+            "display": "related-values",
+            "display_options": {"template": MESSAGE_TEMPLATE},
+        },
+        "content": {"interface": "input-multiline"},
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A many-to-one over an existing foreign key, with the reverse (o2m) alias on the parent."""
+
+    collection: str
+    field: str
+    related: str
+    alias: str | None = None
+    alias_template: str = ""
+    alias_sort: int | None = None
+
+
+RELATIONS = (
+    Relation("messages", "session_id", "chat_sessions", "messages", MESSAGE_TEMPLATE, 10),
+    Relation("conversation_summaries", "session_id", "chat_sessions", "summaries",
+             "v{{version}}: {{content}}", 11),
+    Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE, 12),
+    Relation("embeddings", "message_id", "messages"),
+)
+
+# The table view's default columns; sorted newest first.
+LIST_COLUMNS: dict[str, list[str]] = {
+    "chat_sessions": ["user_id", "chat_id", "is_active", "messages_since_summary", "created_at",
+                      "closed_at"],
+    "messages": ["role", "content", "session_id", "tokens", "created_at"],
+    "conversation_summaries": ["session_id", "version", "content", "last_message_id",
+                               "created_at"],
+    "embeddings": ["role", "content", "importance", "session_id", "created_at"],
+}
+
+EDITABLE_BY_OPERATOR = ("messages", "chat_sessions")
+
+
+@dataclass(frozen=True)
+class Access:
+    role_id: str
+    policy_id: str
+    name: str
+    icon: str
+    description: str
+
+
+OPERATOR = Access(OPERATOR_ROLE_ID, OPERATOR_POLICY_ID, "Operator", "support_agent",
+                  "Reads all dialogue data; fixes or deletes messages and sessions.")
+VIEWER = Access(VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility",
+                "Read-only access to dialogue data.")
+
+
+class ProvisioningError(RuntimeError):
+    """Directus refused a provisioning step, or the backend's tables are missing."""
+
+
+@dataclass
+class Provisioner:
+    """Brings a running Directus to the desired state; `run()` returns the changes it made."""
+
+    client: httpx.Client
+    tables: tuple[str, ...] = SPEC_TABLES
+    changes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def login(cls, base_url: str, email: str, password: str, timeout: float = 30.0) -> Provisioner:
+        client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        response = client.post("/auth/login", json={"email": email, "password": password})
+        if response.status_code != 200:
+            client.close()
+            raise ProvisioningError(
+                f"cannot log in to Directus as {email} ({response.status_code}): ADMIN_EMAIL and "
+                "ADMIN_PASSWORD must match the admin user (Directus uses them only on first start)"
+            )
+        token = response.json()["data"]["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        return cls(client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def run(self) -> list[str]:
+        """Apply everything; a second run on an unchanged database returns an empty list."""
+        self.changes = []
+        # Directus caches the schema: clearing it lets a re-run see columns of new migrations.
+        self._request("POST", "/utils/cache/clear", params={"system": "true"})
+        columns = {table: self._register_collection(table) for table in self.tables}
+        for table, names in columns.items():
+            self._field_metadata(table, names)
+        for relation in RELATIONS:
+            if relation.collection in columns and relation.related in columns:
+                self._relation(relation, columns)
+        for table in self.tables:
+            self._default_view(table, columns[table])
+        self._access(OPERATOR, self._operator_permissions(columns))
+        self._access(VIEWER, {(table, "read"): ["*"] for table in self.tables})
+        for change in self.changes:
+            log.info("directus: %s", change)
+        return self.changes
+
+    # --- collections and fields ----------------------------------------------------------
+
+    def _register_collection(self, table: str) -> list[str]:
+        response = self.client.get(f"/collections/{table}")
+        if response.status_code in (403, 404):
+            raise ProvisioningError(
+                f"table {table!r} not found in Directus's database: apply the backend's "
+                "migrations first (`llm-bot-core migrate`), and point DB_* at the same database"
+            )
+        current = self._data(response)
+        desired = COLLECTIONS.get(table, {})
+        meta = current.get("meta")
+        if meta is None:
+            self._request("PATCH", f"/collections/{table}", json={"meta": {"collection": table,
+                                                                           **desired}})
+            self.changes.append(f"registered collection {table}")
+        elif _differs(meta, desired):
+            self._request("PATCH", f"/collections/{table}", json={"meta": desired})
+            self.changes.append(f"updated collection {table}")
+        fields = self._data(self.client.get(f"/fields/{table}"))
+        return [f["field"] for f in fields if f.get("schema") is not None]
+
+    def _field_metadata(self, table: str, columns: Iterable[str]) -> None:
+        extra = FIELD_META.get(table, {})
+        read_only = READ_ONLY.get(table, frozenset())
+        for column in columns:
+            desired = dict(extra.get(column, {}))
+            if column in read_only:
+                desired["readonly"] = True
+            if desired:
+                self._field(table, column, desired)
+
+    def _field(self, table: str, name: str, desired: Mapping[str, Any]) -> None:
+        current = self._data(self.client.get(f"/fields/{table}/{name}"))
+        meta = current.get("meta")
+        if meta is None or _differs(meta, desired):
+            # Only `meta` is sent: without `schema` Directus leaves the column alone.
+            self._request("PATCH", f"/fields/{table}/{name}", json={"meta": dict(desired)})
+            self.changes.append(f"set metadata of {table}.{name}")
+
+    def _relation(self, relation: Relation, columns: Mapping[str, list[str]]) -> None:
+        if relation.field not in columns[relation.collection]:
+            return
+        if relation.alias:
+            self._alias_field(relation)
+        desired_meta = {"one_field": relation.alias, "one_deselect_action": "delete"}
+        path = f"/relations/{relation.collection}/{relation.field}"
+        response = self.client.get(path)
+        if response.status_code in (403, 404):
+            # No foreign key in the database: a metadata-only relation (schema null, no DDL).
+            self._request("POST", "/relations", json={
+                "collection": relation.collection, "field": relation.field,
+                "related_collection": relation.related, "schema": None, "meta": desired_meta,
+            })
+            self.changes.append(f"created relation {relation.collection}.{relation.field}")
+            return
+        meta = self._data(response).get("meta")
+        if meta is None or _differs(meta, desired_meta):
+            self._request("PATCH", path, json={"meta": desired_meta})
+            self.changes.append(f"linked {relation.collection}.{relation.field} "
+                                f"→ {relation.related}")
+
+    def _alias_field(self, relation: Relation) -> None:
+        assert relation.alias is not None
+        meta = {
+            "special": ["o2m"],
+            "interface": "list-o2m",
+            # Sessions do not adopt other sessions' messages; removing one from the list
+            # deletes it (session_id is NOT NULL, so "nullify" could never be saved).
+            "options": {"template": relation.alias_template, "enableCreate": False,
+                        "enableSelect": False},
+            "display": "related-values",
+            "display_options": {"template": relation.alias_template},
+            "readonly": False,
+            "sort": relation.alias_sort,
+        }
+        response = self.client.get(f"/fields/{relation.related}/{relation.alias}")
+        if response.status_code in (403, 404):
+            self._request("POST", f"/fields/{relation.related}", json={
+                "field": relation.alias, "type": "alias", "schema": None, "meta": meta,
+            })
+            self.changes.append(f"created alias {relation.related}.{relation.alias}")
+            return
+        current = self._data(response)
+        if current.get("type") != "alias":
+            raise ProvisioningError(
+                f"{relation.related}.{relation.alias} is a real column; cannot add the o2m alias"
+            )
+        if _differs(current.get("meta") or {}, meta):
+            self._request("PATCH", f"/fields/{relation.related}/{relation.alias}",
+                          json={"meta": meta})
+            self.changes.append(f"updated alias {relation.related}.{relation.alias}")
+
+    def _default_view(self, table: str, columns: list[str]) -> None:
+        """The collection's global default layout (a preset with no user, role or bookmark)."""
+        visible = [c for c in LIST_COLUMNS.get(table, []) if c in columns] or columns[:6]
+        sort = ["-created_at"] if "created_at" in columns else []
+        widths = {c: 420 for c in ("content",) if c in visible}
+        desired = {
+            "layout": "tabular",
+            "layout_query": {"tabular": {"fields": visible, "sort": sort, "limit": 25}},
+            "layout_options": {"tabular": {"widths": widths}},
+        }
+        found = self._data(self.client.get("/presets", params={
+            "filter[collection][_eq]": table, "filter[user][_null]": "true",
+            "filter[role][_null]": "true", "filter[bookmark][_null]": "true",
+        }))
+        if not found:
+            self._request("POST", "/presets", json={"collection": table, **desired})
+            self.changes.append(f"created default view of {table}")
+        elif _differs(found[0], desired):
+            self._request("PATCH", f"/presets/{found[0]['id']}", json=desired)
+            self.changes.append(f"updated default view of {table}")
+
+    # --- roles, policies, permissions ----------------------------------------------------
+
+    def _operator_permissions(
+        self, columns: Mapping[str, list[str]]
+    ) -> dict[tuple[str, str], list[str] | None]:
+        wanted: dict[tuple[str, str], list[str] | None] = {
+            (table, "read"): ["*"] for table in self.tables
+        }
+        for table in EDITABLE_BY_OPERATOR:
+            if table in columns:
+                wanted[(table, "update")] = ["*"]
+                wanted[(table, "delete")] = ["*"]
+        return wanted
+
+    def _access(self, access: Access, permissions: Mapping[tuple[str, str], list[str] | None]
+                ) -> None:
+        policy = {"name": access.name, "icon": access.icon, "description": access.description,
+                  "admin_access": False, "app_access": True}
+        self._ensure_item("policies", access.policy_id, policy, f"policy {access.name}")
+        role = {"name": access.name, "icon": access.icon, "description": access.description}
+        self._ensure_item("roles", access.role_id, role, f"role {access.name}")
+        links = self._data(self.client.get("/access", params={
+            "filter[role][_eq]": access.role_id, "filter[policy][_eq]": access.policy_id,
+        }))
+        if not links:
+            self._request("POST", "/access", json={"role": access.role_id,
+                                                   "policy": access.policy_id})
+            self.changes.append(f"attached policy {access.name} to role {access.name}")
+        self._permissions(access, permissions)
+
+    def _ensure_item(self, collection: str, item_id: str, desired: Mapping[str, Any],
+                     label: str) -> None:
+        found = self._data(self.client.get(f"/{collection}", params={
+            "filter[id][_eq]": item_id, "fields": ",".join(["id", *desired]),
+        }))
+        if not found:
+            self._request("POST", f"/{collection}", json={"id": item_id, **desired})
+            self.changes.append(f"created {label}")
+        elif _differs(found[0], desired):
+            self._request("PATCH", f"/{collection}/{item_id}", json=dict(desired))
+            self.changes.append(f"updated {label}")
+
+    def _permissions(self, access: Access,
+                     wanted: Mapping[tuple[str, str], list[str] | None]) -> None:
+        """The policy's permissions become exactly `wanted`: this policy is ours to manage."""
+        existing = self._data(self.client.get("/permissions", params={
+            "filter[policy][_eq]": access.policy_id, "limit": "-1",
+        }))
+        seen: set[tuple[str, str]] = set()
+        for permission in existing:
+            key = (permission["collection"], permission["action"])
+            if key not in wanted or key in seen:
+                self._request("DELETE", f"/permissions/{permission['id']}")
+                self.changes.append(f"removed {access.name} permission {key[1]} {key[0]}")
+                continue
+            seen.add(key)
+            desired: dict[str, Any] = {"fields": wanted[key], "permissions": {}, "validation": {}}
+            if _differs(permission, desired):
+                self._request("PATCH", f"/permissions/{permission['id']}", json=desired)
+                self.changes.append(f"updated {access.name} permission {key[1]} {key[0]}")
+        for (collection, action), fields in wanted.items():
+            if (collection, action) in seen:
+                continue
+            self._request("POST", "/permissions", json={
+                "policy": access.policy_id, "collection": collection, "action": action,
+                "fields": fields, "permissions": {}, "validation": {},
+            })
+            self.changes.append(f"granted {access.name} {action} on {collection}")
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self.client.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ProvisioningError(f"{method} {path} -> {response.status_code}: {response.text}")
+        return response
+
+    @staticmethod
+    def _data(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            raise ProvisioningError(
+                f"{response.request.method} {response.request.url.path} -> "
+                f"{response.status_code}: {response.text}"
+            )
+        return response.json()["data"]
+
+
+def _differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    return any(current.get(key) != value for key, value in desired.items())
+
+
+def provision(base_url: str, email: str, password: str) -> list[str]:
+    """Log in as the admin and provision; returns the changes made (empty when up to date)."""
+    provisioner = Provisioner.login(base_url, email, password)
+    try:
+        return provisioner.run()
+    finally:
+        provisioner.close()

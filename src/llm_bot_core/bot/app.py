@@ -1,0 +1,121 @@
+"""Building the bot and running it: long polling, or a webhook server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from contextlib import suppress
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand, BotCommandScopeDefault
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+
+from llm_bot_core.bot.api_client import BackendClient
+from llm_bot_core.bot.config import BotSettings
+from llm_bot_core.bot.handlers import create_router
+from llm_bot_core.bot.middlewares import AccessMiddleware, RequestIdMiddleware, RetryAfterMiddleware
+
+log = logging.getLogger(__name__)
+
+COMMANDS = {
+    "en": [BotCommand(command="start", description="Start a new conversation"),
+           BotCommand(command="help", description="What I can do")],
+    "ru": [BotCommand(command="start", description="Начать новый диалог"),
+           BotCommand(command="help", description="Что я умею")],
+}
+
+
+def create_bot(settings: BotSettings) -> Bot:
+    """A Bot speaking to TELEGRAM_API_URL that waits out flood control."""
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session.middleware(RetryAfterMiddleware(settings.telegram_max_retries,
+                                            settings.telegram_max_retry_after))
+    return Bot(settings.bot_token.get_secret_value(), session=session)
+
+
+def create_dispatcher(settings: BotSettings, backend: BackendClient) -> Dispatcher:
+    """The Dispatcher with its routers; handlers get `backend` and `settings` from it."""
+    dispatcher = Dispatcher(settings=settings, backend=backend)
+    dispatcher.update.outer_middleware(RequestIdMiddleware())
+    router = create_router()
+    router.message.middleware(AccessMiddleware(settings))
+    dispatcher.include_router(router)
+    dispatcher.startup.register(_on_startup)
+    return dispatcher
+
+
+async def _on_startup(bot: Bot) -> None:
+    me = await bot.me()
+    log.info("bot @%s (id %s) started", me.username, me.id)
+    try:
+        await bot.set_my_commands(COMMANDS["en"], scope=BotCommandScopeDefault())
+        await bot.set_my_commands(COMMANDS["ru"], scope=BotCommandScopeDefault(),
+                                  language_code="ru")
+    except Exception as exc:  # the command menu is a nicety; the bot works without it
+        log.warning("could not set the command menu: %s", exc)
+
+
+async def run_polling(settings: BotSettings, *, handle_signals: bool = True) -> None:
+    """Long polling until stopped (Ctrl+C / SIGTERM)."""
+    backend = BackendClient(settings)
+    bot = create_bot(settings)
+    dispatcher = create_dispatcher(settings, backend)
+    try:
+        # getUpdates is refused while a webhook is set, e.g. after running in webhook mode.
+        await bot.delete_webhook(drop_pending_updates=False)
+        log.info("long polling %s, backend %s", settings.telegram_api_url, settings.backend_url)
+        await dispatcher.start_polling(bot, polling_timeout=settings.polling_timeout,
+                                       handle_signals=handle_signals)
+    finally:
+        await backend.aclose()
+        await bot.session.close()
+
+
+async def start_webhook(settings: BotSettings, bot: Bot, dispatcher: Dispatcher) -> web.AppRunner:
+    """Register WEBHOOK_URL with Telegram and serve it on WEBHOOK_HOST:WEBHOOK_PORT."""
+    assert settings.webhook_url is not None
+    secret = (settings.webhook_secret.get_secret_value() if settings.webhook_secret
+              else secrets.token_urlsafe(32))  # we register it ourselves on every start
+    app = web.Application()
+    SimpleRequestHandler(dispatcher=dispatcher, bot=bot, secret_token=secret).register(
+        app, path=settings.webhook_path)
+    setup_application(app, dispatcher, bot=bot)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
+    await bot.set_webhook(settings.webhook_url, secret_token=secret,
+                          allowed_updates=dispatcher.resolve_used_update_types())
+    log.info("webhook %s served on %s:%d%s", settings.webhook_url, settings.webhook_host,
+             settings.webhook_port, settings.webhook_path)
+    return runner
+
+
+async def run_webhook(settings: BotSettings) -> None:
+    """Serve the webhook until SIGINT/SIGTERM."""
+    backend = BackendClient(settings)
+    bot = create_bot(settings)
+    dispatcher = create_dispatcher(settings, backend)
+    runner = await start_webhook(settings, bot, dispatcher)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # also closes the bot session (setup_application's shutdown)
+        await backend.aclose()
+
+
+def run(settings: BotSettings) -> None:
+    """`llm-bot-core bot`: webhook mode when WEBHOOK_URL is set, long polling otherwise."""
+    if settings.webhook_url:
+        asyncio.run(run_webhook(settings))
+    else:
+        asyncio.run(run_polling(settings))

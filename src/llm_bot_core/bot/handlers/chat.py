@@ -1,0 +1,57 @@
+"""Text messages (and captions) go to the backend; its answer comes back formatted."""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, F, Router
+from aiogram.types import Message
+
+from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
+from llm_bot_core.bot.config import BotSettings
+from llm_bot_core.bot.delivery import reply, send_answer, typing
+from llm_bot_core.bot.handlers.filters import Addressed
+from llm_bot_core.bot.texts import t
+
+log = logging.getLogger(__name__)
+
+_ERROR_KEYS = {
+    "llm_unavailable": "llm_unavailable",
+    "llm_bad_response": "llm_unavailable",
+    "llm_not_configured": "llm_not_configured",
+    "payload_too_large": "too_long",
+    "database_unavailable": "backend_unavailable",
+}
+
+
+def error_text(exc: BackendError | BackendUnavailable, language: str | None) -> str:
+    """A short message in the user's language for a backend failure."""
+    if isinstance(exc, BackendUnavailable):
+        return t("backend_timeout" if exc.timed_out else "backend_unavailable", language)
+    return t(_ERROR_KEYS.get(exc.code, "error"), language)
+
+
+async def answer_text(message: Message, text: str, bot: Bot, backend: BackendClient,
+                      settings: BotSettings, request_id: str) -> None:
+    """Ask the backend, showing "typing…" meanwhile, and send its answer."""
+    language = message.from_user.language_code if message.from_user else None
+    user_id = message.from_user.id if message.from_user else message.chat.id
+    try:
+        async with typing(bot, message, settings.typing_interval):
+            answer = await backend.handle_chat(user_id=user_id, chat_id=message.chat.id,
+                                               text=text, request_id=request_id)
+    except (BackendError, BackendUnavailable) as exc:
+        log.warning("backend failed for chat %s: %s", message.chat.id, exc)
+        await reply(message, error_text(exc, language))
+        return
+    if not answer.strip():
+        await reply(message, t("error", language))
+        return
+    sent = await send_answer(message, answer)
+    log.info("answered chat %s in %d message(s)", message.chat.id, sent)
+
+
+def create_router() -> Router:
+    router = Router(name=__name__)
+    router.message.register(answer_text, F.text | F.caption, Addressed())
+    return router

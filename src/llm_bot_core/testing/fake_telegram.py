@@ -1,0 +1,431 @@
+"""A fake Telegram Bot API server on 127.0.0.1 that records every call; faults on demand.
+
+Speaks the real protocol (`POST /bot{token}/{method}`, form-encoded or JSON parameters,
+`{"ok": true, "result": ...}` envelopes), so the real aiogram client runs against it:
+`AiohttpSession(api=TelegramAPIServer.from_base(server.base_url))`. It checks HTML the way
+Telegram does (supported tags, nesting, entities, 4096 characters after parsing) and answers
+400 "can't parse entities" otherwise; a set webhook gets the updates POSTed, like Telegram.
+
+Run standalone: `python -m llm_bot_core.testing.fake_telegram --port 8999`, then point the bot
+at it (TELEGRAM_API_URL=http://127.0.0.1:8999, BOT_TOKEN=123456:TEST-token) and talk to it:
+`curl -d '{"text": "hi"}' localhost:8999/_fake/messages`; `curl localhost:8999/_fake/calls`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from llm_bot_core.testing.telegram_html import EntityParseError, parse_telegram_html, utf16_len
+
+MAX_TEXT = 4096
+_JSON_PARAMS = frozenset({
+    "allowed_updates", "commands", "entities", "caption_entities", "link_preview_options",
+    "reply_markup", "reply_parameters", "scope",
+})
+@dataclass
+class ApiCall:
+    """One request the bot made; `params` JSON-decoded where the Bot API sends JSON."""
+
+    method: str
+    params: dict[str, Any]
+    ok: bool = True
+    at: float = field(default_factory=time.monotonic)
+    plain_text: str | None = None  # what the user saw, for sendMessage/editMessageText
+
+    @property
+    def chat_id(self) -> int | None:
+        value = self.params.get("chat_id")
+        return int(value) if value is not None and str(value).lstrip("-").isdigit() else None
+
+
+@dataclass
+class _Fault:
+    method: str
+    status: int
+    description: str
+    retry_after: int | None
+    when: Callable[[dict[str, Any]], bool] | None
+
+
+class FakeTelegram:
+    """State and behaviour of the fake; tests push updates and inspect `calls`."""
+
+    def __init__(self, token: str = "123456:TEST-token", username: str = "test_llm_bot") -> None:
+        self.token = token
+        self.bot_user = {"id": int(token.split(":")[0]), "is_bot": True,
+                         "first_name": "Test Bot", "username": username,
+                         "can_join_groups": True, "can_read_all_group_messages": False,
+                         "supports_inline_queries": False}
+        self.calls: list[ApiCall] = []
+        self.webhook: dict[str, Any] | None = None
+        self._updates: list[dict[str, Any]] = []
+        self._update_ids = itertools.count(1)
+        self._message_ids = itertools.count(1000)
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._new_updates: asyncio.Event | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self.confirmed_offset = 0
+        self._deliveries: set[asyncio.Future[None]] = set()
+
+    # --- what tests use ----------------------------------------------------------------
+    def push_update(self, update: dict[str, Any]) -> int:
+        """Queue an update for getUpdates (or POST it to the webhook); its update_id."""
+        with self._lock:
+            update = {"update_id": next(self._update_ids), **update}
+            self._updates.append(update)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_new_update, update)
+        return int(update["update_id"])
+
+    def message(self, text: str | None = None, *, chat_id: int = 1001, user_id: int = 1001,
+                chat_type: str = "private", language_code: str | None = "en",
+                first_name: str = "Alice", **fields: Any) -> dict[str, Any]:
+        """A `message` object like Telegram's; `fields` add or override keys."""
+        chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+        if chat_type == "private":
+            chat["first_name"] = first_name
+        else:
+            chat["title"] = "Test group"
+        sender: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+        if language_code:
+            sender["language_code"] = language_code
+        message: dict[str, Any] = {"message_id": next(self._message_ids), "date": int(time.time()),
+                                   "chat": chat, "from": sender}
+        if text is not None:
+            message["text"] = text
+            if text.startswith("/"):
+                command = text.split()[0]
+                message["entities"] = [{"type": "bot_command", "offset": 0,
+                                        "length": utf16_len(command)}]
+        message.update(fields)
+        return message
+
+    def send_text(self, text: str, **kwargs: Any) -> dict[str, Any]:
+        """Push an update with a new text message; the message."""
+        message = self.message(text, **kwargs)
+        self.push_update({"message": message})
+        return message
+
+    def fail_next(self, method: str, *, status: int = 400,
+                  description: str = "Bad Request: can't parse entities: Unsupported start tag",
+                  retry_after: int | None = None, count: int = 1,
+                  when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """The next `count` calls of `method` (matching `when`) fail with this error."""
+        with self._lock:
+            self._faults.extend(_Fault(method, status, description, retry_after, when)
+                                for _ in range(count))
+
+    def flood(self, method: str, retry_after: int, count: int = 1) -> None:
+        """The next `count` calls of `method` get 429 Too Many Requests with `retry_after`."""
+        self.fail_next(method, status=429, retry_after=retry_after, count=count,
+                       description=f"Too Many Requests: retry after {retry_after}")
+
+    def calls_to(self, method: str, chat_id: int | None = None, *,
+                 ok: bool | None = True) -> list[ApiCall]:
+        return [c for c in list(self.calls) if c.method == method
+                and (chat_id is None or c.chat_id == chat_id) and (ok is None or c.ok == ok)]
+
+    def sent_texts(self, chat_id: int | None = None) -> list[str]:
+        """What users saw from successful sendMessage calls, in order."""
+        return [c.plain_text or "" for c in self.calls_to("sendMessage", chat_id)]
+
+    async def wait_for(self, method: str, count: int = 1, *, chat_id: int | None = None,
+                       within: float = 15.0) -> list[ApiCall]:
+        """Wait (from any event loop) until `count` successful calls of `method` were made."""
+        deadline = time.monotonic() + within
+        while True:
+            calls = self.calls_to(method, chat_id)
+            if len(calls) >= count:
+                return calls
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{count} {method} call(s) expected within {within}s, got {len(calls)}; "
+                    f"calls: {[(c.method, c.params) for c in self.calls][-10:]}")
+            await asyncio.sleep(0.02)
+
+    async def wait_consumed(self, update_id: int, within: float = 10.0) -> None:
+        """Wait until the bot confirmed (by its next getUpdates offset) it got `update_id`."""
+        deadline = time.monotonic() + within
+        while self.confirmed_offset <= update_id:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"update {update_id} was not consumed within {within}s")
+            await asyncio.sleep(0.02)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self._updates.clear()
+            self._faults.clear()
+            self.webhook = None
+
+    # --- the server ----------------------------------------------------------------------
+    async def attach(self, _: web.Application | None = None) -> None:
+        """Bind to the event loop the server runs in."""
+        self._loop = asyncio.get_running_loop()
+        self._new_updates = asyncio.Event()
+        self._client = aiohttp.ClientSession()
+
+    async def detach(self, _: web.Application | None = None) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    def _on_new_update(self, update: dict[str, Any]) -> None:
+        if self.webhook is not None:
+            task = asyncio.ensure_future(self._post_to_webhook(update))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+        elif self._new_updates is not None:
+            self._new_updates.set()
+
+    async def _post_to_webhook(self, update: dict[str, Any]) -> None:
+        assert self.webhook is not None and self._client is not None
+        headers = {}
+        if self.webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook["secret_token"]
+        async with self._client.post(self.webhook["url"], json=update, headers=headers) as resp:
+            await resp.read()
+            self.webhook.setdefault("deliveries", []).append(resp.status)
+        with self._lock:
+            if update in self._updates:
+                self._updates.remove(update)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        params: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            body = await request.json()
+            params.update(body if isinstance(body, dict) else {})
+        elif request.can_read_body:
+            params.update({k: v for k, v in (await request.post()).items()
+                           if isinstance(v, str)})
+        for key in _JSON_PARAMS & params.keys():
+            if isinstance(params[key], str):
+                params[key] = json.loads(params[key])
+        method = request.match_info["method"]
+        call = ApiCall(method, params)
+        self.calls.append(call)
+        fault = self._take_fault(method, params)
+        if fault is not None:
+            call.ok = False
+            return _error(fault.status, fault.description, fault.retry_after)
+        handler = getattr(self, f"_m_{method.lower()}", None)
+        if handler is None:
+            call.ok = False
+            return _error(404, "Not Found: method not found")
+        try:
+            result = await handler(params, call)
+        except _ApiError as exc:
+            call.ok = False
+            return _error(exc.status, exc.description)
+        return web.json_response({"ok": True, "result": result})
+
+    def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.method.lower() == method.lower() and (fault.when is None
+                                                               or fault.when(params)):
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
+    async def _m_getme(self, _: dict[str, Any], __: ApiCall) -> Any:
+        return self.bot_user
+
+    async def _m_getupdates(self, params: dict[str, Any], _: ApiCall) -> Any:
+        if self.webhook is not None:
+            raise _ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
+                                 "use deleteWebhook to delete the webhook first")
+        offset = int(params.get("offset") or 0)
+        limit = int(params.get("limit") or 100)
+        timeout = float(params.get("timeout") or 0)
+        self.confirmed_offset = max(self.confirmed_offset, offset)
+        deadline = time.monotonic() + timeout
+        assert self._new_updates is not None
+        while True:
+            with self._lock:
+                # Telegram forgets every update below the offset the bot confirms.
+                self._updates = [u for u in self._updates if u["update_id"] >= offset]
+                ready = self._updates[:limit]
+            remaining = deadline - time.monotonic()
+            if ready or remaining <= 0:
+                return ready
+            self._new_updates.clear()
+            try:
+                await asyncio.wait_for(self._new_updates.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _m_sendmessage(self, params: dict[str, Any], call: ApiCall) -> Any:
+        call.plain_text = self._checked_text(params)
+        return self._message_result(params, call.plain_text)
+
+    async def _m_editmessagetext(self, params: dict[str, Any], call: ApiCall) -> Any:
+        call.plain_text = self._checked_text(params)
+        if "inline_message_id" in params:
+            return True
+        return self._message_result(params, call.plain_text,
+                                    message_id=int(params.get("message_id", 0)))
+
+    async def _m_sendchataction(self, params: dict[str, Any], _: ApiCall) -> Any:
+        if params.get("action") not in {"typing", "upload_photo", "record_video", "upload_video",
+                                        "record_voice", "upload_voice", "upload_document",
+                                        "choose_sticker", "find_location", "record_video_note",
+                                        "upload_video_note"}:
+            raise _ApiError(400, "Bad Request: wrong parameter action in request")
+        return True
+
+    async def _m_setwebhook(self, params: dict[str, Any], _: ApiCall) -> Any:
+        if not params.get("url"):
+            self.webhook = None
+        else:
+            self.webhook = {"url": params["url"], "secret_token": params.get("secret_token")}
+        return True
+
+    async def _m_deletewebhook(self, _: dict[str, Any], __: ApiCall) -> Any:
+        self.webhook = None
+        return True
+
+    async def _m_getwebhookinfo(self, _: dict[str, Any], __: ApiCall) -> Any:
+        return {"url": self.webhook["url"] if self.webhook else "",
+                "has_custom_certificate": False, "pending_update_count": len(self._updates)}
+
+    async def _m_setmycommands(self, _: dict[str, Any], __: ApiCall) -> Any:
+        return True
+
+    async def _m_deletemycommands(self, _: dict[str, Any], __: ApiCall) -> Any:
+        return True
+
+    async def _m_close(self, _: dict[str, Any], __: ApiCall) -> Any:
+        return True
+
+    def _checked_text(self, params: dict[str, Any]) -> str:
+        text = str(params.get("text", ""))
+        if params.get("parse_mode", "").upper() == "HTML":
+            try:
+                text = parse_telegram_html(text)
+            except EntityParseError as exc:
+                raise _ApiError(400, f"Bad Request: can't parse entities: {exc}") from None
+        if not text.strip():
+            raise _ApiError(400, "Bad Request: message text is empty")
+        if utf16_len(text) > MAX_TEXT:
+            raise _ApiError(400, "Bad Request: message is too long")
+        return text
+
+    def _message_result(self, params: dict[str, Any], text: str,
+                        message_id: int | None = None) -> dict[str, Any]:
+        chat_id = int(params["chat_id"])
+        return {"message_id": message_id or next(self._message_ids), "date": int(time.time()),
+                "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
+                "from": self.bot_user, "text": text}
+
+    async def _push_message(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        text = body.pop("text", None)
+        message = self.message(text, **body)
+        self.push_update({"message": message})
+        return web.json_response(message)
+
+    async def _list_calls(self, _: web.Request) -> web.Response:
+        return web.json_response([{"method": c.method, "params": c.params, "ok": c.ok,
+                                   "plain_text": c.plain_text} for c in list(self.calls)])
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/bot{token}/{method}", self.handle)
+        # Control endpoints for a fake running in another process.
+        app.router.add_post("/_fake/messages", self._push_message)
+        app.router.add_get("/_fake/calls", self._list_calls)
+        return app
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+
+
+def _error(status: int, description: str, retry_after: int | None = None) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after is not None:
+        body["parameters"] = {"retry_after": retry_after}
+    return web.json_response(body, status=status)
+
+
+class FakeTelegramServer:
+    """Runs a FakeTelegram on 127.0.0.1 in a background thread with its own event loop."""
+
+    def __init__(self, fake: FakeTelegram | None = None, port: int = 0) -> None:
+        self.fake = fake or FakeTelegram()
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        """For TELEGRAM_API_URL / TelegramAPIServer.from_base."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeTelegramServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        await self.fake.attach()
+        self._runner = web.AppRunner(self.fake.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.fake.detach()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeTelegramServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8999)
+    parser.add_argument("--token", default="123456:TEST-token")
+    args = parser.parse_args()
+    fake = FakeTelegram(token=args.token)
+    app = fake.app()
+    app.on_startup.append(fake.attach)
+    app.on_cleanup.append(fake.detach)
+    web.run_app(app, host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

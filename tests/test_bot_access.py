@@ -1,0 +1,82 @@
+"""Allowlists and the per-user rate limit: one polite refusal, then silence; no backend call."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.bot.middlewares import SlidingWindowLimiter
+from llm_bot_core.testing.fake_llm import FakeLLM
+from llm_bot_core.testing.fake_telegram import FakeTelegram, FakeTelegramServer
+from tests.bot_support import (  # noqa: F401 - fixtures
+    BackendServer,
+    backend_fixture,
+    make_bot_settings,
+    rows,
+    running_bot,
+    settle,
+    telegram_fixture,
+    telegram_server_fixture,
+)
+
+
+async def test_user_not_on_the_allowlist_gets_one_refusal_and_no_backend_call(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM, db: AsyncEngine,
+) -> None:
+    settings = make_bot_settings(telegram_server, backend.url, allowed_user_ids="42, 43",
+                                 allowed_chat_ids="-100777")
+    async with running_bot(settings):
+        for text in ("hello?", "hello??", "/start"):
+            update_id = telegram.push_update({"message": telegram.message(
+                text, chat_id=900, user_id=900, language_code="ru")})
+        await telegram.wait_consumed(update_id)
+        await settle()
+        refusals = telegram.sent_texts(chat_id=900)
+        assert refusals == ["Извините, этот бот доступен только определённым пользователям."]
+
+        telegram.send_text("I am allowed", chat_id=42, user_id=42)
+        assert (await telegram.wait_for("sendMessage", chat_id=42))[0].plain_text == \
+            "Echo: I am allowed"
+        # Anyone in an allowed group may talk to the bot there.
+        telegram.send_text("@test_llm_bot hi from the group", chat_id=-100777, user_id=901,
+                           chat_type="supergroup",
+                           entities=[{"type": "mention", "offset": 0, "length": 13}])
+        await telegram.wait_for("sendMessage", chat_id=-100777)
+
+    assert await rows(db, "SELECT chat_id FROM chat_sessions ORDER BY chat_id") == [
+        ("-100777",), ("42",)]
+
+
+async def test_rate_limit_refuses_once_per_window_and_skips_the_backend(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM,
+) -> None:
+    settings = make_bot_settings(telegram_server, backend.url, rate_limit_messages=2,
+                                 rate_limit_window=60)
+    async with running_bot(settings):
+        for i in range(2):
+            telegram.send_text(f"message {i}", chat_id=910, user_id=910)
+            await telegram.wait_for("sendMessage", i + 1, chat_id=910)
+        for i in range(2, 5):
+            update_id = telegram.push_update({"message": telegram.message(
+                f"message {i}", chat_id=910, user_id=910)})
+        await telegram.wait_consumed(update_id)
+        await settle()
+
+    texts = telegram.sent_texts(chat_id=910)
+    assert texts[:2] == ["Echo: message 0", "Echo: message 1"]
+    assert len(texts) == 3 and texts[2].startswith("Too many messages in a row")
+    assert len(fake_llm.chat_requests) == 2
+
+
+def test_sliding_window_frees_a_slot_when_the_oldest_event_leaves_it() -> None:
+    now = [0.0]
+    limiter = SlidingWindowLimiter(limit=2, window=10, clock=lambda: now[0])
+    assert limiter.hit(1) == 0 and limiter.hit(1) == 0
+    assert limiter.hit(1) == pytest.approx(10)
+    assert limiter.hit(2) == 0  # per user
+    now[0] = 4.0
+    assert limiter.hit(1) == pytest.approx(6)
+    now[0] = 10.0
+    assert limiter.hit(1) == 0

@@ -1,0 +1,418 @@
+"""The admin panel: a real Directus over a migrated test database, its REST API and a real browser.
+
+The first run installs Node 22 and Directus into the cache (minutes); later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from llm_bot_core.admin.install import DirectusInstall, InstallError, ensure_installed
+from llm_bot_core.admin.provision import (
+    OPERATOR_ROLE_ID,
+    SPEC_TABLES,
+    VIEWER_ROLE_ID,
+    provision,
+)
+from llm_bot_core.admin.server import DirectusConfig, DirectusServer
+from llm_bot_core.db.migrate import upgrade_to_head
+from llm_bot_core.testing.fake_llm import FakeLLMServer
+from tests.conftest import make_settings, running_app, unavailable
+
+pytestmark = pytest.mark.directus
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "img" / "directus-messages.png"
+SESSION_SCREENSHOT = ROOT / "docs" / "img" / "directus-session.png"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+ADMIN = ("admin@example.com", "admin-password-1")
+OPERATOR = ("operator@example.com", "operator-password-1")
+VIEWER = ("viewer@example.com", "viewer-password-1")
+GREETING = "Привет, расскажи, что ты умеешь?"
+
+# Metadata Directus keeps about our tables; provisioning is idempotent when none of it changes.
+DIRECTUS_STATE = (
+    "SELECT collection, icon, display_template, note, sort FROM directus_collections",
+    "SELECT collection, field, special, interface, options, display, display_options, readonly "
+    "FROM directus_fields",
+    "SELECT many_collection, many_field, one_collection, one_field FROM directus_relations",
+    "SELECT id, name, admin_access, app_access FROM directus_policies",
+    "SELECT id, name FROM directus_roles",
+    "SELECT role, policy FROM directus_access",
+    "SELECT policy, collection, action, fields FROM directus_permissions",
+    "SELECT collection, layout, layout_query::text FROM directus_presets",
+    "SELECT count(*) FROM directus_activity WHERE action <> 'login'",  # logging in is not a change
+    "SELECT count(*) FROM directus_revisions",
+)
+BACKEND_DDL = (
+    "SELECT table_name, column_name, data_type, is_nullable, column_default "
+    "FROM information_schema.columns WHERE table_schema = 'public' AND table_name = ANY(:t)",
+    "SELECT conname, conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE conrelid::regclass::text = ANY(:t)",
+    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ANY(:t)",
+)
+
+
+async def _query(url: str, sql: str, **params: object) -> list[tuple]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return sorted((tuple(r) for r in await conn.execute(text(sql), params)), key=repr)
+    finally:
+        await engine.dispose()
+
+
+def snapshot(url: str, queries: tuple[str, ...]) -> list[list[tuple]]:
+    async def take() -> list[list[tuple]]:
+        return [await _query(url, sql, t=list(SPEC_TABLES)) for sql in queries]
+
+    return asyncio.run(take())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Directus:
+    url: str
+    database_url: str
+    server: DirectusServer
+    ddl_before: list[list[tuple]]
+    ddl_after: list[list[tuple]]
+    first_changes: list[str]
+
+    @contextmanager
+    def login(self, who: tuple[str, str]) -> Iterator[httpx.Client]:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            response = client.post("/auth/login", json={"email": who[0], "password": who[1]})
+            assert response.status_code == 200, response.text
+            client.headers["Authorization"] = f"Bearer {response.json()['data']['access_token']}"
+            yield client
+
+
+@pytest.fixture(scope="session")
+def directus_install() -> DirectusInstall:
+    cache = os.environ.get("DIRECTUS_CACHE_DIR")
+    try:
+        return ensure_installed(Path(cache) if cache else None)
+    except InstallError as exc:
+        unavailable(f"Directus could not be installed: {exc}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def directus_database(database_url: str) -> Iterator[str]:
+    """A database of its own on the test server, with the backend's migrations applied."""
+    name = f"llmbot_directus_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        engine = create_async_engine(database_url, poolclass=NullPool,
+                                     isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    upgrade_to_head(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def directus(directus_install: DirectusInstall, directus_database: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directus]:
+    work_dir = tmp_path_factory.mktemp("directus")
+    config = DirectusConfig(
+        database_url=directus_database, admin_email=ADMIN[0], admin_password=ADMIN[1],
+        key=uuid.uuid4().hex, secret=uuid.uuid4().hex, work_dir=work_dir,
+        port=_free_port(), log_level="info",
+    )
+    with (work_dir / "directus.log").open("wb") as output:
+        server = DirectusServer(directus_install, config, output=output)
+        try:
+            began = time.monotonic()
+            server.bootstrap()
+            bootstrap_seconds = time.monotonic() - began
+            startup = server.start()
+        except Exception:
+            server.stop()
+            print((work_dir / "directus.log").read_text(errors="replace")[-5000:])
+            raise
+        print(f"\ndirectus: bootstrap {bootstrap_seconds:.1f}s, start to healthy {startup:.1f}s, "
+              f"RSS {server.rss_bytes() / 2**20:.0f} MB")
+        try:
+            before = snapshot(directus_database, BACKEND_DDL)
+            changes = provision(server.url, *ADMIN)
+            after = snapshot(directus_database, BACKEND_DDL)
+            yield Directus(server.url, directus_database, server, before, after, changes)
+        finally:
+            print(f"directus: RSS at the end {server.rss_bytes() / 2**20:.0f} MB")
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def users(directus: Directus) -> None:
+    with directus.login(ADMIN) as admin:
+        for (email, password), role in ((OPERATOR, OPERATOR_ROLE_ID), (VIEWER, VIEWER_ROLE_ID)):
+            response = admin.post("/users", json={"email": email, "password": password,
+                                                  "role": role})
+            assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="session")
+def conversation(directus: Directus, llm_server: FakeLLMServer) -> dict[str, str]:
+    """A real exchange through /v1/chat/handle, stored in Directus's database."""
+
+    async def chat() -> None:
+        settings = make_settings(directus.database_url, llm_server.base_url)
+        async with running_app(settings) as client:
+            for text_ in ("Меня зовут Анна, я люблю горы.", GREETING):
+                response = await client.post("/v1/chat/handle", json={
+                    "user_id": "12345", "chat_id": "67890", "text": text_})
+                assert response.status_code == 200, response.text
+
+    llm_server.fake.reset()
+    asyncio.run(chat())
+    return {"user": GREETING, "assistant": f"Echo: {GREETING}"}
+
+
+# --- provisioning ----------------------------------------------------------------------------
+
+
+def test_provisioning_registers_the_four_tables_without_touching_their_ddl(
+    directus: Directus,
+) -> None:
+    assert directus.first_changes, "the first run registers collections"
+    assert directus.ddl_after == directus.ddl_before
+    with directus.login(ADMIN) as admin:
+        collections = {c["collection"]: c for c in admin.get("/collections").json()["data"]}
+        for table in SPEC_TABLES:
+            assert collections[table]["meta"] is not None, table
+        assert collections["messages"]["meta"]["display_template"] == "{{role}}: {{content}}"
+        assert "alembic_version" not in collections
+        relation = admin.get("/relations/messages/session_id").json()["data"]
+        assert relation["related_collection"] == "chat_sessions"
+        assert relation["meta"]["one_field"] == "messages"
+        readonly = admin.get("/fields/messages/created_at").json()["data"]["meta"]["readonly"]
+        assert readonly is True
+
+
+def test_second_provisioning_changes_nothing(directus: Directus) -> None:
+    before = snapshot(directus.database_url, DIRECTUS_STATE)
+    assert provision(directus.url, *ADMIN) == []
+    assert snapshot(directus.database_url, DIRECTUS_STATE) == before
+
+
+def test_reprovisioning_picks_up_a_column_added_by_a_later_migration(directus: Directus) -> None:
+    async def ddl(sql: str) -> None:
+        engine = create_async_engine(directus.database_url, poolclass=NullPool)
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+        await engine.dispose()
+
+    asyncio.run(ddl("ALTER TABLE messages ADD COLUMN operator_note text"))
+    try:
+        provision(directus.url, *ADMIN)
+        with directus.login(ADMIN) as admin:
+            fields = [f["field"] for f in admin.get("/fields/messages").json()["data"]]
+            assert "operator_note" in fields
+            listed = admin.get("/items/messages", params={"fields": "id,operator_note"})
+            assert listed.status_code == 200, listed.text
+    finally:
+        asyncio.run(ddl("ALTER TABLE messages DROP COLUMN operator_note"))
+        provision(directus.url, *ADMIN)
+
+
+# --- roles over REST ---------------------------------------------------------------------------
+
+
+def test_operator_reads_and_fixes_dialogues_but_cannot_create_or_change_schema(
+    directus: Directus, users: None, conversation: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    async def one_more() -> None:
+        settings = make_settings(directus.database_url, llm_server.base_url)
+        async with running_app(settings) as client:
+            await client.post("/v1/chat/handle",
+                              json={"user_id": "777", "chat_id": "777", "text": "delete me"})
+
+    asyncio.run(one_more())
+    with directus.login(OPERATOR) as op:
+        listed = op.get("/items/messages", params={"sort": "-created_at", "limit": "-1"})
+        assert listed.status_code == 200, listed.text
+        contents = [m["content"] for m in listed.json()["data"]]
+        assert conversation["user"] in contents and conversation["assistant"] in contents
+
+        session_id = next(m["session_id"] for m in listed.json()["data"]
+                          if m["content"] == conversation["user"])
+        session = op.get(f"/items/chat_sessions/{session_id}",
+                         params={"fields": "user_id,chat_id,messages.content,messages.role"})
+        assert session.status_code == 200, session.text
+        through_relation = [m["content"] for m in session.json()["data"]["messages"]]
+        assert conversation["user"] in through_relation
+        assert session.json()["data"]["user_id"] == "12345"
+
+        doomed = next(m for m in listed.json()["data"] if m["content"] == "delete me")
+        fixed = op.patch(f"/items/messages/{doomed['id']}", json={"content": "fixed by operator"})
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["data"]["content"] == "fixed by operator"
+        assert op.delete(f"/items/messages/{doomed['id']}").status_code == 204
+        assert op.get(f"/items/messages/{doomed['id']}").status_code == 403  # gone
+        reply = next(m for m in listed.json()["data"] if m["content"] == "Echo: delete me")
+        assert op.delete(f"/items/messages/{reply['id']}").status_code == 204
+
+        closed = op.patch(f"/items/chat_sessions/{session_id}", json={"is_active": True})
+        assert closed.status_code == 200, closed.text
+        for table in ("conversation_summaries", "embeddings"):
+            assert op.get(f"/items/{table}").status_code == 200
+        assert op.post("/items/messages", json={"session_id": session_id, "role": "user",
+                                                "content": "x"}).status_code == 403
+        assert op.post("/collections", json={"collection": "x"}).status_code == 403
+        assert op.post("/users", json={"email": "x@example.com"}).status_code == 403
+        assert op.patch("/fields/messages/content", json={"meta": {"note": "x"}}).status_code == 403
+
+    rows = asyncio.run(_query(directus.database_url,
+                              "SELECT content FROM messages m JOIN chat_sessions s "
+                              "ON s.id = m.session_id WHERE s.chat_id = '777'"))
+    assert rows == []
+
+
+def test_viewer_reads_everything_and_every_write_is_forbidden(
+    directus: Directus, users: None, conversation: dict[str, str]
+) -> None:
+    with directus.login(VIEWER) as viewer:
+        for table in SPEC_TABLES:
+            assert viewer.get(f"/items/{table}").status_code == 200, table
+        messages = viewer.get("/items/messages").json()["data"]
+        assert conversation["user"] in [m["content"] for m in messages]
+        message, session_id = messages[0], messages[0]["session_id"]
+        assert viewer.patch(f"/items/messages/{message['id']}",
+                            json={"content": "x"}).status_code == 403
+        assert viewer.delete(f"/items/messages/{message['id']}").status_code == 403
+        assert viewer.patch(f"/items/chat_sessions/{session_id}",
+                            json={"is_active": False}).status_code == 403
+        assert viewer.post("/items/messages", json={"session_id": session_id, "role": "user",
+                                                    "content": "x"}).status_code == 403
+
+
+# --- the browser ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium (Playwright's own browser download does not work everywhere)."""
+    if not CHROMIUM.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            subprocess.run(argv, env=env, check=False, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.STDOUT, timeout=900)
+    if not CHROMIUM.exists():
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def page(chromium: Path) -> AsyncIterator[object]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError as exc:
+        unavailable(f"playwright is not installed: {exc}")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+        ])
+        context = await browser.new_context(viewport={"width": 1440, "height": 810},
+                                            locale="en-US")
+        try:
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_operator_logs_in_and_sees_the_dialogue_in_the_messages_collection(
+    directus: Directus, users: None, conversation: dict[str, str], page: object
+) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    await page.goto(f"{directus.url}/admin/login")
+    await page.locator("input[type=email]").fill(OPERATOR[0])
+    await page.locator("input[type=password]").fill(OPERATOR[1])
+    await page.locator("button[type=submit]").click()
+    await page.wait_for_url("**/admin/**", timeout=30_000)
+
+    await page.goto(f"{directus.url}/admin/content/messages")
+    await expect(page.get_by_text(conversation["user"]).first).to_be_visible(timeout=30_000)
+    await expect(page.get_by_text(conversation["assistant"]).first).to_be_visible()
+    # The layout-options panel opens by default on wide screens; the table is the point here.
+    toggle = page.locator(".sidebar-toggle")
+    if await toggle.count():
+        await toggle.first.click()
+        await page.wait_for_timeout(1000)  # let the panel finish sliding away
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT))
+
+    # A session shows its messages through the o2m relation.
+    [(session_id,)] = await _query(directus.database_url,
+                                   "SELECT id::text FROM chat_sessions WHERE chat_id = '67890'")
+    await page.goto(f"{directus.url}/admin/content/chat_sessions/{session_id}")
+    await expect(page.get_by_text(conversation["user"]).first).to_be_visible(timeout=30_000)
+    await page.screenshot(path=str(SESSION_SCREENSHOT))
+
+
+# --- the backend beside Directus ---------------------------------------------------------------
+
+
+async def test_backend_keeps_working_while_directus_is_connected(
+    directus: Directus, users: None, llm_server: FakeLLMServer
+) -> None:
+    llm_server.fake.reset()
+    settings = make_settings(directus.database_url, llm_server.base_url)
+    async with running_app(settings) as client, httpx.AsyncClient(base_url=directus.url) as dx:
+        token = (await dx.post("/auth/login", json=dict(zip(("email", "password"), OPERATOR,
+                                                            strict=True)))).json()["data"]
+        dx.headers["Authorization"] = f"Bearer {token['access_token']}"
+
+        async def chat(i: int) -> httpx.Response:
+            return await client.post("/v1/chat/handle", json={
+                "user_id": f"u{i}", "chat_id": f"busy-{i}", "text": f"parallel {i}"})
+
+        async def browse() -> httpx.Response:
+            return await dx.get("/items/messages", params={"limit": "50", "sort": "-id"})
+
+        # The backend writing while an operator browses, and migrations re-run meanwhile.
+        migrate = asyncio.to_thread(upgrade_to_head, directus.database_url)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(chat(i) for i in range(8)), *(browse() for _ in range(8)), migrate),
+            timeout=60,
+        )
+        for response in results[:16]:
+            assert response.status_code == 200, response.text
+        assert (await client.get("/health")).status_code == 200
+    stored = await _query(directus.database_url,
+                          "SELECT count(*) FROM messages WHERE content LIKE 'parallel %'")
+    assert stored == [(8,)]
+    assert directus.server.healthy()
