@@ -31,8 +31,11 @@ WITH terms AS (
     SELECT DISTINCT lexeme FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query))
 ),
 corpus AS (
-    SELECT count(*) AS n, coalesce(avg(length(lexemes)), 1) AS avgdl
-    FROM embeddings WHERE {column} = :value
+    -- The average length from a sample: reading every row's tsvector costs more than the
+    -- precision is worth.
+    SELECT (SELECT count(*) FROM embeddings WHERE {column} = :value) AS n,
+           (SELECT coalesce(avg(length(lexemes)), 1) FROM (
+               SELECT lexemes FROM embeddings WHERE {column} = :value LIMIT 500) s) AS avgdl
 ),
 weights AS (
     SELECT to_tsquery('simple', quote_literal(t.lexeme)) AS tq,
