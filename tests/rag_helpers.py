@@ -63,7 +63,7 @@ async def scalar(db: AsyncEngine, sql: str, **params: object) -> Any:
 async def wait_until(predicate: Any, seconds: float = 30.0) -> None:
     """Poll a condition another task (the outbox sweeper) will make true."""
     async with asyncio.timeout(seconds):
-        while not await predicate():  # noqa: ASYNC110 - the condition lives in the database
+        while not await predicate():
             await asyncio.sleep(0.1)
 
 
