@@ -297,7 +297,7 @@ def main() -> None:
                         help="openai uses OPENAI_API_KEY / EMBEDDINGS_BASE_URL from the env")
     parser.add_argument("--context-turns", type=int, default=1)
     parser.add_argument("--dense-only", action="store_true", help="no lexical side")
-    parser.add_argument("--lexical-weight", type=float, default=0.5,
+    parser.add_argument("--lexical-weight", type=float, default=1.0,
                         help="weight of the BM25 ranking in the fusion (RAG_LEXICAL_WEIGHT)")
     parser.add_argument("--conversations", type=int, default=0, help="only the first N")
     parser.add_argument("--pad-to", type=int, default=0,

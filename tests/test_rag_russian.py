@@ -36,7 +36,8 @@ async def test_facts_told_in_russian_come_back_when_asked_in_other_words(
 
     result = await bench_module().evaluate(settings, fake_llm)
 
-    # Measured 0.84-0.92 with the defaults; the misses are paraphrases with no shared word
-    # ("Кем я тружусь?" for "Я работаю бухгалтером"), where the small e5 model is weakest.
+    # Measured 0.84 with the defaults (0.88-0.92 with less lexical weight); the misses are
+    # paraphrases with no shared word ("Кем я тружусь?" for "Я работаю бухгалтером"), where
+    # the small e5 model is weakest. The bar leaves room for one more miss on another CPU.
     assert result["questions"] == 25
     assert result["recall"] >= 0.8, result["misses"]

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         description="Cosine below which a dense-only hit is dropped; unset: the embedder's own.",
     )
     rag_lexical_weight: float = Field(
-        default=0.5, ge=0, le=4,
+        default=1.0, ge=0, le=4,
         description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
     )
     rag_fts_config: str = Field(

@@ -43,6 +43,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     ),
     "llm_not_configured": (503, "No LLM is configured; the message was stored."),
     "database_unavailable": (503, "The database is unreachable; nothing was stored."),
+    "vector_store_unavailable": (503, "The vector store is unreachable; nothing was deleted."),
     "internal_error": (500, "Unexpected error; see the server log with the request id."),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from llm_bot_core.memory.prompt import RecalledFact
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.indexing import Indexer, Labels
 from llm_bot_core.rag.search import Hit, Searcher, SearchOptions
-from llm_bot_core.rag.stores import Scope, VectorStore
+from llm_bot_core.rag.stores import Scope, VectorStore, VectorStoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class VectorSemanticMemory:
         self._searcher: Searcher | None = None
         self._opening = asyncio.Lock()
         self._sweeper: asyncio.Task[Any] | None = None
-        self._wake = asyncio.Event()
+        self._open_failed_at: float | None = None
         self.description = f"{embedder.name}, store not opened yet"
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -62,8 +63,18 @@ class VectorSemanticMemory:
             return self._indexer, self._searcher
         async with self._opening:
             if self._indexer is None or self._searcher is None:
-                store = await self._open_store(self._embedder)
-                created = await store.prepare()
+                # While the store is known to be down, fail at once instead of making every
+                # message wait for a connection timeout; the sweeper tries again later.
+                failed, cooldown = self._open_failed_at, self._settings.rag_retry_seconds
+                if failed is not None and time.monotonic() - failed < cooldown:
+                    raise VectorStoreUnavailable("vector store unreachable (retrying later)")
+                try:
+                    store = await self._open_store(self._embedder)
+                    created = await store.prepare()
+                except Exception:
+                    self._open_failed_at = time.monotonic()
+                    raise
+                self._open_failed_at = None
                 s = self._settings
                 indexer = Indexer(self._engine, self._embedder, store, fts_config=s.rag_fts_config,
                                   context_turns=s.rag_context_turns, labels=self._labels)
@@ -76,8 +87,7 @@ class VectorSemanticMemory:
                 self._store = store
                 self._indexer = indexer
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
-                self.description = (f"{self._embedder.name} ({self._embedder.dim}-d) in "
-                                    f"{store.description}; scope={s.rag_scope}, "
+                self.description = (f"{store.description}; scope={s.rag_scope}, "
                                     f"lexical weight={s.rag_lexical_weight}")
                 log.info("semantic memory: %s", self.description)
         assert self._indexer is not None and self._searcher is not None
@@ -94,10 +104,7 @@ class VectorSemanticMemory:
                 await self.sweep()
             except Exception as exc:  # an outage; the rows keep their backoff in the outbox
                 log.warning("semantic indexing deferred: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.rag_retry_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+            await asyncio.sleep(self._settings.rag_retry_seconds)
 
     async def sweep(self, batch: int = 64) -> int:
         """Index every due outbox row; returns how many messages were indexed."""

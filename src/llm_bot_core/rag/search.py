@@ -6,6 +6,7 @@ with pgvector and Qdrant, and keeps answering (alone) when the embedder or the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Sequence
@@ -31,8 +32,11 @@ WITH terms AS (
     SELECT DISTINCT lexeme FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query))
 ),
 corpus AS (
-    SELECT count(*) AS n, coalesce(avg(length(lexemes)), 1) AS avgdl
-    FROM embeddings WHERE {column} = :value
+    -- The average length from a sample: reading every row's tsvector costs more than the
+    -- precision is worth.
+    SELECT (SELECT count(*) FROM embeddings WHERE {column} = :value) AS n,
+           (SELECT coalesce(avg(length(lexemes)), 1) FROM (
+               SELECT lexemes FROM embeddings WHERE {column} = :value LIMIT 500) s) AS avgdl
 ),
 weights AS (
     SELECT to_tsquery('simple', quote_literal(t.lexeme)) AS tq,
@@ -80,7 +84,7 @@ class Hit:
 class SearchOptions:
     limit: int
     min_score: float
-    lexical_weight: float = 0.5
+    lexical_weight: float = 1.0
     candidates: int = 40
     dedupe_jaccard: float = 0.75
 
@@ -98,25 +102,32 @@ class Searcher:
         self, query: str, scope: Scope, exclude: Sequence[int], options: SearchOptions
     ) -> list[Hit]:
         """The most relevant messages in `scope`; either side may fail, the other still answers."""
-        dense: list[tuple[int, float]] = []
-        lexical: list[tuple[int, float]] = []
-        errors: list[Exception] = []
-        try:
-            vector = await self._embedder.embed_query(query)
-            dense = await self._store.search(vector, scope, exclude, options.candidates)
-        except Exception as exc:
-            errors.append(exc)
-            log.warning("dense search unavailable: %r", exc)
-        hybrid = options.lexical_weight > 0
-        if hybrid:
-            try:
-                lexical = await self.lexical(query, scope, exclude, options.candidates)
-            except Exception as exc:
-                errors.append(exc)
-                log.warning("lexical search unavailable: %r", exc)
-        if errors and len(errors) == (2 if hybrid else 1):
-            raise errors[0]
+        # The two sides run concurrently: the query embedding (a thread or an HTTP call) and the
+        # full-text query (PostgreSQL) take similar time, so the search costs the slower one.
+        sides = [self._dense(query, scope, exclude, options.candidates)]
+        if options.lexical_weight > 0:
+            sides.append(self.lexical(query, scope, exclude, options.candidates))
+        results = await asyncio.gather(*sides, return_exceptions=True)
+        found: list[list[tuple[int, float]]] = []
+        for side, result in zip(("dense", "lexical"), results, strict=False):
+            if isinstance(result, BaseException):
+                log.warning("%s search unavailable: %r", side, result)
+                found.append([])
+            else:
+                found.append(result)
+        if all(isinstance(r, BaseException) for r in results):
+            error = results[0]
+            assert isinstance(error, BaseException)
+            raise error
+        dense = found[0]
+        lexical = found[1] if len(found) > 1 else []
         return await self._fuse(dense, lexical, options)
+
+    async def _dense(
+        self, query: str, scope: Scope, exclude: Sequence[int], limit: int
+    ) -> list[tuple[int, float]]:
+        vector = await self._embedder.embed_query(query)
+        return await self._store.search(vector, scope, exclude, limit)
 
     async def lexical(
         self, query: str, scope: Scope, exclude: Sequence[int], limit: int

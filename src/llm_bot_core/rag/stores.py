@@ -179,14 +179,14 @@ class PgVectorStore:
         self, vector: list[float], scope: Scope, exclude: Sequence[int], limit: int
     ) -> list[tuple[int, float]]:
         column, value = scope.field()
-        # MATERIALIZED keeps the planner from ever choosing an approximate index for the ORDER
-        # BY: the scope's rows are fetched by the btree and ranked exactly.
+        # The table has no approximate (HNSW/IVF) index on purpose: the scope's rows come from
+        # the btree and are ranked exactly by a top-N sort.
         sql = text(
-            f"""WITH scoped AS MATERIALIZED (
-                  SELECT message_id, embedding FROM {self.table}
-                  WHERE {column} = :value AND message_id <> ALL(:exclude))
-                SELECT message_id, 1 - (embedding <=> CAST(:q AS vector)) AS score
-                FROM scoped ORDER BY embedding <=> CAST(:q AS vector) LIMIT :limit"""
+            f"""SELECT message_id, 1 - distance FROM (
+                  SELECT message_id, embedding <=> CAST(:q AS vector) AS distance
+                  FROM {self.table}
+                  WHERE {column} = :value AND message_id <> ALL(CAST(:exclude AS bigint[]))) d
+                ORDER BY distance LIMIT :limit"""
         )
         try:
             async with self._engine.connect() as conn:
