@@ -47,8 +47,9 @@ class Settings(BaseSettings):
 
     # --- admin panel (Directus over the same database) -----------------------------------
     directus_host: str = "127.0.0.1"
-    directus_port: int = Field(default=8055, ge=1, le=65535,
-                               description="Directus reads PORT itself; this one is ours.")
+    directus_port: int = Field(
+        default=8055, ge=1, le=65535, description="Directus reads PORT itself; this one is ours."
+    )
     directus_public_url: str | None = Field(
         default=None, description="The URL users open; default http://DIRECTUS_HOST:PORT."
     )
@@ -132,15 +133,20 @@ class Settings(BaseSettings):
         default="user", description="Search the user's memory across all chats, or one chat's."
     )
     rag_min_score: float | None = Field(
-        default=None, ge=-1, le=1,
+        default=None,
+        ge=-1,
+        le=1,
         description="Cosine below which a dense-only hit is dropped; unset: the embedder's own.",
     )
     rag_lexical_weight: float = Field(
-        default=1.0, ge=0, le=4,
+        default=1.0,
+        ge=0,
+        le=4,
         description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
     )
     rag_fts_config: str = Field(
-        default="russian", pattern=r"^[a-z_]+$",
+        default="russian",
+        pattern=r"^[a-z_]+$",
         description="PostgreSQL text search configuration of the lexical side.",
     )
     rag_context_turns: int = Field(default=1, ge=0, le=3)
@@ -148,8 +154,14 @@ class Settings(BaseSettings):
     rag_retry_seconds: float = Field(default=30.0, gt=0)
     rag_pgvector_fallback: Literal["qdrant", "disable"] = "qdrant"
 
-    @field_validator("database_url", "llm_base_url", "embeddings_base_url", "qdrant_url",
-                     "qdrant_path", mode="before")
+    @field_validator(
+        "database_url",
+        "llm_base_url",
+        "embeddings_base_url",
+        "qdrant_url",
+        "qdrant_path",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

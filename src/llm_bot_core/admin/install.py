@@ -80,8 +80,10 @@ def ensure_installed(
 def _npm() -> str:
     npm = shutil.which("npm")
     if npm is None:
-        raise InstallError("npm not found on PATH: install Node.js and npm (Debian: apt-get "
-                           "install npm), which fetch Node 22 and Directus from the npm registry")
+        raise InstallError(
+            "npm not found on PATH: install Node.js and npm (Debian: apt-get "
+            "install npm), which fetch Node 22 and Directus from the npm registry"
+        )
     return npm
 
 
@@ -90,8 +92,20 @@ def _ensure_node(root: Path) -> Path:
     node = prefix / "node_modules" / "node" / "bin" / "node"
     if not node.is_file():
         log.info("installing %s into %s", NODE_PACKAGE, prefix)
-        _run([_npm(), "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
-              "--no-save", NODE_PACKAGE], cwd=root, env=dict(os.environ))
+        _run(
+            [
+                _npm(),
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                NODE_PACKAGE,
+            ],
+            cwd=root,
+            env=dict(os.environ),
+        )
     if not node.is_file():
         raise InstallError(f"npm installed {NODE_PACKAGE} but {node} is missing")
     return node
@@ -107,8 +121,11 @@ def _node_headers(node: Path) -> Path | None:
 
 
 def _npm_ci(node: Path, app: Path, deploy_dir: Path) -> None:
-    log.warning("installing Directus %s into %s (compiles native modules: several minutes, "
-                "done once)", pinned_version(deploy_dir), app)
+    log.warning(
+        "installing Directus %s into %s (compiles native modules: several minutes, done once)",
+        pinned_version(deploy_dir),
+        app,
+    )
     if app.exists():
         shutil.rmtree(app)
     app.mkdir(parents=True)
@@ -127,9 +144,11 @@ def _npm_ci(node: Path, app: Path, deploy_dir: Path) -> None:
 def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
     log_file = cwd / "npm-install.log"
     with log_file.open("ab") as out:
-        result = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                check=False)
+        result = subprocess.run(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     if result.returncode != 0:
         tail = log_file.read_text(errors="replace")[-2000:]
-        raise InstallError(f"{' '.join(argv)} failed ({result.returncode}); see {log_file}:\n"
-                           f"{tail}")
+        raise InstallError(
+            f"{' '.join(argv)} failed ({result.returncode}); see {log_file}:\n{tail}"
+        )

@@ -68,8 +68,12 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "chat_id": {"sort": 2, "width": "half"},
         "is_active": {"sort": 3, "width": "half", "interface": "boolean", "display": "boolean"},
         "messages_since_summary": {"sort": 4, "width": "half"},
-        "created_at": {"sort": 5, "width": "half", "display": "datetime",
-                       "display_options": {"relative": True}},
+        "created_at": {
+            "sort": 5,
+            "width": "half",
+            "display": "datetime",
+            "display_options": {"relative": True},
+        },
         "closed_at": {"sort": 6, "width": "half", "interface": "datetime", "display": "datetime"},
         "id": {"sort": 20},
     },
@@ -132,19 +136,30 @@ class Relation:
 
 RELATIONS = (
     Relation("messages", "session_id", "chat_sessions", "messages", MESSAGE_TEMPLATE, 10),
-    Relation("conversation_summaries", "session_id", "chat_sessions", "summaries",
-             "v{{version}}: {{content}}", 11),
+    Relation(
+        "conversation_summaries",
+        "session_id",
+        "chat_sessions",
+        "summaries",
+        "v{{version}}: {{content}}",
+        11,
+    ),
     Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE, 12),
     Relation("embeddings", "message_id", "messages"),
 )
 
 # The table view's default columns; sorted newest first.
 LIST_COLUMNS: dict[str, list[str]] = {
-    "chat_sessions": ["user_id", "chat_id", "is_active", "messages_since_summary", "created_at",
-                      "closed_at"],
+    "chat_sessions": [
+        "user_id",
+        "chat_id",
+        "is_active",
+        "messages_since_summary",
+        "created_at",
+        "closed_at",
+    ],
     "messages": ["role", "content", "session_id", "tokens", "created_at"],
-    "conversation_summaries": ["session_id", "version", "content", "last_message_id",
-                               "created_at"],
+    "conversation_summaries": ["session_id", "version", "content", "last_message_id", "created_at"],
     "embeddings": ["role", "content", "importance", "session_id", "created_at"],
 }
 
@@ -160,7 +175,13 @@ class Access:
     description: str
 
 
-OPERATOR = Access(OPERATOR_ROLE_ID, OPERATOR_POLICY_ID, "Operator", "support_agent",
-                  "Reads all dialogue data; fixes or deletes messages and sessions.")
-VIEWER = Access(VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility",
-                "Read-only access to dialogue data.")
+OPERATOR = Access(
+    OPERATOR_ROLE_ID,
+    OPERATOR_POLICY_ID,
+    "Operator",
+    "support_agent",
+    "Reads all dialogue data; fixes or deletes messages and sessions.",
+)
+VIEWER = Access(
+    VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility", "Read-only access to dialogue data."
+)

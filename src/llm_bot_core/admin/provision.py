@@ -97,8 +97,9 @@ class Provisioner:
         desired = COLLECTIONS.get(table, {})
         meta = current.get("meta")
         if meta is None:
-            self._request("PATCH", f"/collections/{table}", json={"meta": {"collection": table,
-                                                                           **desired}})
+            self._request(
+                "PATCH", f"/collections/{table}", json={"meta": {"collection": table, **desired}}
+            )
             self.changes.append(f"registered collection {table}")
         elif _differs(meta, desired):
             self._request("PATCH", f"/collections/{table}", json={"meta": desired})
@@ -134,17 +135,25 @@ class Provisioner:
         response = self.client.get(path)
         if response.status_code in (403, 404):
             # No foreign key in the database: a metadata-only relation (schema null, no DDL).
-            self._request("POST", "/relations", json={
-                "collection": relation.collection, "field": relation.field,
-                "related_collection": relation.related, "schema": None, "meta": desired_meta,
-            })
+            self._request(
+                "POST",
+                "/relations",
+                json={
+                    "collection": relation.collection,
+                    "field": relation.field,
+                    "related_collection": relation.related,
+                    "schema": None,
+                    "meta": desired_meta,
+                },
+            )
             self.changes.append(f"created relation {relation.collection}.{relation.field}")
             return
         meta = self._data(response).get("meta")
         if meta is None or _differs(meta, desired_meta):
             self._request("PATCH", path, json={"meta": desired_meta})
-            self.changes.append(f"linked {relation.collection}.{relation.field} "
-                                f"→ {relation.related}")
+            self.changes.append(
+                f"linked {relation.collection}.{relation.field} → {relation.related}"
+            )
 
     def _alias_field(self, relation: Relation) -> None:
         assert relation.alias is not None
@@ -153,8 +162,11 @@ class Provisioner:
             "interface": "list-o2m",
             # Sessions do not adopt other sessions' messages; removing one from the list
             # deletes it (session_id is NOT NULL, so "nullify" could never be saved).
-            "options": {"template": relation.alias_template, "enableCreate": False,
-                        "enableSelect": False},
+            "options": {
+                "template": relation.alias_template,
+                "enableCreate": False,
+                "enableSelect": False,
+            },
             "display": "related-values",
             "display_options": {"template": relation.alias_template},
             "readonly": False,
@@ -162,9 +174,16 @@ class Provisioner:
         }
         response = self.client.get(f"/fields/{relation.related}/{relation.alias}")
         if response.status_code in (403, 404):
-            self._request("POST", f"/fields/{relation.related}", json={
-                "field": relation.alias, "type": "alias", "schema": None, "meta": meta,
-            })
+            self._request(
+                "POST",
+                f"/fields/{relation.related}",
+                json={
+                    "field": relation.alias,
+                    "type": "alias",
+                    "schema": None,
+                    "meta": meta,
+                },
+            )
             self.changes.append(f"created alias {relation.related}.{relation.alias}")
             return
         current = self._data(response)
@@ -173,8 +192,9 @@ class Provisioner:
                 f"{relation.related}.{relation.alias} is a real column; cannot add the o2m alias"
             )
         if _differs(current.get("meta") or {}, meta):
-            self._request("PATCH", f"/fields/{relation.related}/{relation.alias}",
-                          json={"meta": meta})
+            self._request(
+                "PATCH", f"/fields/{relation.related}/{relation.alias}", json={"meta": meta}
+            )
             self.changes.append(f"updated alias {relation.related}.{relation.alias}")
 
     def _default_view(self, table: str, columns: list[str]) -> None:
@@ -187,10 +207,17 @@ class Provisioner:
             "layout_query": {"tabular": {"fields": visible, "sort": sort, "limit": 25}},
             "layout_options": {"tabular": {"widths": widths}},
         }
-        found = self._data(self.client.get("/presets", params={
-            "filter[collection][_eq]": table, "filter[user][_null]": "true",
-            "filter[role][_null]": "true", "filter[bookmark][_null]": "true",
-        }))
+        found = self._data(
+            self.client.get(
+                "/presets",
+                params={
+                    "filter[collection][_eq]": table,
+                    "filter[user][_null]": "true",
+                    "filter[role][_null]": "true",
+                    "filter[bookmark][_null]": "true",
+                },
+            )
+        )
         if not found:
             self._request("POST", "/presets", json={"collection": table, **desired})
             self.changes.append(f"created default view of {table}")
@@ -212,27 +239,47 @@ class Provisioner:
                 wanted[(table, "delete")] = ["*"]
         return wanted
 
-    def _access(self, access: Access, permissions: Mapping[tuple[str, str], list[str] | None]
-                ) -> None:
-        policy = {"name": access.name, "icon": access.icon, "description": access.description,
-                  "admin_access": False, "app_access": True}
+    def _access(
+        self, access: Access, permissions: Mapping[tuple[str, str], list[str] | None]
+    ) -> None:
+        policy = {
+            "name": access.name,
+            "icon": access.icon,
+            "description": access.description,
+            "admin_access": False,
+            "app_access": True,
+        }
         self._ensure_item("policies", access.policy_id, policy, f"policy {access.name}")
         role = {"name": access.name, "icon": access.icon, "description": access.description}
         self._ensure_item("roles", access.role_id, role, f"role {access.name}")
-        links = self._data(self.client.get("/access", params={
-            "filter[role][_eq]": access.role_id, "filter[policy][_eq]": access.policy_id,
-        }))
+        links = self._data(
+            self.client.get(
+                "/access",
+                params={
+                    "filter[role][_eq]": access.role_id,
+                    "filter[policy][_eq]": access.policy_id,
+                },
+            )
+        )
         if not links:
-            self._request("POST", "/access", json={"role": access.role_id,
-                                                   "policy": access.policy_id})
+            self._request(
+                "POST", "/access", json={"role": access.role_id, "policy": access.policy_id}
+            )
             self.changes.append(f"attached policy {access.name} to role {access.name}")
         self._permissions(access, permissions)
 
-    def _ensure_item(self, collection: str, item_id: str, desired: Mapping[str, Any],
-                     label: str) -> None:
-        found = self._data(self.client.get(f"/{collection}", params={
-            "filter[id][_eq]": item_id, "fields": ",".join(["id", *desired]),
-        }))
+    def _ensure_item(
+        self, collection: str, item_id: str, desired: Mapping[str, Any], label: str
+    ) -> None:
+        found = self._data(
+            self.client.get(
+                f"/{collection}",
+                params={
+                    "filter[id][_eq]": item_id,
+                    "fields": ",".join(["id", *desired]),
+                },
+            )
+        )
         if not found:
             self._request("POST", f"/{collection}", json={"id": item_id, **desired})
             self.changes.append(f"created {label}")
@@ -240,12 +287,19 @@ class Provisioner:
             self._request("PATCH", f"/{collection}/{item_id}", json=dict(desired))
             self.changes.append(f"updated {label}")
 
-    def _permissions(self, access: Access,
-                     wanted: Mapping[tuple[str, str], list[str] | None]) -> None:
+    def _permissions(
+        self, access: Access, wanted: Mapping[tuple[str, str], list[str] | None]
+    ) -> None:
         """The policy's permissions become exactly `wanted`: this policy is ours to manage."""
-        existing = self._data(self.client.get("/permissions", params={
-            "filter[policy][_eq]": access.policy_id, "limit": "-1",
-        }))
+        existing = self._data(
+            self.client.get(
+                "/permissions",
+                params={
+                    "filter[policy][_eq]": access.policy_id,
+                    "limit": "-1",
+                },
+            )
+        )
         seen: set[tuple[str, str]] = set()
         for permission in existing:
             key = (permission["collection"], permission["action"])
@@ -261,10 +315,18 @@ class Provisioner:
         for (collection, action), fields in wanted.items():
             if (collection, action) in seen:
                 continue
-            self._request("POST", "/permissions", json={
-                "policy": access.policy_id, "collection": collection, "action": action,
-                "fields": fields, "permissions": {}, "validation": {},
-            })
+            self._request(
+                "POST",
+                "/permissions",
+                json={
+                    "policy": access.policy_id,
+                    "collection": collection,
+                    "action": action,
+                    "fields": fields,
+                    "permissions": {},
+                    "validation": {},
+                },
+            )
             self.changes.append(f"granted {access.name} {action} on {collection}")
 
     # --- HTTP ----------------------------------------------------------------------------

@@ -34,8 +34,11 @@ def _secret(value: SecretStr | None) -> str:
 def directus_config(settings: Settings, database_url: str) -> DirectusConfig:
     """Directus's settings from ours; secrets not given are generated once under DATA_DIR."""
     work_dir = (settings.data_dir / "directus").resolve()
-    given = {"admin_password": _secret(settings.admin_password),
-             "key": _secret(settings.directus_key), "secret": _secret(settings.directus_secret)}
+    given = {
+        "admin_password": _secret(settings.admin_password),
+        "key": _secret(settings.directus_key),
+        "secret": _secret(settings.directus_secret),
+    }
     if not all(given.values()):  # only then touch DATA_DIR (it may be read-only in a container)
         stored = load_or_create_secrets(work_dir)
         given = {name: value or stored[name] for name, value in given.items()}
@@ -56,8 +59,10 @@ def directus_config(settings: Settings, database_url: str) -> DirectusConfig:
 def run_admin(settings: Settings, database_url: str, provision_url: str | None = None) -> int:
     """Serve the admin panel until interrupted, or only provision the Directus at provision_url."""
     if provision_url:
-        password = (_secret(settings.admin_password)
-                    or load_or_create_secrets(settings.data_dir / "directus")["admin_password"])
+        password = (
+            _secret(settings.admin_password)
+            or load_or_create_secrets(settings.data_dir / "directus")["admin_password"]
+        )
         changes = provision(provision_url, settings.admin_email, password)
         log.info("provisioning done: %d change(s)", len(changes))
         return 0
@@ -79,9 +84,15 @@ def run_admin(settings: Settings, database_url: str, provision_url: str | None =
     signal.signal(signal.SIGTERM, _stop)
     try:
         changes = provision(server.url, config.admin_email, config.admin_password)
-        log.info("Directus %s ready: bootstrap %.1fs, start %.1fs, %d provisioning change(s), "
-                 "RSS %.0f MB", install.version, bootstrap, seconds, len(changes),
-                 server.rss_bytes() / 2**20)
+        log.info(
+            "Directus %s ready: bootstrap %.1fs, start %.1fs, %d provisioning change(s), "
+            "RSS %.0f MB",
+            install.version,
+            bootstrap,
+            seconds,
+            len(changes),
+            server.rss_bytes() / 2**20,
+        )
         _announce(settings, config)
         return server.wait()
     except KeyboardInterrupt:
@@ -91,8 +102,9 @@ def run_admin(settings: Settings, database_url: str, provision_url: str | None =
 
 
 def _announce(settings: Settings, config: DirectusConfig) -> None:
-    log.info("admin panel: %s  (log in as %s)", config.public_url or config.url,
-             config.admin_email)
+    log.info("admin panel: %s  (log in as %s)", config.public_url or config.url, config.admin_email)
     if settings.admin_password is None or not settings.admin_password.get_secret_value():
-        log.info("ADMIN_PASSWORD is not set: the password is in %s (key admin_password)",
-                 config.work_dir / "secrets.json")
+        log.info(
+            "ADMIN_PASSWORD is not set: the password is in %s (key admin_password)",
+            config.work_dir / "secrets.json",
+        )

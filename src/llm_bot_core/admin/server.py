@@ -20,8 +20,21 @@ from llm_bot_core.db.engine import normalize_url
 
 # Directus reads many generic names (PORT, HOST, LOG_LEVEL, REDIS, CACHE_*...) that the backend's
 # environment may also set; the child gets only these from ours, plus what we set explicitly.
-PASSTHROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS",
-               "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+PASSTHROUGH = (
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
 
 # alembic_version is the backend's bookkeeping, not data anyone should browse or edit.
 EXCLUDED_TABLES = "spatial_ref_sys,sysdiagrams,alembic_version"
@@ -78,28 +91,30 @@ def directus_env(config: DirectusConfig, install: DirectusInstall) -> dict[str, 
     env = {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
     env.update(install.env())
     env.update(database_env(config.database_url))
-    env.update({
-        "DB_EXCLUDE_TABLES": EXCLUDED_TABLES,
-        "KEY": config.key,
-        "SECRET": config.secret,
-        "ADMIN_EMAIL": config.admin_email,
-        "ADMIN_PASSWORD": config.admin_password,
-        "HOST": config.host,
-        "PORT": str(config.port),
-        "PUBLIC_URL": config.public_url or config.url,
-        "PROJECT_NAME": "LLM Bot Core",
-        # An owner set at bootstrap skips the app's onboarding form; no owner reports are sent.
-        "PROJECT_OWNER": config.admin_email,
-        "PROJECT_OWNER_ENABLED": "false",
-        "TELEMETRY": "false",
-        "LOG_LEVEL": config.log_level,
-        "LOG_STYLE": "pretty",
-        "STORAGE_LOCATIONS": "local",
-        "STORAGE_LOCAL_ROOT": str(config.work_dir / "uploads"),
-        "EXTENSIONS_PATH": str(config.work_dir / "extensions"),
-        # Directus loads `.env` from its working directory; ours must not be it.
-        "CONFIG_PATH": str(config.work_dir / "directus.env"),
-    })
+    env.update(
+        {
+            "DB_EXCLUDE_TABLES": EXCLUDED_TABLES,
+            "KEY": config.key,
+            "SECRET": config.secret,
+            "ADMIN_EMAIL": config.admin_email,
+            "ADMIN_PASSWORD": config.admin_password,
+            "HOST": config.host,
+            "PORT": str(config.port),
+            "PUBLIC_URL": config.public_url or config.url,
+            "PROJECT_NAME": "LLM Bot Core",
+            # An owner set at bootstrap skips the app's onboarding form; no owner reports are sent.
+            "PROJECT_OWNER": config.admin_email,
+            "PROJECT_OWNER_ENABLED": "false",
+            "TELEMETRY": "false",
+            "LOG_LEVEL": config.log_level,
+            "LOG_STYLE": "pretty",
+            "STORAGE_LOCATIONS": "local",
+            "STORAGE_LOCAL_ROOT": str(config.work_dir / "uploads"),
+            "EXTENSIONS_PATH": str(config.work_dir / "extensions"),
+            # Directus loads `.env` from its working directory; ours must not be it.
+            "CONFIG_PATH": str(config.work_dir / "directus.env"),
+        }
+    )
     return env
 
 
@@ -122,8 +137,9 @@ def load_or_create_secrets(work_dir: Path) -> dict[str, str]:
 class DirectusServer:
     """One Directus process: `bootstrap` (install or migrate its own tables), then `start`."""
 
-    def __init__(self, install: DirectusInstall, config: DirectusConfig,
-                 output: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, install: DirectusInstall, config: DirectusConfig, output: IO[bytes] | None = None
+    ) -> None:
         self.install = install
         self.config = config
         self.output = output
@@ -143,9 +159,14 @@ class DirectusServer:
         if not manifest.exists():
             # Directus looks for extensions installed as npm packages in its working directory.
             manifest.write_text('{"name": "llm-bot-core-admin", "private": true}\n')
-        result = subprocess.run(self.install.command("bootstrap"), env=self.env,
-                                cwd=self.config.work_dir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            self.install.command("bootstrap"),
+            env=self.env,
+            cwd=self.config.work_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
         if self.output is not None:
             self.output.write(result.stdout)
             self.output.flush()
@@ -159,8 +180,11 @@ class DirectusServer:
         """Start the server and wait until it answers; returns the seconds it took."""
         began = time.monotonic()
         self.process = subprocess.Popen(
-            self.install.command("start"), env=self.env, cwd=self.config.work_dir,
-            stdout=self.output, stderr=subprocess.STDOUT if self.output is not None else None,
+            self.install.command("start"),
+            env=self.env,
+            cwd=self.config.work_dir,
+            stdout=self.output,
+            stderr=subprocess.STDOUT if self.output is not None else None,
             start_new_session=True,
         )
         deadline = began + timeout

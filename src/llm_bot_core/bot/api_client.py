@@ -75,8 +75,9 @@ class BackendClient:
         self._client = client or httpx.AsyncClient(
             base_url=settings.backend_url,
             headers=headers,
-            timeout=httpx.Timeout(settings.backend_timeout,
-                                  connect=min(10.0, settings.backend_timeout)),
+            timeout=httpx.Timeout(
+                settings.backend_timeout, connect=min(10.0, settings.backend_timeout)
+            ),
             # Drop idle connections before uvicorn does (its keep-alive is 5 s): a request on a
             # connection the server just closed fails in a way that cannot be safely repeated.
             limits=httpx.Limits(keepalive_expiry=2.0),
@@ -97,15 +98,17 @@ class BackendClient:
 
     async def reset_chat(self, *, chat_id: int | str, request_id: str | None = None) -> int:
         """Close the chat's active session; the number of sessions closed."""
-        data = await self._post("/v1/chat/reset", {"chat_id": str(chat_id)}, request_id,
-                                _reset_may_retry)
+        data = await self._post(
+            "/v1/chat/reset", {"chat_id": str(chat_id)}, request_id, _reset_may_retry
+        )
         return int(data.get("reset_sessions", 0))
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, path: str, body: dict[str, Any], request_id: str | None,
-                    may_retry: Any) -> dict[str, Any]:
+    async def _post(
+        self, path: str, body: dict[str, Any], request_id: str | None, may_retry: Any
+    ) -> dict[str, Any]:
         request_id = request_id or str(uuid.uuid4())
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -114,25 +117,32 @@ class BackendClient:
             retry=retry_if_exception(may_retry),
             reraise=True,
             before_sleep=lambda state: log.warning(
-                "backend %s failed (%s), attempt %d of %d", path, state.outcome.exception()
-                if state.outcome else "?", state.attempt_number, self._attempts),
+                "backend %s failed (%s), attempt %d of %d",
+                path,
+                state.outcome.exception() if state.outcome else "?",
+                state.attempt_number,
+                self._attempts,
+            ),
         )
         async for attempt in retrying:
             with attempt:
                 return await self._post_once(path, body, request_id)
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
-    async def _post_once(self, path: str, body: dict[str, Any],
-                         request_id: str) -> dict[str, Any]:
+    async def _post_once(self, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         try:
-            response = await self._client.post(path, json=body,
-                                               headers={"X-Request-ID": request_id})
+            response = await self._client.post(
+                path, json=body, headers={"X-Request-ID": request_id}
+            )
         except httpx.TransportError as exc:
-            never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
-                                    | httpx.PoolTimeout)
-            raise BackendUnavailable(f"backend {path}: {type(exc).__name__} {exc}".strip(),
-                                     maybe_processed=not never_sent,
-                                     timed_out=isinstance(exc, httpx.ReadTimeout)) from exc
+            never_sent = isinstance(
+                exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+            )
+            raise BackendUnavailable(
+                f"backend {path}: {type(exc).__name__} {exc}".strip(),
+                maybe_processed=not never_sent,
+                timed_out=isinstance(exc, httpx.ReadTimeout),
+            ) from exc
         try:
             data = response.json()
         except ValueError:
@@ -140,7 +150,15 @@ class BackendClient:
         if response.is_success and isinstance(data, dict):
             return data
         if isinstance(data, dict) and data.get("type") == "error":
-            raise BackendError(response.status_code, str(data.get("code", "unknown")),
-                               str(data.get("message", "")), data.get("request_id"))
-        raise BackendError(response.status_code, "bad_backend_response",
-                           response.text[:200] or response.reason_phrase, request_id)
+            raise BackendError(
+                response.status_code,
+                str(data.get("code", "unknown")),
+                str(data.get("message", "")),
+                data.get("request_id"),
+            )
+        raise BackendError(
+            response.status_code,
+            "bad_backend_response",
+            response.text[:200] or response.reason_phrase,
+            request_id,
+        )

@@ -23,18 +23,23 @@ from llm_bot_core.bot.middlewares import AccessMiddleware, RequestIdMiddleware, 
 log = logging.getLogger(__name__)
 
 COMMANDS = {
-    "en": [BotCommand(command="start", description="Start a new conversation"),
-           BotCommand(command="help", description="What I can do")],
-    "ru": [BotCommand(command="start", description="Начать новый диалог"),
-           BotCommand(command="help", description="Что я умею")],
+    "en": [
+        BotCommand(command="start", description="Start a new conversation"),
+        BotCommand(command="help", description="What I can do"),
+    ],
+    "ru": [
+        BotCommand(command="start", description="Начать новый диалог"),
+        BotCommand(command="help", description="Что я умею"),
+    ],
 }
 
 
 def create_bot(settings: BotSettings) -> Bot:
     """A Bot speaking to TELEGRAM_API_URL that waits out flood control."""
     session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
-    session.middleware(RetryAfterMiddleware(settings.telegram_max_retries,
-                                            settings.telegram_max_retry_after))
+    session.middleware(
+        RetryAfterMiddleware(settings.telegram_max_retries, settings.telegram_max_retry_after)
+    )
     return Bot(settings.bot_token.get_secret_value(), session=session)
 
 
@@ -54,8 +59,9 @@ async def _on_startup(bot: Bot) -> None:
     log.info("bot @%s (id %s) started", me.username, me.id)
     try:
         await bot.set_my_commands(COMMANDS["en"], scope=BotCommandScopeDefault())
-        await bot.set_my_commands(COMMANDS["ru"], scope=BotCommandScopeDefault(),
-                                  language_code="ru")
+        await bot.set_my_commands(
+            COMMANDS["ru"], scope=BotCommandScopeDefault(), language_code="ru"
+        )
     except Exception as exc:  # the command menu is a nicety; the bot works without it
         log.warning("could not set the command menu: %s", exc)
 
@@ -69,8 +75,9 @@ async def run_polling(settings: BotSettings, *, handle_signals: bool = True) -> 
         # getUpdates is refused while a webhook is set, e.g. after running in webhook mode.
         await bot.delete_webhook(drop_pending_updates=False)
         log.info("long polling %s, backend %s", settings.telegram_api_url, settings.backend_url)
-        await dispatcher.start_polling(bot, polling_timeout=settings.polling_timeout,
-                                       handle_signals=handle_signals)
+        await dispatcher.start_polling(
+            bot, polling_timeout=settings.polling_timeout, handle_signals=handle_signals
+        )
     finally:
         await backend.aclose()
         await bot.session.close()
@@ -79,19 +86,31 @@ async def run_polling(settings: BotSettings, *, handle_signals: bool = True) -> 
 async def start_webhook(settings: BotSettings, bot: Bot, dispatcher: Dispatcher) -> web.AppRunner:
     """Register WEBHOOK_URL with Telegram and serve it on WEBHOOK_HOST:WEBHOOK_PORT."""
     assert settings.webhook_url is not None
-    secret = (settings.webhook_secret.get_secret_value() if settings.webhook_secret
-              else secrets.token_urlsafe(32))  # we register it ourselves on every start
+    secret = (
+        settings.webhook_secret.get_secret_value()
+        if settings.webhook_secret
+        else secrets.token_urlsafe(32)
+    )  # we register it ourselves on every start
     app = web.Application()
     SimpleRequestHandler(dispatcher=dispatcher, bot=bot, secret_token=secret).register(
-        app, path=settings.webhook_path)
+        app, path=settings.webhook_path
+    )
     setup_application(app, dispatcher, bot=bot)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
-    await bot.set_webhook(settings.webhook_url, secret_token=secret,
-                          allowed_updates=dispatcher.resolve_used_update_types())
-    log.info("webhook %s served on %s:%d%s", settings.webhook_url, settings.webhook_host,
-             settings.webhook_port, settings.webhook_path)
+    await bot.set_webhook(
+        settings.webhook_url,
+        secret_token=secret,
+        allowed_updates=dispatcher.resolve_used_update_types(),
+    )
+    log.info(
+        "webhook %s served on %s:%d%s",
+        settings.webhook_url,
+        settings.webhook_host,
+        settings.webhook_port,
+        settings.webhook_path,
+    )
     return runner
 
 

@@ -25,9 +25,12 @@ async def typing(bot: Bot, message: Message, interval: float) -> AsyncIterator[N
         while True:
             try:
                 await bot.send_chat_action(
-                    chat_id=message.chat.id, action=ChatAction.TYPING,
-                    message_thread_id=message.message_thread_id if message.is_topic_message
-                    else None)
+                    chat_id=message.chat.id,
+                    action=ChatAction.TYPING,
+                    message_thread_id=message.message_thread_id
+                    if message.is_topic_message
+                    else None,
+                )
             except TelegramAPIError as exc:  # cosmetic: never let it cost the answer
                 log.debug("typing indicator failed: %s", exc)
             await asyncio.sleep(interval)

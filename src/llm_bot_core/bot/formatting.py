@@ -20,10 +20,26 @@ log = logging.getLogger(__name__)
 TELEGRAM_MAX_CHARS = 4096
 
 # Tags Telegram's HTML parse mode understands.
-ALLOWED_TAGS = frozenset({
-    "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
-    "a", "code", "pre", "blockquote", "tg-emoji",
-})
+ALLOWED_TAGS = frozenset(
+    {
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "code",
+        "pre",
+        "blockquote",
+        "tg-emoji",
+    }
+)
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s[^<>]*)?)>")
 _TOKEN = re.compile(r"<[^<>]*>|&(?:#[0-9]{1,7}|#x[0-9a-fA-F]{1,6}|[a-zA-Z]{2,8});|[<>&]|[^<>&]")
 _SENTENCE_END = frozenset(".!?…;:")
@@ -158,8 +174,9 @@ def _closing(stack: tuple[_Atom, ...]) -> str:
     return "".join(f"</{a.name}>" for a in reversed(stack))
 
 
-def _furthest_fit(stacks: list[tuple[_Atom, ...]], sizes: list[int], base: int, start: int,
-                  n: int, limit: int) -> int:
+def _furthest_fit(
+    stacks: list[tuple[_Atom, ...]], sizes: list[int], base: int, start: int, n: int, limit: int
+) -> int:
     best = start
     for end in range(start + 1, n + 1):
         body = base + sizes[end]

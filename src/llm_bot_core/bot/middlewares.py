@@ -32,8 +32,7 @@ Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 class RequestIdMiddleware(BaseMiddleware):
     """One id per update, in the bot's log lines and the backend's (X-Request-ID)."""
 
-    async def __call__(self, handler: Handler, event: TelegramObject,
-                       data: dict[str, Any]) -> Any:
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         request_id = str(uuid.uuid4())
         token = correlation_id.set(request_id)
         data["request_id"] = request_id
@@ -60,8 +59,9 @@ class _Bounded(OrderedDict[int, float]):
 class SlidingWindowLimiter:
     """At most `limit` events per `window` seconds for each key."""
 
-    def __init__(self, limit: int, window: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.window = window
         self._clock = clock
@@ -89,15 +89,16 @@ class AccessMiddleware(BaseMiddleware):
         self.users = settings.allowed_user_ids
         self.chats = settings.allowed_chat_ids
         self.restricted = settings.access_restricted
-        self.limiter = (SlidingWindowLimiter(settings.rate_limit_messages,
-                                             settings.rate_limit_window, clock)
-                        if settings.rate_limit_messages else None)
+        self.limiter = (
+            SlidingWindowLimiter(settings.rate_limit_messages, settings.rate_limit_window, clock)
+            if settings.rate_limit_messages
+            else None
+        )
         self._clock = clock
         self._refused = _Bounded(10_000)
         self._warned_until = _Bounded(10_000)
 
-    async def __call__(self, handler: Handler, event: TelegramObject,
-                       data: dict[str, Any]) -> Any:
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         if not isinstance(event, Message):
             return await handler(event, data)
         user_id = event.from_user.id if event.from_user else event.chat.id
@@ -127,25 +128,34 @@ class RetryAfterMiddleware(BaseRequestMiddleware):
         self.max_retries = max_retries
         self.max_retry_after = max_retry_after
 
-    async def __call__(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
-                       method: TelegramMethod[TelegramType]) -> Response[TelegramType]:
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
         attempt = 0
         while True:
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
                 # A late typing indicator is worthless; waiting for it would delay the answer.
-                if (isinstance(method, SendChatAction) or attempt >= self.max_retries
-                        or exc.retry_after > self.max_retry_after):
+                if (
+                    isinstance(method, SendChatAction)
+                    or attempt >= self.max_retries
+                    or exc.retry_after > self.max_retry_after
+                ):
                     raise
                 delay: float = exc.retry_after
-                log.warning("Telegram flood control on %s: waiting %s s", type(method).__name__,
-                            delay)
+                log.warning(
+                    "Telegram flood control on %s: waiting %s s", type(method).__name__, delay
+                )
             except TelegramServerError as exc:
                 if attempt >= self.max_retries:
                     raise
                 delay = min(2.0**attempt, 10.0)
-                log.warning("Telegram %s failed (%s): retrying in %.0f s",
-                            type(method).__name__, exc, delay)
+                log.warning(
+                    "Telegram %s failed (%s): retrying in %.0f s", type(method).__name__, exc, delay
+                )
             attempt += 1
             await asyncio.sleep(delay)

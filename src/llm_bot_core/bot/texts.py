@@ -10,26 +10,26 @@ Lang = Literal["ru", "en"]
 TEXTS: dict[str, dict[Lang, str]] = {
     "greeting": {
         "ru": "Привет, {name}! Я начал новый диалог и помню только то, что вы скажете дальше. "
-              "Напишите вопрос, а /help покажет команды.",
+        "Напишите вопрос, а /help покажет команды.",
         "en": "Hi, {name}! I've started a new conversation and remember only what you say from "
-              "now on. Ask me anything; /help lists the commands.",
+        "now on. Ask me anything; /help lists the commands.",
     },
     "help": {
         "ru": "Я отвечаю на текстовые сообщения и помню контекст разговора.\n\n"
-              "/start — начать диалог заново (забыть текущий разговор)\n"
-              "/help — эта справка\n\n"
-              "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
-              "сообщение.",
+        "/start — начать диалог заново (забыть текущий разговор)\n"
+        "/help — эта справка\n\n"
+        "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
+        "сообщение.",
         "en": "I answer text messages and remember the conversation.\n\n"
-              "/start — start over (forget the current conversation)\n"
-              "/help — this help\n\n"
-              "In groups I answer when mentioned (@{username}) or when you reply to my message.",
+        "/start — start over (forget the current conversation)\n"
+        "/help — this help\n\n"
+        "In groups I answer when mentioned (@{username}) or when you reply to my message.",
     },
     "text_only": {
         "ru": "Пока я понимаю только текст. Напишите сообщение словами "
-              "(подпись к фото тоже подойдёт).",
+        "(подпись к фото тоже подойдёт).",
         "en": "For now I understand text only. Please write your message "
-              "(a caption on a photo works too).",
+        "(a caption on a photo works too).",
     },
     "not_allowed": {
         "ru": "Извините, этот бот доступен только определённым пользователям.",
@@ -54,7 +54,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "llm_not_configured": {
         "ru": "Бот ещё не настроен: не подключена языковая модель. Сообщите администратору.",
         "en": "The bot is not set up yet: no language model is connected. "
-              "Please tell the administrator.",
+        "Please tell the administrator.",
     },
     "too_long": {
         "ru": "Сообщение слишком длинное. Сократите его, пожалуйста.",

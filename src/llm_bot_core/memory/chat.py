@@ -113,7 +113,7 @@ class ChatService:
     def _after_store(self, appended: store.Appended) -> None:
         self._jobs.index([appended.message_id])
         if appended.messages_since_summary >= self._settings.summary_threshold:
-            self._jobs.summarize(appended.session_id)
+            self._jobs.summarize(appended.session_id, appended.messages_since_summary)
 
 
 class SessionGone(Exception):

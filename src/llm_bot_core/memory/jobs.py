@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class JobQueue(Protocol):
-    def summarize(self, session_id: uuid.UUID) -> None:
-        """Queue summarization of a session; returns at once and never raises."""
+    def summarize(self, session_id: uuid.UUID, pending: int) -> None:
+        """Queue summarization of a session with `pending` unsummarized messages.
+
+        Returns at once and never raises.
+        """
         ...
 
     def index(self, message_ids: Sequence[int]) -> None:
@@ -58,7 +61,7 @@ class InProcessJobs:
         self._summary_slots = asyncio.Semaphore(settings.summary_concurrency)
         self._waiting: set[asyncio.Task[Any]] = set()
 
-    def summarize(self, session_id: uuid.UUID) -> None:
+    def summarize(self, session_id: uuid.UUID, pending: int) -> None:
         if session_id in self._summarizing:
             return
         self._summarizing.add(session_id)

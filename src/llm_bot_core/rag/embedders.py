@@ -153,8 +153,11 @@ def build_embedder(settings: Settings) -> Embedder | None:
     remote = settings.embeddings_base_url is not None or settings.openai_api_key is not None
     if choice == "openai" or (choice == "auto" and remote):
         key = next(
-            (s.get_secret_value() for s in (settings.embeddings_api_key, settings.openai_api_key)
-             if s is not None and s.get_secret_value()),
+            (
+                s.get_secret_value()
+                for s in (settings.embeddings_api_key, settings.openai_api_key)
+                if s is not None and s.get_secret_value()
+            ),
             "not-needed",  # self-hosted servers accept any key; the SDK wants one
         )
         client = AsyncOpenAI(
@@ -166,6 +169,9 @@ def build_embedder(settings: Settings) -> Embedder | None:
         return OpenAIEmbedder(settings.openai_embedding_model, client=client)
     if LocalEmbedder.available(settings.local_embedding_model):
         return LocalEmbedder(settings.local_embedding_model)
-    log.warning("no embedder: LOCAL_EMBEDDING_MODEL=%s is not installed and neither "
-                "EMBEDDINGS_BASE_URL nor OPENAI_API_KEY is set", settings.local_embedding_model)
+    log.warning(
+        "no embedder: LOCAL_EMBEDDING_MODEL=%s is not installed and neither "
+        "EMBEDDINGS_BASE_URL nor OPENAI_API_KEY is set",
+        settings.local_embedding_model,
+    )
     return None

@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 
 
 async def build_semantic_memory(
-    settings: Settings, engine: AsyncEngine, *, sweeper: bool = True,
+    settings: Settings,
+    engine: AsyncEngine,
+    *,
+    sweeper: bool = True,
     labels: Labels | None = None,
 ) -> SemanticMemory:
     """RAG_ENABLED decides; unset, semantic memory is on whenever an embedder is available.
@@ -65,11 +68,18 @@ async def choose_store(settings: Settings, engine: AsyncEngine) -> StoreFactory 
         log.warning(
             "pgvector is not available in %s (%s). Semantic memory falls back to Qdrant local "
             "mode under %s (single process). Install pgvector on the server, or set QDRANT_URL, "
-            "to silence this.", where, missing, path.resolve())
+            "to silence this.",
+            where,
+            missing,
+            path.resolve(),
+        )
         return _qdrant(path=str(path))
     log.warning(
         "pgvector is not available in %s (%s): semantic memory (RAG) is OFF. Install pgvector "
-        "on the server, or set QDRANT_URL / QDRANT_PATH.", where, missing)
+        "on the server, or set QDRANT_URL / QDRANT_PATH.",
+        where,
+        missing,
+    )
     return None
 
 
@@ -78,14 +88,19 @@ async def pgvector_missing(engine: AsyncEngine) -> str | None:
     try:
         async with engine.connect() as conn:
             # Creating a non-trusted extension takes a superuser; a trusted one, CREATE on the db.
-            row = (await conn.execute(text(
-                """SELECT installed_version IS NOT NULL,
+            row = (
+                await conn.execute(
+                    text(
+                        """SELECT installed_version IS NOT NULL,
                           (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
                           OR (has_database_privilege(current_database(), 'CREATE')
                               AND coalesce((SELECT bool_or(trusted)
                                             FROM pg_available_extension_versions
                                             WHERE name = 'vector'), false))
-                   FROM pg_available_extensions WHERE name = 'vector'"""))).first()
+                   FROM pg_available_extensions WHERE name = 'vector'"""
+                    )
+                )
+            ).first()
     except Exception as exc:
         return f"could not check: {exc!r}"
     if row is None:
@@ -110,14 +125,16 @@ def _pgvector(engine: AsyncEngine) -> StoreFactory:
     return open_store
 
 
-def _qdrant(*, url: str | None = None, path: str | None = None,
-            api_key: str | None = None) -> StoreFactory:
+def _qdrant(
+    *, url: str | None = None, path: str | None = None, api_key: str | None = None
+) -> StoreFactory:
     from pathlib import Path
 
     async def open_store(embedder: Embedder) -> VectorStore:
         await _learn_dim(embedder)
-        return QdrantStore(embedder.name, embedder.dim, url=url,
-                           path=Path(path) if path else None, api_key=api_key)
+        return QdrantStore(
+            embedder.name, embedder.dim, url=url, path=Path(path) if path else None, api_key=api_key
+        )
 
     return open_store
 

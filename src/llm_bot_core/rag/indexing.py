@@ -148,16 +148,17 @@ class Indexer:
         """
         async with self._engine.begin() as conn:
             ids_param = list(message_ids) if message_ids is not None else None
-            claimed = [r[0] for r in await conn.execute(_CLAIM, {"ids": ids_param,
-                                                                 "limit": limit})]
+            claimed = [r[0] for r in await conn.execute(_CLAIM, {"ids": ids_param, "limit": limit})]
         if not claimed:
             return 0
         try:
             return await self._index_claimed(claimed)
         except Exception as exc:
             async with self._engine.begin() as conn:
-                await conn.execute(_FAILED, {"ids": claimed, "error": repr(exc)[:1000],
-                                             "max_backoff": MAX_BACKOFF_SECONDS})
+                await conn.execute(
+                    _FAILED,
+                    {"ids": claimed, "error": repr(exc)[:1000], "max_backoff": MAX_BACKOFF_SECONDS},
+                )
             raise
 
     async def _index_claimed(self, ids: list[int]) -> int:
@@ -166,18 +167,32 @@ class Indexer:
         texts = [self._text(r) for r in rows]
         vectors = await self._embedder.embed_documents(texts) if rows else []
         points = [
-            Point(message_id=r[0], vector=v, session_id=r[1], user_id=r[5], chat_id=r[6],
-                  role=r[2], created_at=r[4])
+            Point(
+                message_id=r[0],
+                vector=v,
+                session_id=r[1],
+                user_id=r[5],
+                chat_id=r[6],
+                role=r[2],
+                created_at=r[4],
+            )
             for r, v in zip(rows, vectors, strict=True)
         ]
         await self._store.upsert(points)
         async with self._engine.begin() as conn:
             if rows:
-                await conn.execute(_UPSERT_METADATA, [
-                    {"message_id": r[0], "model": self._embedder.name, "cfg": self._cfg,
-                     "indexed": t}
-                    for r, t in zip(rows, texts, strict=True)
-                ])
+                await conn.execute(
+                    _UPSERT_METADATA,
+                    [
+                        {
+                            "message_id": r[0],
+                            "model": self._embedder.name,
+                            "cfg": self._cfg,
+                            "indexed": t,
+                        }
+                        for r, t in zip(rows, texts, strict=True)
+                    ],
+                )
             # Claimed ids whose message is gone were deleted with it (cascade); the rest are done.
             await conn.execute(_DONE, {"ids": ids})
         return len(rows)
@@ -189,11 +204,13 @@ class Indexer:
     async def enqueue_all(self) -> int:
         """Queue every conversation message again (reindex, a new embedding space)."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(text(
-                """INSERT INTO rag_outbox (message_id)
+            result = await conn.execute(
+                text(
+                    """INSERT INTO rag_outbox (message_id)
                    SELECT id FROM messages WHERE role IN ('user', 'assistant')
                    ON CONFLICT (message_id) DO UPDATE SET next_attempt_at = now(), attempts = 0"""
-            ))
+                )
+            )
             return result.rowcount or 0
 
     async def enqueue_stale(self) -> int:
@@ -203,18 +220,22 @@ class Indexer:
         the model back and forth re-embeds exactly what the current space lacks.
         """
         async with self._engine.begin() as conn:
-            result = await conn.execute(text(
-                """INSERT INTO rag_outbox (message_id)
+            result = await conn.execute(
+                text(
+                    """INSERT INTO rag_outbox (message_id)
                    SELECT m.id FROM messages m LEFT JOIN embeddings e ON e.message_id = m.id
                    WHERE m.role IN ('user', 'assistant')
                      AND (e.id IS NULL OR e.model IS DISTINCT FROM :model)
                    ON CONFLICT (message_id) DO NOTHING"""
-            ), {"model": self._embedder.name})
+                ),
+                {"model": self._embedder.name},
+            )
             return result.rowcount or 0
 
     async def pending(self) -> tuple[int, datetime | None]:
         """How many messages wait in the outbox, and the oldest enqueue time."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(text(
-                "SELECT count(*), min(enqueued_at) FROM rag_outbox"))).one()
+            row = (
+                await conn.execute(text("SELECT count(*), min(enqueued_at) FROM rag_outbox"))
+            ).one()
             return int(row[0]), row[1]

@@ -47,9 +47,13 @@ async def reindex(settings: Settings, engine: AsyncEngine, *, batch: int = 256) 
             indexed += done
             log.info("reindexed %d/%d messages", indexed, queued)
         pending, _ = await indexer.pending()
-        return ReindexReport(queued=queued, indexed=indexed, pending=pending,
-                             seconds=round(time.perf_counter() - started, 2),
-                             description=memory.description)
+        return ReindexReport(
+            queued=queued,
+            indexed=indexed,
+            pending=pending,
+            seconds=round(time.perf_counter() - started, 2),
+            description=memory.description,
+        )
     finally:
         await memory.aclose()
 
@@ -72,9 +76,14 @@ async def erase(engine: AsyncEngine, semantic: SemanticMemory, scope: Scope) -> 
     await semantic.forget(scope)
     where = "id = CAST(:value AS uuid)" if column == "session_id" else "user_id = :value"
     async with engine.begin() as conn:
-        row = (await conn.execute(text(
-            f"""WITH gone AS (DELETE FROM chat_sessions WHERE {where} RETURNING id)
+        row = (
+            await conn.execute(
+                text(
+                    f"""WITH gone AS (DELETE FROM chat_sessions WHERE {where} RETURNING id)
                 SELECT (SELECT count(*) FROM gone),
                        (SELECT count(*) FROM messages WHERE session_id IN (SELECT id FROM gone))"""
-        ), {"value": value})).one()
+                ),
+                {"value": value},
+            )
+        ).one()
     return Erased(sessions=int(row[0]), messages=int(row[1]))

@@ -76,19 +76,30 @@ class VectorSemanticMemory:
                     raise
                 self._open_failed_at = None
                 s = self._settings
-                indexer = Indexer(self._engine, self._embedder, store, fts_config=s.rag_fts_config,
-                                  context_turns=s.rag_context_turns, labels=self._labels)
+                indexer = Indexer(
+                    self._engine,
+                    self._embedder,
+                    store,
+                    fts_config=s.rag_fts_config,
+                    context_turns=s.rag_context_turns,
+                    labels=self._labels,
+                )
                 # A new collection (first start, an emptied Qdrant) needs every message; a
                 # model change needs those last embedded by another model.
                 queued = await (indexer.enqueue_all() if created else indexer.enqueue_stale())
                 if queued:
-                    log.warning("%s: %d stored messages queued for indexing into it",
-                                store.description, queued)
+                    log.warning(
+                        "%s: %d stored messages queued for indexing into it",
+                        store.description,
+                        queued,
+                    )
                 self._store = store
                 self._indexer = indexer
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
-                self.description = (f"{store.description}; scope={s.rag_scope}, "
-                                    f"lexical weight={s.rag_lexical_weight}")
+                self.description = (
+                    f"{store.description}; scope={s.rag_scope}, "
+                    f"lexical weight={s.rag_lexical_weight}"
+                )
                 log.info("semantic memory: %s", self.description)
         assert self._indexer is not None and self._searcher is not None
         return self._indexer, self._searcher
@@ -143,28 +154,43 @@ class VectorSemanticMemory:
         query: str,
         exclude_message_ids: Sequence[int],
     ) -> list[RecalledFact]:
-        scope = Scope(chat_id=chat_id) if self._settings.rag_scope == "chat" else Scope(
-            user_id=user_id)
+        scope = (
+            Scope(chat_id=chat_id) if self._settings.rag_scope == "chat" else Scope(user_id=user_id)
+        )
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
                 hits = await self.search(query, scope, exclude_message_ids)
         except Exception as exc:  # an outage means no recalled memory, never a failed reply
             log.warning("recall skipped: %r", exc)
             return []
-        return [RecalledFact(message_id=h.message_id, role=h.role, content=h.content,
-                             created_at=h.created_at, score=h.score) for h in hits]
+        return [
+            RecalledFact(
+                message_id=h.message_id,
+                role=h.role,
+                content=h.content,
+                created_at=h.created_at,
+                score=h.score,
+            )
+            for h in hits
+        ]
 
     async def search(
-        self, query: str, scope: Scope, exclude: Sequence[int] = (), *,
-        limit: int | None = None, min_score: float | None = None,
+        self,
+        query: str,
+        scope: Scope,
+        exclude: Sequence[int] = (),
+        *,
+        limit: int | None = None,
+        min_score: float | None = None,
     ) -> list[Hit]:
         """The search behind recall (the benchmark calls it directly)."""
         _, searcher = await self.ready()
         s = self._settings
-        options = SearchOptions(limit=limit or s.rag_top_k,
-                                min_score=_first(min_score, s.rag_min_score,
-                                                 self._embedder.min_score),
-                                lexical_weight=s.rag_lexical_weight)
+        options = SearchOptions(
+            limit=limit or s.rag_top_k,
+            min_score=_first(min_score, s.rag_min_score, self._embedder.min_score),
+            lexical_weight=s.rag_lexical_weight,
+        )
         return await searcher.search(query, scope, exclude, options)
 
     async def forget(self, scope: Scope) -> None:

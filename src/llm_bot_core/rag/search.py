@@ -137,8 +137,16 @@ class Searcher:
             raise ValueError("lexical search is scoped by user_id or chat_id")
         sql = text(_BM25.format(column=column))
         async with self._engine.connect() as conn:
-            rows = await conn.execute(sql, {"cfg": self._cfg, "query": query, "value": value,
-                                            "exclude": list(exclude), "limit": limit})
+            rows = await conn.execute(
+                sql,
+                {
+                    "cfg": self._cfg,
+                    "query": query,
+                    "value": value,
+                    "exclude": list(exclude),
+                    "limit": limit,
+                },
+            )
             return [(int(r[0]), float(r[1])) for r in rows]
 
     async def _fuse(
@@ -157,15 +165,15 @@ class Searcher:
             fused[mid] = fused.get(mid, 0.0) + options.lexical_weight / (RRF_K + rank + 1)
         # The threshold keeps dense-only near misses out of the prompt; a message that also
         # shares rare words with the question has earned its place.
-        kept = [mid for mid in fused
-                if mid in lexical_ids or cosine.get(mid, -1.0) >= options.min_score]
+        kept = [
+            mid for mid in fused if mid in lexical_ids or cosine.get(mid, -1.0) >= options.min_score
+        ]
         kept.sort(key=lambda mid: fused[mid], reverse=True)
         kept = kept[: options.limit * 4]
         if not kept:
             return []
         async with self._engine.connect() as conn:
-            rows = {r[0]: r for r in await conn.execute(_HYDRATE, {"ids": kept,
-                                                                   "cfg": self._cfg})}
+            rows = {r[0]: r for r in await conn.execute(_HYDRATE, {"ids": kept, "cfg": self._cfg})}
         hits: list[Hit] = []
         seen: list[set[str]] = []
         for mid in kept:
@@ -181,8 +189,16 @@ class Searcher:
             if any(_jaccard(words, other) >= options.dedupe_jaccard for other in seen):
                 continue
             seen.append(words)
-            hits.append(Hit(message_id=mid, role=row[1], content=row[2], created_at=row[3],
-                            score=fused[mid], dense=cosine.get(mid)))
+            hits.append(
+                Hit(
+                    message_id=mid,
+                    role=row[1],
+                    content=row[2],
+                    created_at=row[3],
+                    score=fused[mid],
+                    dense=cosine.get(mid),
+                )
+            )
             if len(hits) == options.limit:
                 break
         return hits

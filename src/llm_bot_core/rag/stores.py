@@ -113,9 +113,13 @@ class PgVectorStore:
 
     async def prepare(self) -> bool:
         async with self._engine.begin() as conn:
-            available = (await conn.execute(text(
-                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
-            ))).first()
+            available = (
+                await conn.execute(
+                    text(
+                        "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+                    )
+                )
+            ).first()
             if available is None:
                 raise PgvectorMissing("the PostgreSQL server has no `vector` extension installed")
             await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _DDL_LOCK})
@@ -124,7 +128,7 @@ class PgVectorStore:
                     await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
             except Exception as exc:
                 raise PgvectorMissing(f"CREATE EXTENSION vector failed: {exc}") from exc
-            exists = (await conn.execute(text("SELECT to_regclass(:t)"), {"t": self.table}))
+            exists = await conn.execute(text("SELECT to_regclass(:t)"), {"t": self.table})
             if exists.scalar() is not None:
                 return False
             t = self.table
@@ -164,9 +168,15 @@ class PgVectorStore:
                   chat_id = EXCLUDED.chat_id, role = EXCLUDED.role"""
         )
         params = [
-            {"message_id": p.message_id, "session_id": p.session_id, "user_id": p.user_id,
-             "chat_id": p.chat_id, "role": p.role, "created_at": p.created_at,
-             "embedding": _vector_literal(p.vector)}
+            {
+                "message_id": p.message_id,
+                "session_id": p.session_id,
+                "user_id": p.user_id,
+                "chat_id": p.chat_id,
+                "role": p.role,
+                "created_at": p.created_at,
+                "embedding": _vector_literal(p.vector),
+            }
             for p in points
         ]
         try:
@@ -190,8 +200,15 @@ class PgVectorStore:
         )
         try:
             async with self._engine.connect() as conn:
-                rows = await conn.execute(sql, {"value": value, "exclude": list(exclude),
-                                                "q": _vector_literal(vector), "limit": limit})
+                rows = await conn.execute(
+                    sql,
+                    {
+                        "value": value,
+                        "exclude": list(exclude),
+                        "q": _vector_literal(vector),
+                        "limit": limit,
+                    },
+                )
                 return [(int(r[0]), float(r[1])) for r in rows]
         except Exception as exc:
             raise VectorStoreUnavailable(f"pgvector search: {exc!r}") from exc
@@ -200,13 +217,15 @@ class PgVectorStore:
         column, value = scope.field()
         cast = "CAST(:value AS uuid)" if column == "session_id" else ":value"
         async with self._engine.begin() as conn:
-            await conn.execute(text(f"DELETE FROM {self.table} WHERE {column} = {cast}"),
-                               {"value": value})
+            await conn.execute(
+                text(f"DELETE FROM {self.table} WHERE {column} = {cast}"), {"value": value}
+            )
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:
-            return int((await conn.execute(text(f"SELECT count(*) FROM {self.table}"))).scalar()
-                       or 0)
+            return int(
+                (await conn.execute(text(f"SELECT count(*) FROM {self.table}"))).scalar() or 0
+            )
 
     async def aclose(self) -> None:
         return None
@@ -254,7 +273,8 @@ class QdrantStore:
                 size = getattr(info.config.params.vectors, "size", None)
                 if size is not None and size != self.dim:
                     raise VectorStoreUnavailable(
-                        f"collection {self.collection} holds {size}-d vectors, not {self.dim}-d")
+                        f"collection {self.collection} holds {size}-d vectors, not {self.dim}-d"
+                    )
                 return False
             await self._client.create_collection(
                 self.collection,
@@ -263,7 +283,8 @@ class QdrantStore:
             if not self._local:  # local mode has no payload indexes (it warns and ignores them)
                 for key in ("user_id", "chat_id", "session_id"):
                     await self._client.create_payload_index(
-                        self.collection, key, field_schema=models.PayloadSchemaType.KEYWORD)
+                        self.collection, key, field_schema=models.PayloadSchemaType.KEYWORD
+                    )
             return True
         except VectorStoreUnavailable:
             raise
@@ -279,9 +300,14 @@ class QdrantStore:
             models.PointStruct(
                 id=p.message_id,  # the message id: re-indexing overwrites, never duplicates
                 vector=p.vector,
-                payload={"message_id": p.message_id, "session_id": str(p.session_id),
-                         "user_id": p.user_id, "chat_id": p.chat_id, "role": p.role,
-                         "created_at": p.created_at.isoformat()},
+                payload={
+                    "message_id": p.message_id,
+                    "session_id": str(p.session_id),
+                    "user_id": p.user_id,
+                    "chat_id": p.chat_id,
+                    "role": p.role,
+                    "created_at": p.created_at.isoformat(),
+                },
             )
             for p in points
         ]
@@ -303,9 +329,13 @@ class QdrantStore:
         try:
             # exact=True: a filtered HNSW search may return fewer than `limit` points.
             result = await self._client.query_points(
-                self.collection, query=vector, query_filter=flt, limit=limit,
+                self.collection,
+                query=vector,
+                query_filter=flt,
+                limit=limit,
                 search_params=None if self._local else models.SearchParams(exact=True),
-                with_payload=False)
+                with_payload=False,
+            )
         except Exception as exc:
             raise VectorStoreUnavailable(f"qdrant search: {exc!r}") from exc
         return [(int(p.id), float(p.score)) for p in result.points]
@@ -315,10 +345,12 @@ class QdrantStore:
 
         column, value = scope.field()
         flt = models.Filter(
-            must=[models.FieldCondition(key=column, match=models.MatchValue(value=value))])
+            must=[models.FieldCondition(key=column, match=models.MatchValue(value=value))]
+        )
         try:
-            await self._client.delete(self.collection, points_selector=models.FilterSelector(
-                filter=flt), wait=True)
+            await self._client.delete(
+                self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
+            )
         except Exception as exc:
             raise VectorStoreUnavailable(f"qdrant delete: {exc!r}") from exc
 

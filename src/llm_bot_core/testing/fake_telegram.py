@@ -29,10 +29,20 @@ from aiohttp import web
 from llm_bot_core.testing.telegram_html import EntityParseError, parse_telegram_html, utf16_len
 
 MAX_TEXT = 4096
-_JSON_PARAMS = frozenset({
-    "allowed_updates", "commands", "entities", "caption_entities", "link_preview_options",
-    "reply_markup", "reply_parameters", "scope",
-})
+_JSON_PARAMS = frozenset(
+    {
+        "allowed_updates",
+        "commands",
+        "entities",
+        "caption_entities",
+        "link_preview_options",
+        "reply_markup",
+        "reply_parameters",
+        "scope",
+    }
+)
+
+
 @dataclass
 class ApiCall:
     """One request the bot made; `params` JSON-decoded where the Bot API sends JSON."""
@@ -63,10 +73,15 @@ class FakeTelegram:
 
     def __init__(self, token: str = "123456:TEST-token", username: str = "test_llm_bot") -> None:
         self.token = token
-        self.bot_user = {"id": int(token.split(":")[0]), "is_bot": True,
-                         "first_name": "Test Bot", "username": username,
-                         "can_join_groups": True, "can_read_all_group_messages": False,
-                         "supports_inline_queries": False}
+        self.bot_user = {
+            "id": int(token.split(":")[0]),
+            "is_bot": True,
+            "first_name": "Test Bot",
+            "username": username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
         self.calls: list[ApiCall] = []
         self.webhook: dict[str, Any] | None = None
         self._updates: list[dict[str, Any]] = []
@@ -90,9 +105,17 @@ class FakeTelegram:
             self._loop.call_soon_threadsafe(self._on_new_update, update)
         return int(update["update_id"])
 
-    def message(self, text: str | None = None, *, chat_id: int = 1001, user_id: int = 1001,
-                chat_type: str = "private", language_code: str | None = "en",
-                first_name: str = "Alice", **fields: Any) -> dict[str, Any]:
+    def message(
+        self,
+        text: str | None = None,
+        *,
+        chat_id: int = 1001,
+        user_id: int = 1001,
+        chat_type: str = "private",
+        language_code: str | None = "en",
+        first_name: str = "Alice",
+        **fields: Any,
+    ) -> dict[str, Any]:
         """A `message` object like Telegram's; `fields` add or override keys."""
         chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
         if chat_type == "private":
@@ -102,14 +125,19 @@ class FakeTelegram:
         sender: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
         if language_code:
             sender["language_code"] = language_code
-        message: dict[str, Any] = {"message_id": next(self._message_ids), "date": int(time.time()),
-                                   "chat": chat, "from": sender}
+        message: dict[str, Any] = {
+            "message_id": next(self._message_ids),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": sender,
+        }
         if text is not None:
             message["text"] = text
             if text.startswith("/"):
                 command = text.split()[0]
-                message["entities"] = [{"type": "bot_command", "offset": 0,
-                                        "length": utf16_len(command)}]
+                message["entities"] = [
+                    {"type": "bot_command", "offset": 0, "length": utf16_len(command)}
+                ]
         message.update(fields)
         return message
 
@@ -119,31 +147,50 @@ class FakeTelegram:
         self.push_update({"message": message})
         return message
 
-    def fail_next(self, method: str, *, status: int = 400,
-                  description: str = "Bad Request: can't parse entities: Unsupported start tag",
-                  retry_after: int | None = None, count: int = 1,
-                  when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 400,
+        description: str = "Bad Request: can't parse entities: Unsupported start tag",
+        retry_after: int | None = None,
+        count: int = 1,
+        when: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         """The next `count` calls of `method` (matching `when`) fail with this error."""
         with self._lock:
-            self._faults.extend(_Fault(method, status, description, retry_after, when)
-                                for _ in range(count))
+            self._faults.extend(
+                _Fault(method, status, description, retry_after, when) for _ in range(count)
+            )
 
     def flood(self, method: str, retry_after: int, count: int = 1) -> None:
         """The next `count` calls of `method` get 429 Too Many Requests with `retry_after`."""
-        self.fail_next(method, status=429, retry_after=retry_after, count=count,
-                       description=f"Too Many Requests: retry after {retry_after}")
+        self.fail_next(
+            method,
+            status=429,
+            retry_after=retry_after,
+            count=count,
+            description=f"Too Many Requests: retry after {retry_after}",
+        )
 
-    def calls_to(self, method: str, chat_id: int | None = None, *,
-                 ok: bool | None = True) -> list[ApiCall]:
-        return [c for c in list(self.calls) if c.method == method
-                and (chat_id is None or c.chat_id == chat_id) and (ok is None or c.ok == ok)]
+    def calls_to(
+        self, method: str, chat_id: int | None = None, *, ok: bool | None = True
+    ) -> list[ApiCall]:
+        return [
+            c
+            for c in list(self.calls)
+            if c.method == method
+            and (chat_id is None or c.chat_id == chat_id)
+            and (ok is None or c.ok == ok)
+        ]
 
     def sent_texts(self, chat_id: int | None = None) -> list[str]:
         """What users saw from successful sendMessage calls, in order."""
         return [c.plain_text or "" for c in self.calls_to("sendMessage", chat_id)]
 
-    async def wait_for(self, method: str, count: int = 1, *, chat_id: int | None = None,
-                       within: float = 15.0) -> list[ApiCall]:
+    async def wait_for(
+        self, method: str, count: int = 1, *, chat_id: int | None = None, within: float = 15.0
+    ) -> list[ApiCall]:
         """Wait (from any event loop) until `count` successful calls of `method` were made."""
         deadline = time.monotonic() + within
         while True:
@@ -153,7 +200,8 @@ class FakeTelegram:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{count} {method} call(s) expected within {within}s, got {len(calls)}; "
-                    f"calls: {[(c.method, c.params) for c in self.calls][-10:]}")
+                    f"calls: {[(c.method, c.params) for c in self.calls][-10:]}"
+                )
             await asyncio.sleep(0.02)
 
     async def wait_consumed(self, update_id: int, within: float = 10.0) -> None:
@@ -210,8 +258,7 @@ class FakeTelegram:
             body = await request.json()
             params.update(body if isinstance(body, dict) else {})
         elif request.can_read_body:
-            params.update({k: v for k, v in (await request.post()).items()
-                           if isinstance(v, str)})
+            params.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
         for key in _JSON_PARAMS & params.keys():
             if isinstance(params[key], str):
                 params[key] = json.loads(params[key])
@@ -236,8 +283,9 @@ class FakeTelegram:
     def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.method.lower() == method.lower() and (fault.when is None
-                                                               or fault.when(params)):
+                if fault.method.lower() == method.lower() and (
+                    fault.when is None or fault.when(params)
+                ):
                     self._faults.remove(fault)
                     return fault
         return None
@@ -247,8 +295,11 @@ class FakeTelegram:
 
     async def _m_getupdates(self, params: dict[str, Any], _: ApiCall) -> Any:
         if self.webhook is not None:
-            raise _ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
-                                 "use deleteWebhook to delete the webhook first")
+            raise _ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
         timeout = float(params.get("timeout") or 0)
@@ -277,14 +328,24 @@ class FakeTelegram:
         call.plain_text = self._checked_text(params)
         if "inline_message_id" in params:
             return True
-        return self._message_result(params, call.plain_text,
-                                    message_id=int(params.get("message_id", 0)))
+        return self._message_result(
+            params, call.plain_text, message_id=int(params.get("message_id", 0))
+        )
 
     async def _m_sendchataction(self, params: dict[str, Any], _: ApiCall) -> Any:
-        if params.get("action") not in {"typing", "upload_photo", "record_video", "upload_video",
-                                        "record_voice", "upload_voice", "upload_document",
-                                        "choose_sticker", "find_location", "record_video_note",
-                                        "upload_video_note"}:
+        if params.get("action") not in {
+            "typing",
+            "upload_photo",
+            "record_video",
+            "upload_video",
+            "record_voice",
+            "upload_voice",
+            "upload_document",
+            "choose_sticker",
+            "find_location",
+            "record_video_note",
+            "upload_video_note",
+        }:
             raise _ApiError(400, "Bad Request: wrong parameter action in request")
         return True
 
@@ -300,8 +361,11 @@ class FakeTelegram:
         return True
 
     async def _m_getwebhookinfo(self, _: dict[str, Any], __: ApiCall) -> Any:
-        return {"url": self.webhook["url"] if self.webhook else "",
-                "has_custom_certificate": False, "pending_update_count": len(self._updates)}
+        return {
+            "url": self.webhook["url"] if self.webhook else "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
 
     async def _m_setmycommands(self, _: dict[str, Any], __: ApiCall) -> Any:
         return True
@@ -325,12 +389,17 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: message is too long")
         return text
 
-    def _message_result(self, params: dict[str, Any], text: str,
-                        message_id: int | None = None) -> dict[str, Any]:
+    def _message_result(
+        self, params: dict[str, Any], text: str, message_id: int | None = None
+    ) -> dict[str, Any]:
         chat_id = int(params["chat_id"])
-        return {"message_id": message_id or next(self._message_ids), "date": int(time.time()),
-                "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
-                "from": self.bot_user, "text": text}
+        return {
+            "message_id": message_id or next(self._message_ids),
+            "date": int(time.time()),
+            "chat": {"id": chat_id, "type": "private" if chat_id > 0 else "supergroup"},
+            "from": self.bot_user,
+            "text": text,
+        }
 
     async def _push_message(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -340,8 +409,12 @@ class FakeTelegram:
         return web.json_response(message)
 
     async def _list_calls(self, _: web.Request) -> web.Response:
-        return web.json_response([{"method": c.method, "params": c.params, "ok": c.ok,
-                                   "plain_text": c.plain_text} for c in list(self.calls)])
+        return web.json_response(
+            [
+                {"method": c.method, "params": c.params, "ok": c.ok, "plain_text": c.plain_text}
+                for c in list(self.calls)
+            ]
+        )
 
     def app(self) -> web.Application:
         app = web.Application()

@@ -8,8 +8,24 @@ from __future__ import annotations
 import html
 import re
 
-_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
-         "a", "code", "pre", "blockquote", "tg-emoji"}
+_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "span",
+    "tg-spoiler",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "tg-emoji",
+}
 _HTML_TOKEN = re.compile(r"<(/?)([^\s<>/]+)([^<>]*)>|&([^;\s<>&]{1,10});|([<>&])|([^<>&]+)")
 
 
@@ -32,8 +48,10 @@ def parse_telegram_html(text: str) -> str:
                 if not stack:
                     raise EntityParseError(f"Unexpected end tag at byte offset {offset}")
                 if stack[-1] != name:
-                    raise EntityParseError(f'Unmatched end tag at byte offset {offset}, '
-                                           f'expected "</{stack[-1]}>", found "</{name}>"')
+                    raise EntityParseError(
+                        f"Unmatched end tag at byte offset {offset}, "
+                        f'expected "</{stack[-1]}>", found "</{name}>"'
+                    )
                 stack.pop()
             else:
                 if name == "a" and "href" not in attrs:
@@ -42,8 +60,9 @@ def parse_telegram_html(text: str) -> str:
         elif entity is not None:
             decoded = html.unescape(f"&{entity};")
             if decoded == f"&{entity};":
-                raise EntityParseError(f'Unsupported HTML entity "&{entity};" at byte offset '
-                                       f"{offset}")
+                raise EntityParseError(
+                    f'Unsupported HTML entity "&{entity};" at byte offset {offset}'
+                )
             out.append(decoded)
         elif bare is not None:
             if bare == "&":

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ from llm_bot_core.config import Settings
 from llm_bot_core.metrics import JOBS
 
 log = logging.getLogger(__name__)
+
+
+ASKED_MEMO_SIZE = 10_000
 
 
 def summary_lock_key(session_id: uuid.UUID | str) -> str:
@@ -41,8 +45,21 @@ class CeleryJobs:
             settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The backlog size at which this process last asked the broker, per session. While the
+        # backlog only grows from there, the job is queued or running (the Redis key would say
+        # so), so every further message of that session skips the Redis round trip. It asks
+        # again once the backlog dropped (a summary landed) or grew by another threshold (the
+        # job may have been lost).
+        self._asked: OrderedDict[uuid.UUID, int] = OrderedDict()
 
-    def summarize(self, session_id: uuid.UUID) -> None:
+    def summarize(self, session_id: uuid.UUID, pending: int) -> None:
+        last = self._asked.get(session_id)
+        if last is not None and last < pending < last + self._settings.summary_threshold:
+            return
+        self._asked[session_id] = pending
+        self._asked.move_to_end(session_id)
+        if len(self._asked) > ASKED_MEMO_SIZE:
+            self._asked.popitem(last=False)
         self._spawn(self._summarize(session_id), job="summary")
 
     def index(self, message_ids: Sequence[int]) -> None:
@@ -55,12 +72,17 @@ class CeleryJobs:
         from llm_bot_core.worker.app import SUMMARIZE_TASK
 
         key = summary_lock_key(session_id)
-        # At most one queued job per session; the key expires in case a worker dies holding it.
-        if not await self._redis.set(key, "1", nx=True, ex=self._settings.summary_lock_seconds):
-            return
+        try:
+            # At most one queued job per session; the key expires in case a worker dies with it.
+            if not await self._redis.set(key, "1", nx=True, ex=self._settings.summary_lock_seconds):
+                return
+        except Exception:
+            self._asked.pop(session_id, None)  # the next message must try again
+            raise
         try:
             await self.publish(SUMMARIZE_TASK, [str(session_id)])
         except Exception:
+            self._asked.pop(session_id, None)
             await self._redis.delete(key)
             raise
 

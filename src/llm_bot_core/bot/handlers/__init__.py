@@ -11,7 +11,9 @@ def create_router() -> Router:
     """A fresh router tree (a router can belong to one Dispatcher only)."""
     router = Router(name=__name__)
     router.include_routers(
-        commands.create_router(), chat.create_router(), other.create_router(),
+        commands.create_router(),
+        chat.create_router(),
+        other.create_router(),
         errors.create_router(),
     )
     return router

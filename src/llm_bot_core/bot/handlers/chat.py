@@ -31,15 +31,22 @@ def error_text(exc: BackendError | BackendUnavailable, language: str | None) -> 
     return t(_ERROR_KEYS.get(exc.code, "error"), language)
 
 
-async def answer_text(message: Message, text: str, bot: Bot, backend: BackendClient,
-                      settings: BotSettings, request_id: str) -> None:
+async def answer_text(
+    message: Message,
+    text: str,
+    bot: Bot,
+    backend: BackendClient,
+    settings: BotSettings,
+    request_id: str,
+) -> None:
     """Ask the backend, showing "typing…" meanwhile, and send its answer."""
     language = message.from_user.language_code if message.from_user else None
     user_id = message.from_user.id if message.from_user else message.chat.id
     try:
         async with typing(bot, message, settings.typing_interval):
-            answer = await backend.handle_chat(user_id=user_id, chat_id=message.chat.id,
-                                               text=text, request_id=request_id)
+            answer = await backend.handle_chat(
+                user_id=user_id, chat_id=message.chat.id, text=text, request_id=request_id
+            )
     except (BackendError, BackendUnavailable) as exc:
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
         await reply(message, error_text(exc, language))

@@ -12,8 +12,9 @@ log = logging.getLogger(__name__)
 
 async def log_error(event: ErrorEvent) -> bool:
     """Log the failure with its update id; True marks it handled."""
-    log.error("update %s failed: %r", event.update.update_id, event.exception,
-              exc_info=event.exception)
+    log.error(
+        "update %s failed: %r", event.update.update_id, event.exception, exc_info=event.exception
+    )
     return True
 
 

@@ -27,11 +27,17 @@ class Addressed(Filter):
             return {"text": text}
         entities = message.entities or message.caption_entities or []
         for entity in entities:
-            if entity.type == MessageEntityType.TEXT_MENTION and entity.user is not None \
-                    and entity.user.id == me.id:
+            if (
+                entity.type == MessageEntityType.TEXT_MENTION
+                and entity.user is not None
+                and entity.user.id == me.id
+            ):
                 return {"text": text}
-            if entity.type == MessageEntityType.MENTION and me.username and \
-                    entity.extract_from(text).lower() == f"@{me.username.lower()}":
+            if (
+                entity.type == MessageEntityType.MENTION
+                and me.username
+                and entity.extract_from(text).lower() == f"@{me.username.lower()}"
+            ):
                 return {"text": _without_mention(text, me.username)}
         return False
 

@@ -11,12 +11,25 @@ from llm_bot_core.bot.handlers.filters import Addressed
 from llm_bot_core.bot.texts import t
 
 # What a person sends on purpose; service messages (joins, pins, ...) are left alone.
-USER_CONTENT = frozenset({
-    ContentType.STICKER, ContentType.PHOTO, ContentType.VIDEO, ContentType.VOICE,
-    ContentType.VIDEO_NOTE, ContentType.AUDIO, ContentType.DOCUMENT, ContentType.ANIMATION,
-    ContentType.LOCATION, ContentType.VENUE, ContentType.CONTACT, ContentType.POLL,
-    ContentType.DICE, ContentType.STORY, ContentType.PAID_MEDIA,
-})
+USER_CONTENT = frozenset(
+    {
+        ContentType.STICKER,
+        ContentType.PHOTO,
+        ContentType.VIDEO,
+        ContentType.VOICE,
+        ContentType.VIDEO_NOTE,
+        ContentType.AUDIO,
+        ContentType.DOCUMENT,
+        ContentType.ANIMATION,
+        ContentType.LOCATION,
+        ContentType.VENUE,
+        ContentType.CONTACT,
+        ContentType.POLL,
+        ContentType.DICE,
+        ContentType.STORY,
+        ContentType.PAID_MEDIA,
+    }
+)
 
 
 async def text_only(message: Message) -> None:
@@ -29,6 +42,7 @@ def create_router() -> Router:
     router = Router(name=__name__)
     # An album arrives as one message per item, the caption on one of them (answered as text):
     # the others are skipped instead of each getting its own "text only".
-    router.message.register(text_only, F.content_type.in_(USER_CONTENT), ~F.media_group_id,
-                            Addressed())
+    router.message.register(
+        text_only, F.content_type.in_(USER_CONTENT), ~F.media_group_id, Addressed()
+    )
     return router

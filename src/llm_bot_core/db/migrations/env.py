@@ -23,8 +23,9 @@ target_metadata = Base.metadata
 def _run(connection: Connection) -> None:
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     try:
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          include_name=include_name)
+        context.configure(
+            connection=connection, target_metadata=target_metadata, include_name=include_name
+        )
         with context.begin_transaction():
             context.run_migrations()
     finally:

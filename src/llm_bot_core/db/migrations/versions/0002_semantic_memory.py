@@ -29,13 +29,25 @@ def upgrade() -> None:
         "rag_outbox",
         sa.Column("message_id", sa.BigInteger(), nullable=False),
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
-                  nullable=False),
+        sa.Column(
+            "next_attempt_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.Column("enqueued_at", sa.DateTime(timezone=True), server_default=sa.text("now()"),
-                  nullable=False),
-        sa.ForeignKeyConstraint(["message_id"], ["messages.id"], ondelete="CASCADE",
-                                name=op.f("fk_rag_outbox_message_id_messages")),
+        sa.Column(
+            "enqueued_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["message_id"],
+            ["messages.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_rag_outbox_message_id_messages"),
+        ),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_rag_outbox")),
     )
     op.create_index("ix_rag_outbox_next_attempt_at", "rag_outbox", ["next_attempt_at"])

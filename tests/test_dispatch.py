@@ -1,0 +1,85 @@
+"""Queueing summary jobs on the real Redis broker: one job per due session, few broker calls."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from llm_bot_core.config import Settings
+from llm_bot_core.worker.dispatch import CeleryJobs, summary_lock_key
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.celery]
+
+THRESHOLD = 24
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"llmbot-dispatch-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_growing_backlog_asks_the_broker_once_per_threshold(
+    redis_url: str, queue: str
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        celery_broker_url=redis_url,
+        celery_queue=queue,  # type: ignore[call-arg]
+        summary_threshold=THRESHOLD,
+    )
+    jobs = CeleryJobs(settings)
+    broker = redis.Redis.from_url(redis_url)
+    session = uuid.uuid4()
+    try:
+        jobs.summarize(session, THRESHOLD)
+        await jobs.drain()
+        assert broker.llen(queue) == 1
+
+        # The worker finished (it clears the key) but the backlog only grew meanwhile: this
+        # process does not ask again until it grew by another threshold...
+        broker.delete(summary_lock_key(session))
+        for pending in range(THRESHOLD + 1, 2 * THRESHOLD):
+            jobs.summarize(session, pending)
+        await jobs.drain()
+        assert broker.llen(queue) == 1
+        assert not broker.exists(summary_lock_key(session))
+
+        # ...then it does, in case the job was lost.
+        jobs.summarize(session, 2 * THRESHOLD)
+        await jobs.drain()
+        assert broker.llen(queue) == 2
+
+        # A summary landed (the backlog dropped) and the session is due again: asked at once.
+        broker.delete(summary_lock_key(session))
+        jobs.summarize(session, THRESHOLD)
+        await jobs.drain()
+        assert broker.llen(queue) == 3
+    finally:
+        broker.delete(queue, summary_lock_key(session))
+        await jobs.aclose()
+
+
+async def test_a_queued_job_is_not_queued_twice_by_another_process(
+    redis_url: str, queue: str
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        celery_broker_url=redis_url,
+        celery_queue=queue,  # type: ignore[call-arg]
+        summary_threshold=THRESHOLD,
+    )
+    first, second = CeleryJobs(settings), CeleryJobs(settings)
+    broker = redis.Redis.from_url(redis_url)
+    session = uuid.uuid4()
+    try:
+        first.summarize(session, THRESHOLD)
+        await first.drain()
+        second.summarize(session, THRESHOLD + 1)
+        await second.drain()
+        assert broker.llen(queue) == 1
+    finally:
+        broker.delete(queue, summary_lock_key(session))
+        await first.aclose()
+        await second.aclose()
