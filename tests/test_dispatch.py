@@ -20,6 +20,16 @@ def queue() -> str:
     return f"llmbot-dispatch-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture
+def settings(redis_url: str, queue: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        celery_broker_url=redis_url,
+        celery_queue=queue,  # type: ignore[call-arg]
+        summary_threshold=THRESHOLD,
+    )
+
+
 async def test_a_growing_backlog_asks_the_broker_once_per_threshold(
     redis_url: str, queue: str
 ) -> None:

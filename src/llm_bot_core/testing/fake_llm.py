@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import hashlib
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
+from llm_bot_core.testing.threaded import ThreadedServer
 
 Reply = Callable[[list[dict[str, Any]]], str]
 
@@ -168,45 +168,19 @@ class FakeLLM:
         return app
 
 
-class FakeLLMServer:
+class FakeLLMServer(ThreadedServer):
     """Runs a FakeLLM on 127.0.0.1 in a background thread with its own event loop."""
 
     def __init__(self, fake: FakeLLM | None = None, port: int = 0) -> None:
+        super().__init__(port)
         self.fake = fake or FakeLLM()
-        self._port = port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> FakeLLMServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
-        # Port 0 means "any free port"; the runner knows which one the OS picked.
-        self.port = self._runner.addresses[0][1]
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def __enter__(self) -> FakeLLMServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def build_app(self) -> web.Application:
+        return self.fake.app()
 
 
 def main() -> None:

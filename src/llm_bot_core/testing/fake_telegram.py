@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from llm_bot_core.testing.telegram_html import EntityParseError, parse_telegram_html, utf16_len
+from llm_bot_core.testing.threaded import ThreadedServer
 
 MAX_TEXT = 4096
 _JSON_PARAMS = frozenset(
@@ -439,52 +440,26 @@ def _error(status: int, description: str, retry_after: int | None = None) -> web
     return web.json_response(body, status=status)
 
 
-class FakeTelegramServer:
+class FakeTelegramServer(ThreadedServer):
     """Runs a FakeTelegram on 127.0.0.1 in a background thread with its own event loop."""
 
     def __init__(self, fake: FakeTelegram | None = None, port: int = 0) -> None:
+        super().__init__(port)
         self.fake = fake or FakeTelegram()
-        self._port = port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         """For TELEGRAM_API_URL / TelegramAPIServer.from_base."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeTelegramServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
+    def build_app(self) -> web.Application:
+        return self.fake.app()
 
-    async def _start(self) -> None:
+    async def on_start(self) -> None:
         await self.fake.attach()
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def on_stop(self) -> None:
         await self.fake.detach()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    def __enter__(self) -> FakeTelegramServer:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
 
 def main() -> None:
