@@ -243,9 +243,15 @@ def celery_worker(env: dict[str, str]) -> Iterator[Process]:
     exe = str(Path(sys.executable).with_name("llm-bot-core"))
     proc = Process("worker", [exe, "worker", "--pool", "solo"], env)
     try:
-        time.sleep(2)
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{proc.tail()}")
+        # Measure only once the worker is ready (its clients built), so start-up work does not
+        # fall into one variant's measurement and not the other's.
+        from celery import Celery
+
+        control = Celery(broker=env["CELERY_BROKER_URL"]).control
+        deadline = time.monotonic() + 60
+        while not control.ping(timeout=0.5):
+            if proc.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not become ready:\n{proc.tail()}")
         yield proc
     finally:
         proc.stop()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings, get_settings
@@ -62,6 +63,21 @@ def runtime() -> _Runtime:
             redis=redis.Redis.from_url(settings.celery_broker_url),
         )
     return _runtime
+
+
+@worker_process_init.connect
+def _build_in_pool_process(**_: Any) -> None:
+    # Each prefork child builds its clients (and loads a local embedder) when it starts, not
+    # while its first task waits, so that cost never lands on the first jobs of a busy worker.
+    runtime()
+
+
+@worker_ready.connect
+def _build_in_solo_worker(sender: Any = None, **_: Any) -> None:
+    # The solo pool runs tasks in the main process, which gets no worker_process_init.
+    pool_cls = getattr(sender, "pool_cls", None)
+    if getattr(pool_cls, "__module__", "") == "celery.concurrency.solo":
+        runtime()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
