@@ -122,10 +122,21 @@ async def test_very_long_answer_is_capped(
     assert role == "assistant" and len(content) == 1000
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html>not json</html>",
+        '{"foo": 1}',
+        '{"choices": []}',
+        "[1, 2]",
+        '{"choices": [{"message": {"content": ["parts"]}}]}',
+        '{"choices": [{"message": null}]}',
+    ],
+)
 async def test_garbage_body_from_provider_is_a_bad_response(
-    app_client: httpx.AsyncClient, db: AsyncEngine, fake_llm: FakeLLM
+    app_client: httpx.AsyncClient, db: AsyncEngine, fake_llm: FakeLLM, body: str
 ) -> None:
-    fake_llm.fail_next(1, status=200, body="<html>not json</html>")
+    fake_llm.fail_next(1, status=200, body=body)
     response = await app_client.post("/v1/chat/handle", json={**MSG, "text": "hi"})
     assert response.status_code == 502
     assert response.json()["code"] == "llm_bad_response"
