@@ -423,3 +423,13 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def emit(result: dict[str, Any], save_as: str | None) -> dict[str, Any]:
+    """Print a benchmark's JSON result, and keep it under bench/results/ when asked to."""
+    import json
+
+    if save_as:
+        save(save_as, result)
+    print(json.dumps(result, indent=2))
+    return result

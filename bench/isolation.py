@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "workers": args.workers,
         "modes": modes,
     }
-    if args.save:
-        harness.save(args.save, result)
-    print(json.dumps(result, indent=2))
-    return result
+    return harness.emit(result, args.save)
 
 
 if __name__ == "__main__":

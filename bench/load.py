@@ -166,10 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "headline": {"llm_latency_ms": 0, "concurrency": headline["concurrency"]},
         "runs": runs,
     }
-    if args.save:
-        harness.save(args.save, result)
-    print(json.dumps(result, indent=2))
-    return result
+    return harness.emit(result, args.save)
 
 
 if __name__ == "__main__":

@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "p50_ratio": round(filled["latency_ms"]["p50"] / empty["latency_ms"]["p50"], 3),
         "p99_ratio": round(filled["latency_ms"]["p99"] / empty["latency_ms"]["p99"], 3),
     }
-    if args.save:
-        harness.save(args.save, result)
-    print(json.dumps(result, indent=2))
-    return result
+    return harness.emit(result, args.save)
 
 
 if __name__ == "__main__":

@@ -34,22 +34,6 @@ class Summary:
     last_message_id: int
 
 
-# Incrementing the counter and inserting the message in one statement keeps them consistent
-# and, because the UPDATE matches only an active session, a message can never land in a
-# session that /start closed a moment earlier.
-_APPEND_TO_ACTIVE = text(
-    """
-    WITH s AS (
-        UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
-        WHERE chat_id = :chat_id AND is_active
-        RETURNING id, messages_since_summary
-    )
-    INSERT INTO messages (session_id, role, content, tokens)
-    SELECT s.id, :role, :content, :tokens FROM s
-    RETURNING id, session_id, (SELECT messages_since_summary FROM s)
-    """
-)
-
 _APPEND_TO_SESSION = text(
     """
     WITH s AS (
@@ -70,25 +54,33 @@ _OPEN_SESSION = text(
     """
 )
 
-_CONTEXT = text(
-    """
-    SELECT
+# The prompt context of a session: its latest summary and its last `limit` messages (as JSON, so
+# one row carries them). Shared by the request's combined statement and by bench/scale.py, which
+# EXPLAINs it on a filled database.
+_SUMMARY_OF = """
       (SELECT json_build_object('version', version, 'content', content,
                                 'last_message_id', last_message_id)
-         FROM conversation_summaries WHERE session_id = :session_id
-         ORDER BY version DESC LIMIT 1) AS summary,
+         FROM conversation_summaries WHERE session_id = {session}
+         ORDER BY version DESC LIMIT 1)"""
+_RECENT_OF = """
       (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
                                                   'created_at', created_at) ORDER BY id), '[]')
          FROM (SELECT id, role, content, created_at FROM messages
-               WHERE session_id = :session_id ORDER BY id DESC LIMIT :limit) recent) AS recent
-    """
+               WHERE session_id = {session} ORDER BY id DESC LIMIT {limit}) recent)"""
+
+_CONTEXT = text(
+    "SELECT"
+    + _SUMMARY_OF.format(session=":session_id")
+    + " AS summary,"
+    + _RECENT_OF.format(session=":session_id", limit=":limit")
+    + " AS recent"
 )
 
-
-# The request's first round trip does everything the model call needs: store the user message
-# (as _APPEND_TO_ACTIVE) and read the latest summary and the messages before it. The reads run in
-# the statement's snapshot, which does not contain the row being inserted, so they fetch one
-# message less and the caller appends the new one.
+# The request's first round trip does everything the model call needs. Incrementing the counter
+# and inserting the message in one statement keeps them consistent and, because the UPDATE
+# matches only an active session, a message can never land in a session that /start closed a
+# moment earlier. The context reads run in the statement's snapshot, which does not contain the
+# row being inserted, so they fetch one message less and the caller appends the new one.
 _APPEND_WITH_CONTEXT = text(
     """
     WITH s AS (
@@ -100,15 +92,11 @@ _APPEND_WITH_CONTEXT = text(
         SELECT s.id, :role, :content, :tokens FROM s
         RETURNING id, session_id, created_at
     )
-    SELECT m.id, m.session_id, s.messages_since_summary, m.created_at,
-      (SELECT json_build_object('version', version, 'content', content,
-                                'last_message_id', last_message_id)
-         FROM conversation_summaries WHERE session_id = m.session_id
-         ORDER BY version DESC LIMIT 1) AS summary,
-      (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
-                                                  'created_at', created_at) ORDER BY id), '[]')
-         FROM (SELECT id, role, content, created_at FROM messages
-               WHERE session_id = m.session_id ORDER BY id DESC LIMIT :older) recent) AS recent
+    SELECT m.id, m.session_id, s.messages_since_summary, m.created_at,"""
+    + _SUMMARY_OF.format(session="m.session_id")
+    + " AS summary,"
+    + _RECENT_OF.format(session="m.session_id", limit=":older")
+    + """ AS recent
     FROM m CROSS JOIN s
     """
 )
@@ -133,20 +121,6 @@ async def append_user_message_with_context(
             summary, recent = _context(row[4], row[5])
             recent.append(StoredMessage(id=row[0], role="user", content=content, created_at=row[3]))
             return appended, summary, recent[-limit:] if limit else []
-        # No active session: open one (see append_user_message) and try again.
-        await conn.execute(_OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id})
-    raise RuntimeError(f"could not open a session for chat {chat_id!r}")  # pragma: no cover
-
-
-async def append_user_message(
-    conn: AsyncConnection, *, user_id: str, chat_id: str, content: str
-) -> Appended:
-    """Store a user message in the chat's active session, opening one if there is none."""
-    params = {"chat_id": chat_id, "role": "user", "content": content, "tokens": None}
-    for _ in range(5):
-        row = (await conn.execute(_APPEND_TO_ACTIVE, params)).first()
-        if row is not None:
-            return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
         # No active session: open one. A concurrent request may win the race (the partial
         # unique index lets only one through); either way the retry finds the active session.
         await conn.execute(_OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id})
@@ -166,14 +140,6 @@ async def append_message_to_session(
     if row is None:  # the session was deleted meanwhile
         return None
     return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
-
-
-async def load_context(
-    conn: AsyncConnection, session_id: uuid.UUID, limit: int
-) -> tuple[Summary | None, list[StoredMessage]]:
-    """The latest summary and the last `limit` messages of a session, oldest first."""
-    row = (await conn.execute(_CONTEXT, {"session_id": session_id, "limit": limit})).one()
-    return _context(row[0], row[1])
 
 
 def _context(summary_value: Any, recent_value: Any) -> tuple[Summary | None, list[StoredMessage]]:
