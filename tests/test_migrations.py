@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.db.migrate import upgrade_to_head_async
+from llm_bot_core.db.migrate import include_name, upgrade_to_head_async
 from llm_bot_core.db.models import Base
 
 pytestmark = pytest.mark.asyncio
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.asyncio
 
 async def test_models_and_migrations_agree(db: AsyncEngine) -> None:
     def diff(connection):  # type: ignore[no-untyped-def]
-        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        context = MigrationContext.configure(connection, opts={"include_name": include_name})
+        return compare_metadata(context, Base.metadata)
 
     async with db.connect() as conn:
         changes = await conn.run_sync(diff)

@@ -79,5 +79,5 @@ async def test_pgvector_is_the_default_store_when_the_server_has_it(
                              rag_embedder="local", data_dir=tmp_path)
     async with running_app(settings) as client:
         detail = (await client.get("/health")).json()["rag"]["detail"]
-        assert "pgvector table rag_vec_local_multilingual_e5_small_q4" in detail
+        assert "pgvector table rag_hvec_local_multilingual_e5_small_q4" in detail
         assert not (tmp_path / "qdrant").exists()

@@ -13,9 +13,14 @@ from llm_bot_core.db.engine import normalize_url
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+# Tables that are not ours to migrate: the admin panel's own, and the vector tables the pgvector
+# store creates at run time (their dimension depends on the configured embedding model).
+FOREIGN_TABLE_PREFIXES = ("directus_", "rag_vec_", "rag_hvec_")
+
+
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
-    """Autogenerate's filter: the admin panel keeps its own `directus_*` tables in our database."""
-    return not (type_ == "table" and name is not None and name.startswith("directus_"))
+    """Autogenerate's filter: leave alone the tables other components keep in our database."""
+    return not (type_ == "table" and name is not None and name.startswith(FOREIGN_TABLE_PREFIXES))
 
 
 def alembic_config(url: str) -> Config:

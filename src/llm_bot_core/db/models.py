@@ -174,6 +174,22 @@ class RagOutbox(Base):
     __table_args__ = (Index("ix_rag_outbox_next_attempt_at", "next_attempt_at"),)
 
 
+class LexicalStat(Base):
+    """Document frequencies of lexemes per search scope, kept by triggers on `embeddings` (0003).
+
+    `scope` is `u:<user_id>` or `c:<chat_id>`. The row with the empty lexeme holds the scope's
+    document count in `df` and its total lexeme count in `len`, so BM25's idf and average length
+    are index lookups instead of counts over thousands of rows.
+    """
+
+    __tablename__ = "lexical_stats"
+
+    scope: Mapped[str] = mapped_column(Text, primary_key=True)
+    lexeme: Mapped[str] = mapped_column(Text, primary_key=True)
+    df: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    len: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
 chat_sessions = ChatSession.__table__
 messages = Message.__table__
 conversation_summaries = ConversationSummary.__table__

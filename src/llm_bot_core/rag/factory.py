@@ -120,7 +120,7 @@ def _qdrant_installed() -> bool:
 def _pgvector(engine: AsyncEngine) -> StoreFactory:
     async def open_store(embedder: Embedder) -> VectorStore:
         await _learn_dim(embedder)
-        return PgVectorStore(engine, embedder.name, embedder.dim)
+        return PgVectorStore(engine, embedder)
 
     return open_store
 

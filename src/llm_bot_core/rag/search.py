@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.embedders import Embedder, EmbedderUnavailable
 from llm_bot_core.rag.stores import Scope, VectorStore
 
 log = logging.getLogger(__name__)
@@ -25,35 +25,38 @@ RRF_K = 60
 MIN_CONTENT_WORDS = 2
 
 # BM25 (k1 = 1.2, b = 0.75, each query term counted once per message: chat turns are short).
-# Document frequencies are counted within the scope, so "what is common" is this user's
-# vocabulary, and every count is one GIN lookup narrowed by the scope's btree.
+# Document frequencies are those of the scope (`lexical_stats`, kept by triggers), so "what is
+# common" is this user's vocabulary. Candidates are the messages sharing a rare term with the
+# query (in at most RARE_SHARE of the scope's messages, or the query's rarest terms if it has
+# no rare one); common terms still add their weight to a candidate's score. A message that
+# shares only common words would score below those anyway, and reading the thousands of
+# messages that contain a user's own name is what made the query slow.
+RARE_SHARE = 0.05
 _BM25 = """
-WITH terms AS (
-    SELECT DISTINCT lexeme FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query))
+WITH stats AS MATERIALIZED (
+    SELECT s.lexeme, s.df::float8 AS df, c.df::float8 AS n,
+           c.len::float8 / greatest(c.df, 1) AS avgdl
+    FROM lexical_stats c
+    JOIN lexical_stats s ON s.scope = c.scope
+        AND s.lexeme IN (SELECT lexeme FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query)))
+    WHERE c.scope = :scope AND c.lexeme = '' AND s.df > 0
 ),
-corpus AS (
-    -- The average length from a sample: reading every row's tsvector costs more than the
-    -- precision is worth.
-    SELECT (SELECT count(*) FROM embeddings WHERE {column} = :value) AS n,
-           (SELECT coalesce(avg(length(lexemes)), 1) FROM (
-               SELECT lexemes FROM embeddings WHERE {column} = :value LIMIT 500) s) AS avgdl
+weights AS MATERIALIZED (
+    SELECT to_tsquery('simple', quote_literal(lexeme)) AS tq,
+           ln(1 + (n - df + 0.5) / (df + 0.5)) AS idf,
+           df <= greatest(n * :rare_share, (SELECT min(df) FROM stats)) AS rare, avgdl
+    FROM stats
 ),
-weights AS (
-    SELECT to_tsquery('simple', quote_literal(t.lexeme)) AS tq,
-           ln(1 + ((SELECT n FROM corpus) - d.df + 0.5) / (d.df + 0.5)) AS idf
-    FROM terms t,
-         LATERAL (SELECT count(*) AS df FROM embeddings e
-                  WHERE e.{column} = :value
-                    AND e.lexemes @@ to_tsquery('simple', quote_literal(t.lexeme))) d
-    WHERE d.df > 0
+candidates AS MATERIALIZED (
+    SELECT string_agg(tq::text, ' | ')::tsquery AS tq, max(avgdl) AS avgdl
+    FROM weights WHERE rare
 )
 SELECT e.message_id,
-       sum(w.idf) * 2.2 / (1 + 1.2 * (0.25 + 0.75 * length(e.lexemes)
-                                      / greatest((SELECT avgdl FROM corpus), 1))) AS score
-FROM embeddings e JOIN weights w ON e.lexemes @@ w.tq
-WHERE e.{column} = :value AND e.message_id <> ALL(CAST(:exclude AS bigint[]))
-  AND e.importance > 0
-GROUP BY e.message_id, e.lexemes
+       (SELECT sum(w.idf) FROM weights w WHERE e.lexemes @@ w.tq) * 2.2
+       / (1 + 1.2 * (0.25 + 0.75 * length(e.lexemes) / greatest(c.avgdl, 1))) AS score
+FROM embeddings e, candidates c
+WHERE e.{column} = :value AND e.lexemes @@ c.tq
+  AND e.message_id <> ALL(CAST(:exclude AS bigint[])) AND e.importance > 0
 ORDER BY score DESC
 LIMIT :limit
 """
@@ -93,7 +96,8 @@ class Searcher:
     def __init__(
         self, engine: AsyncEngine, embedder: Embedder, store: VectorStore, fts_config: str
     ) -> None:
-        self._engine = engine
+        # Every read is one statement: autocommit saves the BEGIN and ROLLBACK round trips.
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._embedder = embedder
         self._store = store
         self._cfg = fts_config
@@ -102,32 +106,36 @@ class Searcher:
         self, query: str, scope: Scope, exclude: Sequence[int], options: SearchOptions
     ) -> list[Hit]:
         """The most relevant messages in `scope`; either side may fail, the other still answers."""
-        # The two sides run concurrently: the query embedding (a thread or an HTTP call) and the
-        # full-text query (PostgreSQL) take similar time, so the search costs the slower one.
-        sides = [self._dense(query, scope, exclude, options.candidates)]
+        # The query embedding runs first and alone: the local model spreads a forward pass over
+        # every core, and a database query beside it slowed both. The two database queries
+        # then run side by side on two connections.
+        vector: list[float] | None = None
+        try:
+            vector = await self._embedder.embed_query(query)
+        except Exception as exc:
+            log.warning("dense search unavailable: %r", exc)
+        sides = []
+        if vector is not None:
+            sides.append(self._store.search(vector, scope, exclude, options.candidates))
         if options.lexical_weight > 0:
             sides.append(self.lexical(query, scope, exclude, options.candidates))
+        if not sides:
+            raise EmbedderUnavailable("no query embedding and no lexical side")
         results = await asyncio.gather(*sides, return_exceptions=True)
-        found: list[list[tuple[int, float]]] = []
-        for side, result in zip(("dense", "lexical"), results, strict=False):
-            if isinstance(result, BaseException):
-                log.warning("%s search unavailable: %r", side, result)
-                found.append([])
-            else:
-                found.append(result)
         if all(isinstance(r, BaseException) for r in results):
             error = results[0]
             assert isinstance(error, BaseException)
             raise error
-        dense = found[0]
-        lexical = found[1] if len(found) > 1 else []
+        found: list[list[tuple[int, float]]] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("search side unavailable: %r", result)
+                found.append([])
+            else:
+                found.append(result)
+        dense = found[0] if vector is not None else []
+        lexical = found[-1] if options.lexical_weight > 0 else []
         return await self._fuse(dense, lexical, options)
-
-    async def _dense(
-        self, query: str, scope: Scope, exclude: Sequence[int], limit: int
-    ) -> list[tuple[int, float]]:
-        vector = await self._embedder.embed_query(query)
-        return await self._store.search(vector, scope, exclude, limit)
 
     async def lexical(
         self, query: str, scope: Scope, exclude: Sequence[int], limit: int
@@ -145,6 +153,8 @@ class Searcher:
                     "value": value,
                     "exclude": list(exclude),
                     "limit": limit,
+                    "scope": f"{column[0]}:{value}",
+                    "rare_share": RARE_SHARE,
                 },
             )
             return [(int(r[0]), float(r[1])) for r in rows]
