@@ -376,18 +376,17 @@ async def drive_chats(
     return samples
 
 
-async def drive_floor(base_url: str, *, requests: int, concurrency: int) -> Samples:
-    """The bare endpoint of the same app (no DB, no LLM) under the same concurrency."""
+async def drive_floor(base_url: str, *, seconds: float, concurrency: int) -> Samples:
+    """The bare endpoint of the same app (no DB, no LLM) under the same concurrency, for a
+    fixed time (a fixed request count lasted half a second: one noisy moment decided it)."""
     samples = Samples()
     url = f"{base_url}/health/live"
-    remaining = requests
     connector = aiohttp.TCPConnector(limit=concurrency)
     started = time.perf_counter()
+    deadline = started + seconds
 
     async def user(session: aiohttp.ClientSession) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
+        while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             try:
                 async with session.get(url) as response:

@@ -7,8 +7,9 @@ throughput, latency percentiles, errors, and the backend's own overhead per requ
 the server: `Server-Timing: app;dur=` (request in to response out) minus `llm;dur=` (the LLM
 call). `overhead_client_ms` is the client-measured latency minus `llm`: it adds the loopback
 network and the load generator's scheduling, an upper bound.
-In the same run it loads GET /health/live (same app, no DB, no LLM) at the same concurrency:
-`floor_rps`, and `ratio` = handle throughput / floor throughput.
+In the same run it loads GET /health/live (same app, no DB, no LLM) at the same concurrency,
+for `--floor-seconds` before and after each handle run: `floor_rps` is their mean, and `ratio`
+= handle throughput / floor throughput.
 
 The top-level numbers are the headline: throughput, latency, floor and ratio of the 0 ms run at
 the highest concurrency, overhead of the concurrency-1 run; every run is listed in `runs`.
@@ -56,7 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workers", type=int, default=2, help="uvicorn workers (--workers of serve)")
     p.add_argument(
-        "--floor-requests", type=int, default=4000, help="requests to /health/live per floor run"
+        "--floor-seconds",
+        type=float,
+        default=3.0,
+        help="seconds of /health/live load before and after each handle run (the floor)",
     )
     p.add_argument("--database-url", default=None, help="use this server (a fresh database in it)")
     p.add_argument(
@@ -74,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chats = args.chats or 200
         args.messages = args.messages or 10
         args.max_seconds = min(args.max_seconds, 25.0)
-        args.floor_requests = min(args.floor_requests, 3000)
+        args.floor_seconds = min(args.floor_seconds, 2.0)
     args.latency_ms = args.latency_ms or [0.0, 500.0]
     args.concurrency = args.concurrency or [1, 50, 100, 200]
     args.chats = args.chats or 200
@@ -103,6 +107,11 @@ async def one_run(
         chats, messages = max(1, serial // 10), min(10, serial)
     else:
         chats, messages = args.chats, args.messages
+    # The floor brackets the handle run, so a slow or fast moment of a shared machine weighs
+    # on both sides of the ratio alike.
+    before = await harness.drive_floor(
+        base_url, seconds=args.floor_seconds, concurrency=concurrency
+    )
     cpu_before = harness.CPU.snapshot()
     samples = await harness.drive_chats(
         base_url,
@@ -113,15 +122,15 @@ async def one_run(
         max_seconds=args.max_seconds,
     )
     cpu = harness.CPU.per_request(cpu_before, harness.CPU.snapshot(), samples.ok)
-    floor = await harness.drive_floor(
-        base_url, requests=args.floor_requests, concurrency=concurrency
-    )
+    after = await harness.drive_floor(base_url, seconds=args.floor_seconds, concurrency=concurrency)
     result = {
         "llm_latency_ms": latency_ms,
         "concurrency": concurrency,
         **harness.summarize(samples),
     }
-    result["floor_rps"] = round(floor.ok / floor.elapsed, 1) if floor.elapsed else 0.0
+    floors = [f.ok / f.elapsed for f in (before, after) if f.elapsed]
+    result["floor_rps"] = round(sum(floors) / len(floors), 1) if floors else 0.0
+    result["floor_rps_before_after"] = [round(f, 1) for f in floors]
     result["ratio"] = (
         round(result["throughput_rps"] / result["floor_rps"], 3) if result["floor_rps"] else None
     )
