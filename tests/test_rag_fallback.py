@@ -81,3 +81,20 @@ async def test_pgvector_is_the_default_store_when_the_server_has_it(
         detail = (await client.get("/health")).json()["rag"]["detail"]
         assert "pgvector table rag_hvec_local_multilingual_e5_small_q4" in detail
         assert not (tmp_path / "qdrant").exists()
+
+
+async def test_the_pgvector_check_accepts_this_server_and_refuses_versions_before_halfvec(
+    clean_db: str,
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if not await has_pgvector(clean_db):
+        pytest.skip("this PostgreSQL has no pgvector (the tests above cover that case)")
+    engine = create_async_engine(clean_db)
+    try:
+        assert await factory.pgvector_missing(engine) is None
+    finally:
+        await engine.dispose()
+    # halfvec and binary_quantize, which the store's tables use, came in pgvector 0.7.
+    assert factory._version("0.6.2") < factory.MIN_PGVECTOR <= factory._version("0.7.0")
+    assert factory._version("0.8.5") >= factory.MIN_PGVECTOR

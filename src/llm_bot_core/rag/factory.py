@@ -92,6 +92,7 @@ async def pgvector_missing(engine: AsyncEngine) -> str | None:
                 await conn.execute(
                     text(
                         """SELECT installed_version IS NOT NULL,
+                          coalesce(installed_version, default_version),
                           (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
                           OR (has_database_privilege(current_database(), 'CREATE')
                               AND coalesce((SELECT bool_or(trusted)
@@ -105,10 +106,23 @@ async def pgvector_missing(engine: AsyncEngine) -> str | None:
         return f"could not check: {exc!r}"
     if row is None:
         return "the server has no `vector` extension package"
-    installed, may_create = row
+    installed, version, may_create = row
     if not installed and not may_create:
         return "the `vector` extension is not created and this role may not create it"
+    if _version(version) < MIN_PGVECTOR:
+        # halfvec and binary_quantize, which the store's tables use, came in pgvector 0.7.
+        return f"pgvector {version} is older than 0.7 (ALTER EXTENSION vector UPDATE)"
     return None
+
+
+MIN_PGVECTOR = (0, 7)
+
+
+def _version(text_: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in (text_ or "0").split(".")[:2])
+    except ValueError:
+        return (0,)
 
 
 def _qdrant_installed() -> bool:
