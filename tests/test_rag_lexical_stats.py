@@ -177,3 +177,43 @@ async def test_a_rare_word_outranks_the_name_in_every_message(db: AsyncEngine) -
     # Excluded ids (the short-term window) are not returned.
     found = await searcher.lexical("saxophone", Scope(user_id="alice"), [ids[-1]], 5)
     assert ids[-1] not in [mid for mid, _ in found]
+
+
+class _Vectors:
+    """Stands in for the embedder and the vector store: only the metadata path is under test."""
+
+    name, dim, min_score = "test/constant", 4, 0.0
+    description = "in memory"
+
+    def __init__(self) -> None:
+        self.points: dict[int, Any] = {}
+
+    async def embed_documents(self, texts: Any) -> list[list[float]]:
+        return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
+
+    async def upsert(self, points: Any) -> None:
+        self.points.update({p.message_id: p for p in points})
+
+
+async def test_concurrent_indexing_batches_of_one_user_keep_exact_counts(db: AsyncEngine) -> None:
+    from llm_bot_core.rag.indexing import Indexer
+
+    chat = await session(db, "alice", "chat-a")
+    async with db.begin() as conn:
+        # The outbox trigger queues each of them.
+        await conn.execute(
+            text(
+                "INSERT INTO messages (session_id, role, content) "
+                "SELECT :s, 'user', 'Рекс любит апельсины и кости, запись ' || n "
+                "FROM generate_series(1, 60) n"
+            ),
+            {"s": chat},
+        )
+    vectors = _Vectors()
+    indexer = Indexer(db, cast(Any, vectors), cast(Any, vectors), fts_config="russian",
+                      context_turns=1)
+    done = await asyncio.gather(*(indexer.index(None, limit=10) for _ in range(6)))
+    assert sum(done) == 60 and len(vectors.points) == 60
+    counted = await stats(db)
+    assert counted == await recount(db)
+    assert ("u:alice", "рекс", 60, 0) in counted

@@ -91,13 +91,19 @@ _IMPORTANCE = """
                + CASE WHEN m.content ~ '[0-9]' THEN 0.2 ELSE 0 END)
 """
 
+# One statement for the whole batch: the lexical statistics triggers then lock the rows they
+# share with a concurrent batch in one sorted pass, where a statement per message could
+# interleave two batches' locks into a deadlock.
 _UPSERT_METADATA = text(
     f"""
     INSERT INTO embeddings (session_id, message_id, role, content, importance, created_at,
                             user_id, chat_id, model, lexemes)
     SELECT m.session_id, m.id, m.role, m.content, {_IMPORTANCE}, m.created_at,
-           s.user_id, s.chat_id, :model, to_tsvector(CAST(:cfg AS regconfig), :indexed)
-    FROM messages m JOIN chat_sessions s ON s.id = m.session_id WHERE m.id = :message_id
+           s.user_id, s.chat_id, :model, to_tsvector(CAST(:cfg AS regconfig), x.indexed)
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:texts AS text[])) AS x(message_id, indexed)
+    JOIN messages m ON m.id = x.message_id
+    JOIN chat_sessions s ON s.id = m.session_id
+    ORDER BY m.id
     ON CONFLICT (message_id) DO UPDATE SET
         session_id = EXCLUDED.session_id, role = EXCLUDED.role, content = EXCLUDED.content,
         importance = EXCLUDED.importance, user_id = EXCLUDED.user_id,
@@ -183,15 +189,12 @@ class Indexer:
             if rows:
                 await conn.execute(
                     _UPSERT_METADATA,
-                    [
-                        {
-                            "message_id": r[0],
-                            "model": self._embedder.name,
-                            "cfg": self._cfg,
-                            "indexed": t,
-                        }
-                        for r, t in zip(rows, texts, strict=True)
-                    ],
+                    {
+                        "ids": [r[0] for r in rows],
+                        "texts": texts,
+                        "model": self._embedder.name,
+                        "cfg": self._cfg,
+                    },
                 )
             # Claimed ids whose message is gone were deleted with it (cascade); the rest are done.
             await conn.execute(_DONE, {"ids": ids})
