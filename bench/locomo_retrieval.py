@@ -37,7 +37,8 @@ from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import VectorSemanticMemory
-from llm_bot_core.rag.stores import PgVectorStore, Scope
+from llm_bot_core.rag.pgvector_store import PgVectorStore
+from llm_bot_core.rag.stores import Scope
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"

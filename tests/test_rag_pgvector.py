@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.rag.stores import PgVectorStore, Point, Scope, collection_name
+from llm_bot_core.rag.pgvector_store import PgVectorStore
+from llm_bot_core.rag.stores import Point, Scope, collection_name
 from tests.rag_helpers import has_pgvector, scalar
 
 pytestmark = pytest.mark.asyncio

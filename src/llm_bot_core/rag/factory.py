@@ -13,7 +13,8 @@ from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
 from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, build_embedder
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import StoreFactory, VectorSemanticMemory
-from llm_bot_core.rag.stores import PgVectorStore, QdrantStore, VectorStore
+from llm_bot_core.rag.pgvector_store import PgVectorStore
+from llm_bot_core.rag.stores import QdrantStore, VectorStore
 
 log = logging.getLogger(__name__)
 
