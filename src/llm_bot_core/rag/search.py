@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.rag.embedders import Embedder, EmbedderUnavailable
+from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.stores import Scope, VectorStore
 
 log = logging.getLogger(__name__)
@@ -109,32 +109,24 @@ class Searcher:
         # The query embedding runs first and alone: the local model spreads a forward pass over
         # every core, and a database query beside it slowed both. The two database queries
         # then run side by side on two connections.
-        vector: list[float] | None = None
+        failures: list[BaseException] = []
+        sides = {}
         try:
             vector = await self._embedder.embed_query(query)
+            sides["dense"] = self._store.search(vector, scope, exclude, options.candidates)
         except Exception as exc:
-            log.warning("dense search unavailable: %r", exc)
-        sides = []
-        if vector is not None:
-            sides.append(self._store.search(vector, scope, exclude, options.candidates))
+            failures.append(exc)
         if options.lexical_weight > 0:
-            sides.append(self.lexical(query, scope, exclude, options.candidates))
-        if not sides:
-            raise EmbedderUnavailable("no query embedding and no lexical side")
-        results = await asyncio.gather(*sides, return_exceptions=True)
-        if all(isinstance(r, BaseException) for r in results):
-            error = results[0]
-            assert isinstance(error, BaseException)
-            raise error
-        found: list[list[tuple[int, float]]] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                log.warning("search side unavailable: %r", result)
-                found.append([])
-            else:
-                found.append(result)
-        dense = found[0] if vector is not None else []
-        lexical = found[-1] if options.lexical_weight > 0 else []
+            sides["lexical"] = self.lexical(query, scope, exclude, options.candidates)
+        gathered = await asyncio.gather(*sides.values(), return_exceptions=True)
+        results = dict(zip(sides, gathered, strict=True))
+        failures += [r for r in results.values() if isinstance(r, BaseException)]
+        found = {name: r for name, r in results.items() if not isinstance(r, BaseException)}
+        for failure in failures:
+            log.warning("search side unavailable: %r", failure)
+        if not found:
+            raise failures[0]
+        dense, lexical = found.get("dense", []), found.get("lexical", [])
         return await self._fuse(dense, lexical, options)
 
     async def lexical(
