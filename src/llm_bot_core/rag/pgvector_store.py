@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.rag.stores import (
     PgvectorMissing,
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 def _vector_literal(vector: Sequence[float] | np.ndarray) -> str:
     return "[" + ",".join(f"{v:.7g}" for v in vector) + "]"
+
+
+async def _exists(conn: AsyncConnection, table: str) -> bool:
+    return (await conn.execute(text("SELECT to_regclass(:t)"), {"t": table})).scalar() is not None
 
 
 # Any constant; the backend and workers starting together must not race on DDL.
@@ -100,12 +104,10 @@ class PgVectorStore:
         # Tables of earlier versions held 32-bit vectors without codes; prepare() converts them.
         self._legacy_table = collection_name("rag_vec_", embedder.name, dim)
         self.description = f"pgvector table {self.table} ({embedder.name}, {dim}-d halfvec)"
-        self._embedder_name = embedder.name
 
     async def prepare(self) -> bool:
         async with self._engine.connect() as conn:
-            exists = await conn.execute(text("SELECT to_regclass(:t)"), {"t": self.table})
-            if exists.scalar() is not None:
+            if await _exists(conn, self.table):
                 return False
         # Before taking the DDL lock: embedding the centre texts takes a moment.
         centre = np.asarray(await self._embedder.embed_documents(CENTRE_TEXTS)).mean(axis=0)
@@ -125,8 +127,7 @@ class PgVectorStore:
                     await conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
             except Exception as exc:
                 raise PgvectorMissing(f"CREATE EXTENSION vector failed: {exc}") from exc
-            exists = await conn.execute(text("SELECT to_regclass(:t)"), {"t": self.table})
-            if exists.scalar() is not None:
+            if await _exists(conn, self.table):  # another process created it meanwhile
                 return False
             t, dim = self.table, self.dim
             # PLAIN storage keeps the vector in the row: no TOAST fetch per row on an exact scan.
@@ -153,12 +154,11 @@ class PgVectorStore:
                 f"CREATE INDEX {t}_chat ON {t} (chat_id) INCLUDE (message_id, code)",
                 f"CREATE INDEX {t}_session ON {t} (session_id)",
                 f"COMMENT ON TABLE {t} IS "
-                f"'llm-bot-core vectors of {self._embedder_name}, {dim} dimensions'",
+                f"'llm-bot-core vectors of {self._embedder.name}, {dim} dimensions'",
             ):
                 if ddl:
                     await conn.execute(text(ddl))
-            legacy = await conn.execute(text("SELECT to_regclass(:t)"), {"t": self._legacy_table})
-            if legacy.scalar() is None:
+            if not await _exists(conn, self._legacy_table):
                 return True
             # The vectors are already computed: convert them rather than embed everything again.
             copied = await conn.execute(

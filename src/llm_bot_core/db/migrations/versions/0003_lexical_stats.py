@@ -40,8 +40,10 @@ _DELTAS = """
     WHERE k.scope IS NOT NULL AND r.lexemes IS NOT NULL
 """
 
+# Continues a `WITH rows AS (...)` of the trigger: applies the deltas of `rows`, and returns the
+# keys whose count fell to zero.
 _APPLY = f"""
-    WITH d AS ({_DELTAS}),
+    , d AS ({_DELTAS}),
     up AS (
         INSERT INTO lexical_stats AS t (scope, lexeme, df, len)
         SELECT scope, lexeme, sum(df), sum(len) FROM d
@@ -75,15 +77,15 @@ def upgrade() -> None:
         BEGIN
             IF TG_OP = 'INSERT' THEN
                 WITH rows AS (SELECT user_id, chat_id, lexemes, 1 AS sign FROM new_rows)
-                {_APPLY.replace("WITH d AS", ", d AS", 1)} INTO gone_scopes, gone_lexemes;
+                {_APPLY} INTO gone_scopes, gone_lexemes;
             ELSIF TG_OP = 'DELETE' THEN
                 WITH rows AS (SELECT user_id, chat_id, lexemes, -1 AS sign FROM old_rows)
-                {_APPLY.replace("WITH d AS", ", d AS", 1)} INTO gone_scopes, gone_lexemes;
+                {_APPLY} INTO gone_scopes, gone_lexemes;
             ELSE
                 WITH rows AS (SELECT user_id, chat_id, lexemes, 1 AS sign FROM new_rows
                               UNION ALL
                               SELECT user_id, chat_id, lexemes, -1 FROM old_rows)
-                {_APPLY.replace("WITH d AS", ", d AS", 1)} INTO gone_scopes, gone_lexemes;
+                {_APPLY} INTO gone_scopes, gone_lexemes;
             END IF;
             IF gone_scopes IS NOT NULL THEN
                 DELETE FROM lexical_stats
