@@ -60,6 +60,17 @@ SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
 MESSAGE_TEMPLATE = "{{role}}: {{content}}"
 ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system", "tool")]
 
+
+def _many_to_one(template: str) -> dict[str, Any]:
+    """A foreign key shown as a dropdown of the related rows, labelled by `template`."""
+    return {
+        "interface": "select-dropdown-m2o",
+        "options": {"template": template},
+        "display": "related-values",
+        "display_options": {"template": template},
+    }
+
+
 # Field metadata beyond `readonly`, for fields that exist in the table.
 FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
     # The session form: who and state first (two columns), its messages below.
@@ -78,12 +89,7 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "id": {"sort": 20},
     },
     "messages": {
-        "session_id": {
-            "interface": "select-dropdown-m2o",
-            "options": {"template": SESSION_TEMPLATE},
-            "display": "related-values",
-            "display_options": {"template": SESSION_TEMPLATE},
-        },
+        "session_id": _many_to_one(SESSION_TEMPLATE),
         "role": {
             "interface": "select-dropdown",
             "options": {"choices": ROLE_CHOICES},
@@ -94,28 +100,13 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
     "conversation_summaries": {
-        "session_id": {
-            "interface": "select-dropdown-m2o",
-            "options": {"template": SESSION_TEMPLATE},
-            "display": "related-values",
-            "display_options": {"template": SESSION_TEMPLATE},
-        },
+        "session_id": _many_to_one(SESSION_TEMPLATE),
         "content": {"interface": "input-multiline"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
     "embeddings": {
-        "session_id": {
-            "interface": "select-dropdown-m2o",
-            "options": {"template": SESSION_TEMPLATE},
-            "display": "related-values",
-            "display_options": {"template": SESSION_TEMPLATE},
-        },
-        "message_id": {
-            "interface": "select-dropdown-m2o",
-            "options": {"template": MESSAGE_TEMPLATE},
-            "display": "related-values",
-            "display_options": {"template": MESSAGE_TEMPLATE},
-        },
+        "session_id": _many_to_one(SESSION_TEMPLATE),
+        "message_id": _many_to_one(MESSAGE_TEMPLATE),
         "content": {"interface": "input-multiline"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
