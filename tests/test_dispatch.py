@@ -31,14 +31,8 @@ def settings(redis_url: str, queue: str) -> Settings:
 
 
 async def test_a_growing_backlog_asks_the_broker_once_per_threshold(
-    redis_url: str, queue: str
+    redis_url: str, queue: str, settings: Settings
 ) -> None:
-    settings = Settings(
-        _env_file=None,
-        celery_broker_url=redis_url,
-        celery_queue=queue,  # type: ignore[call-arg]
-        summary_threshold=THRESHOLD,
-    )
     jobs = CeleryJobs(settings)
     broker = redis.Redis.from_url(redis_url)
     session = uuid.uuid4()
@@ -72,14 +66,8 @@ async def test_a_growing_backlog_asks_the_broker_once_per_threshold(
 
 
 async def test_a_queued_job_is_not_queued_twice_by_another_process(
-    redis_url: str, queue: str
+    redis_url: str, queue: str, settings: Settings
 ) -> None:
-    settings = Settings(
-        _env_file=None,
-        celery_broker_url=redis_url,
-        celery_queue=queue,  # type: ignore[call-arg]
-        summary_threshold=THRESHOLD,
-    )
     first, second = CeleryJobs(settings), CeleryJobs(settings)
     broker = redis.Redis.from_url(redis_url)
     session = uuid.uuid4()
