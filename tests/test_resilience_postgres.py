@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from llm_bot_core.config import Settings
 from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app, unavailable
@@ -172,3 +173,62 @@ async def test_postgres_restart_mid_load_fails_cleanly_then_recovers_without_par
     # One active session per chat, and each session's counter matches its rows.
     active, chats, counter_mismatches = sessions
     assert (active, chats, counter_mismatches) == (USERS, USERS, 0)
+
+
+def _fatal_error_response(code: str, message: str) -> bytes:
+    """A protocol ErrorResponse ('E') with severity FATAL, as the server sends before it exits."""
+    fields = b"".join(
+        key + value.encode() + b"\0"
+        for key, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+
+
+async def test_fatal_read_on_an_idle_pooled_connection_is_a_503_then_the_pool_reconnects(
+    settings: Settings,
+) -> None:
+    # A fast shutdown sends FATAL to every idle connection and then closes it. The driver
+    # reads the FATAL as an unexpected message; if a request takes the connection from the
+    # pool before the driver sees the socket close, the driver refuses any statement with an
+    # InternalClientError. That request must get the documented 503 (it once got a 500), and
+    # the broken connection must not go back into the pool.
+    one = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    async with running_app(one) as client:
+        first = await client.post(
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": "hi"}
+        )
+        assert first.status_code == 200
+        engine = client.app.state.services.engine  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            driver._protocol.data_received(
+                _fatal_error_response(
+                    "57P01", "terminating connection due to administrator command"
+                )
+            )
+            assert not driver.is_closed()
+
+        broken = await client.post(
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": "lost"}
+        )
+        assert broken.status_code == 503, broken.text
+        assert broken.json()["code"] == "database_unavailable"
+        assert driver.is_closed()
+
+        again = await client.post(
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": "back"}
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["text"] == "Echo: back"
+
+    check = create_async_engine(str(settings.database_url), poolclass=NullPool)
+    try:
+        async with check.connect() as conn:
+            rows = await conn.execute(text("SELECT content FROM messages ORDER BY id"))
+            stored = [r[0] for r in rows]
+    finally:
+        await check.dispose()
+    # The refused request stored nothing; the others stored their message and reply.
+    assert stored == ["hi", "Echo: hi", "back", "Echo: back"]

@@ -122,6 +122,13 @@ _APPEND_WITH_CONTEXT_NUMBERED = _Numbered(_APPEND_WITH_CONTEXT)
 _APPEND_TO_SESSION_NUMBERED = _Numbered(_APPEND_TO_SESSION)
 
 
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 async def _fetchrow(conn: AsyncConnection, statement: _Numbered, params: dict[str, Any]) -> Any:
     """One statement straight on the pooled connection's asyncpg driver.
 
@@ -136,11 +143,15 @@ async def _fetchrow(conn: AsyncConnection, statement: _Numbered, params: dict[st
     try:
         return await driver.fetchrow(statement.sql, *[params[name] for name in statement.names])
     except Exception as exc:
-        lost = driver.is_closed()
+        # InternalClientError: the driver's protocol is in a state no statement can follow. A
+        # server shutting down sends FATAL to idle connections; the driver has read it but not
+        # yet seen the socket close when the next request picks the connection up. The server
+        # is gone for every pooled connection then, as when this one is closed.
+        lost = driver.is_closed() or isinstance(exc, asyncpg.exceptions.InternalClientError)
         if lost:
             conn.sync_engine.pool._invalidate(raw, exc, _checkin=False)
             await conn.invalidate(exc)
-        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        if isinstance(exc, _DRIVER_ERRORS):
             raise DBAPIError(statement.sql, None, exc, connection_invalidated=lost) from exc
         raise
 
