@@ -77,13 +77,11 @@ class InProcessJobs:
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         task = asyncio.current_task()
+        assert task is not None  # always run as a task of its own (_spawn)
+        self._waiting.add(task)
         try:
-            if task is not None:
-                self._waiting.add(task)
-            await self._summary_slots.acquire()
-            if task is not None:
+            async with self._summary_slots:
                 self._waiting.discard(task)
-            try:
                 await timed_job(
                     "summary",
                     queued_at,
@@ -91,11 +89,8 @@ class InProcessJobs:
                         self._engine, self._model, self._settings, session_id
                     ),
                 )
-            finally:
-                self._summary_slots.release()
         finally:
-            if task is not None:
-                self._waiting.discard(task)
+            self._waiting.discard(task)
             self._summarizing.discard(session_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
