@@ -18,7 +18,12 @@ from aiohttp import web
 from llm_bot_core.bot.api_client import BackendClient
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.handlers import create_router
-from llm_bot_core.bot.middlewares import AccessMiddleware, RequestIdMiddleware, RetryAfterMiddleware
+from llm_bot_core.bot.middlewares import (
+    AccessMiddleware,
+    LanguageMiddleware,
+    RequestIdMiddleware,
+    RetryAfterMiddleware,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,10 @@ def create_bot(settings: BotSettings) -> Bot:
 
 
 def create_dispatcher(settings: BotSettings, backend: BackendClient) -> Dispatcher:
-    """The Dispatcher with its routers; handlers get `backend` and `settings` from it."""
+    """The Dispatcher with its routers; handlers get `backend`, `settings` and `lang` from it."""
     dispatcher = Dispatcher(settings=settings, backend=backend)
     dispatcher.update.outer_middleware(RequestIdMiddleware())
+    dispatcher.update.outer_middleware(LanguageMiddleware())
     router = create_router()
     router.message.middleware(AccessMiddleware(settings))
     dispatcher.include_router(router)

@@ -18,11 +18,11 @@ from aiogram.client.session.middlewares.base import (
 from aiogram.exceptions import TelegramRetryAfter, TelegramServerError
 from aiogram.methods import SendChatAction, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
-from aiogram.types import Message, TelegramObject
+from aiogram.types import Message, TelegramObject, User
 from asgi_correlation_id import correlation_id
 
 from llm_bot_core.bot.config import BotSettings
-from llm_bot_core.bot.texts import t
+from llm_bot_core.bot.texts import Lang, lang_of, t
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,16 @@ class RequestIdMiddleware(BaseMiddleware):
             return await handler(event, data)
         finally:
             correlation_id.reset(token)
+
+
+class LanguageMiddleware(BaseMiddleware):
+    """The user's language, resolved once per update and handed to handlers as `lang`."""
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        # aiogram's own outer middleware has already found the sender of any kind of update.
+        user: User | None = data.get("event_from_user")
+        data["lang"] = lang_of(user.language_code if user else None)
+        return await handler(event, data)
 
 
 class _Bounded(OrderedDict[int, float]):
@@ -102,12 +112,12 @@ class AccessMiddleware(BaseMiddleware):
         if not isinstance(event, Message):
             return await handler(event, data)
         user_id = event.from_user.id if event.from_user else event.chat.id
-        language = event.from_user.language_code if event.from_user else None
+        lang: Lang = data["lang"]
         if self.restricted and user_id not in self.users and event.chat.id not in self.chats:
             log.info("refused user %s in chat %s (not in ALLOWED_*_IDS)", user_id, event.chat.id)
             if user_id not in self._refused:
                 self._refused.remember(user_id, self._clock())
-                await event.answer(t("not_allowed", language))
+                await event.answer(t("not_allowed", lang))
             return None
         if self.limiter is not None:
             wait = self.limiter.hit(user_id)
@@ -116,7 +126,7 @@ class AccessMiddleware(BaseMiddleware):
                 log.info("rate limited user %s for %.0f s", user_id, wait)
                 if self._warned_until.get(user_id, 0.0) <= now:
                     self._warned_until.remember(user_id, now + wait)
-                    await event.answer(t("rate_limited", language, seconds=max(1, round(wait))))
+                    await event.answer(t("rate_limited", lang, seconds=max(1, round(wait))))
                 return None
         return await handler(event, data)
 

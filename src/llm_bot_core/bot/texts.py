@@ -1,4 +1,7 @@
-"""What the bot itself says, in Russian and English, chosen by the user's `language_code`."""
+"""What the bot itself says, in Russian and English, chosen by the user's `language_code`.
+
+The language is resolved once per update (`LanguageMiddleware`) and reaches handlers as `lang`.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +76,7 @@ def lang_of(language_code: str | None) -> Lang:
     return "ru" if code == "ru" else "en"
 
 
-def t(key: str, language_code: str | None, **values: object) -> str:
+def t(key: str, lang: Lang, **values: object) -> str:
     """The bot's text `key` in the user's language."""
-    text = TEXTS[key][lang_of(language_code)]
+    text = TEXTS[key][lang]
     return text.format(**values) if values else text

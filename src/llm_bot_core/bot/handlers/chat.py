@@ -11,7 +11,7 @@ from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnav
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, send_answer, typing
 from llm_bot_core.bot.handlers.filters import Addressed
-from llm_bot_core.bot.texts import t
+from llm_bot_core.bot.texts import Lang, t
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _ERROR_KEYS = {
 }
 
 
-def error_text(exc: BackendError | BackendUnavailable, language: str | None) -> str:
+def error_text(exc: BackendError | BackendUnavailable, language: Lang) -> str:
     """A short message in the user's language for a backend failure."""
     if isinstance(exc, BackendUnavailable):
         return t("backend_timeout" if exc.timed_out else "backend_unavailable", language)
@@ -38,9 +38,9 @@ async def answer_text(
     backend: BackendClient,
     settings: BotSettings,
     request_id: str,
+    lang: Lang,
 ) -> None:
     """Ask the backend, showing "typing…" meanwhile, and send its answer."""
-    language = message.from_user.language_code if message.from_user else None
     user_id = message.from_user.id if message.from_user else message.chat.id
     try:
         async with typing(bot, message, settings.typing_interval):
@@ -49,10 +49,10 @@ async def answer_text(
             )
     except (BackendError, BackendUnavailable) as exc:
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
-        await reply(message, error_text(exc, language))
+        await reply(message, error_text(exc, lang))
         return
     if not answer.strip():
-        await reply(message, t("error", language))
+        await reply(message, t("error", lang))
         return
     sent = await send_answer(message, answer)
     log.info("answered chat %s in %d message(s)", message.chat.id, sent)

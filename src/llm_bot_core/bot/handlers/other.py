@@ -8,7 +8,7 @@ from aiogram.types import Message
 
 from llm_bot_core.bot.delivery import reply
 from llm_bot_core.bot.handlers.filters import Addressed
-from llm_bot_core.bot.texts import t
+from llm_bot_core.bot.texts import Lang, t
 
 # What a person sends on purpose; service messages (joins, pins, ...) are left alone.
 USER_CONTENT = frozenset(
@@ -32,10 +32,9 @@ USER_CONTENT = frozenset(
 )
 
 
-async def text_only(message: Message) -> None:
+async def text_only(message: Message, lang: Lang) -> None:
     """Stickers, photos without a caption, voice, ...: we understand text only for now."""
-    language = message.from_user.language_code if message.from_user else None
-    await reply(message, t("text_only", language))
+    await reply(message, t("text_only", lang))
 
 
 def create_router() -> Router:
