@@ -22,6 +22,7 @@ from aiogram.types import Message, TelegramObject, User
 from asgi_correlation_id import correlation_id
 
 from llm_bot_core.bot.config import BotSettings
+from llm_bot_core.bot.delivery import reply
 from llm_bot_core.bot.texts import Lang, lang_of, t
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class AccessMiddleware(BaseMiddleware):
             log.info("refused user %s in chat %s (not in ALLOWED_*_IDS)", user_id, event.chat.id)
             if user_id not in self._refused:
                 self._refused.remember(user_id, self._clock())
-                await event.answer(t("not_allowed", lang))
+                await reply(event, t("not_allowed", lang))
             return None
         if self.limiter is not None:
             wait = self.limiter.hit(user_id)
@@ -126,7 +127,7 @@ class AccessMiddleware(BaseMiddleware):
                 log.info("rate limited user %s for %.0f s", user_id, wait)
                 if self._warned_until.get(user_id, 0.0) <= now:
                     self._warned_until.remember(user_id, now + wait)
-                    await event.answer(t("rate_limited", lang, seconds=max(1, round(wait))))
+                    await reply(event, t("rate_limited", lang, seconds=max(1, round(wait))))
                 return None
         return await handler(event, data)
 
