@@ -70,6 +70,41 @@ async def test_rate_limit_refuses_once_per_window_and_skips_the_backend(
     assert len(fake_llm.chat_requests) == 2
 
 
+async def test_refusal_and_rate_limit_notices_come_in_each_users_language(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM,
+) -> None:
+    settings = make_bot_settings(telegram_server, backend.url, allowed_user_ids="920, 921",
+                                 rate_limit_messages=1, rate_limit_window=60)
+    async with running_bot(settings):
+        telegram.send_text("/start", chat_id=930, user_id=930, language_code="ru")
+        telegram.send_text("/start", chat_id=931, user_id=931, language_code="en-US")
+        # In a group the refusal quotes the message it answers, as every bot text there does.
+        group_message = telegram.send_text(
+            "@test_llm_bot hallo", chat_id=-100930, user_id=932, language_code="de",
+            chat_type="supergroup", entities=[{"type": "mention", "offset": 0, "length": 13}])
+        for user_id, language in ((920, "ru"), (921, "en")):
+            telegram.send_text("first", chat_id=user_id, user_id=user_id, language_code=language)
+            await telegram.wait_for("sendMessage", chat_id=user_id)
+            telegram.send_text("/help", chat_id=user_id, user_id=user_id, language_code=language)
+        refused = {chat: (await telegram.wait_for("sendMessage", chat_id=chat))[0]
+                   for chat in (930, 931, -100930)}
+        limited = {chat: (await telegram.wait_for("sendMessage", 2, chat_id=chat))[1]
+                   for chat in (920, 921)}
+
+    assert refused[930].plain_text == \
+        "Извините, этот бот доступен только определённым пользователям."
+    assert refused[931].plain_text == "Sorry, this bot is only available to certain users."
+    assert refused[-100930].plain_text == refused[931].plain_text
+    assert refused[-100930].params["reply_parameters"]["message_id"] == \
+        group_message["message_id"]
+    assert (limited[920].plain_text or "").startswith(
+        "Слишком много сообщений подряд. Подождите немного (")
+    assert (limited[921].plain_text or "").startswith(
+        "Too many messages in a row. Please wait a little (")
+    assert len(fake_llm.chat_requests) == 2
+
+
 def test_sliding_window_frees_a_slot_when_the_oldest_event_leaves_it() -> None:
     now = [0.0]
     limiter = SlidingWindowLimiter(limit=2, window=10, clock=lambda: now[0])
