@@ -69,6 +69,7 @@ async def replay(pairs: list[tuple[str, str]], limit: int | None, url: str) -> l
     from llm_bot_core.api.app import create_app
     from llm_bot_core.config import DEFAULT_SYSTEM_PROMPT, Settings
     from llm_bot_core.db.migrate import upgrade_to_head_async
+    from llm_bot_core.memory.prompt import SUMMARY_HEADER
     from llm_bot_core.testing.fake_llm import FakeLLMServer, is_summary_request
 
     next_reply = [""]
@@ -111,10 +112,7 @@ async def replay(pairs: list[tuple[str, str]], limit: int | None, url: str) -> l
                             "turn": turn,
                             "backend_tokens": prompt_tokens(sent),
                             "full_history_tokens": prompt_tokens(history),
-                            "has_summary": any(
-                                m["role"] == "system" and m["content"].startswith("Summary")
-                                for m in sent
-                            ),
+                            "has_summary": SUMMARY_HEADER in sent[0]["content"],
                         }
                     )
                     history.append({"role": "assistant", "content": assistant})

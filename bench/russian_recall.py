@@ -28,7 +28,7 @@ import httpx
 from llm_bot_core.api.app import create_app
 from llm_bot_core.config import Settings
 from llm_bot_core.db.migrate import upgrade_to_head
-from llm_bot_core.memory.prompt import RECALL_HEADER
+from llm_bot_core.memory.prompt import RECALL_FOOTER, RECALL_HEADER
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 
 DATA = Path(__file__).resolve().parent / "data" / "russian_memory.json"
@@ -65,9 +65,9 @@ async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | Non
         for item in data["questions"]:
             fact = data["sessions"][item["fact"][0]][item["fact"][1]]
             await say(item["q"])
-            prompt = fake.chat_requests[-1]["messages"]
-            block = next((m["content"] for m in prompt if m["role"] == "system"
-                          and m["content"].startswith(RECALL_HEADER)), "")
+            last_turn = fake.chat_requests[-1]["messages"][-1]["content"]
+            block = (last_turn.split(RECALL_FOOTER, 1)[0]
+                     if last_turn.startswith(RECALL_HEADER) else "")
             if fact in block:
                 found += 1
             else:

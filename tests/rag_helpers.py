@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from llm_bot_core.memory.prompt import RECALL_HEADER
+from llm_bot_core.memory.prompt import RECALL_FOOTER, RECALL_HEADER
 from llm_bot_core.testing.fake_llm import FakeLLM
 from tests.conftest import drain_jobs
 
@@ -46,9 +46,10 @@ async def start_over(client: httpx.AsyncClient, chat: str) -> None:
 def recalled_block(fake: FakeLLM) -> str:
     """The RAG block of the last prompt sent to the model, or '' when there is none."""
     messages: list[dict[str, Any]] = fake.chat_requests[-1]["messages"]
-    blocks = [m["content"] for m in messages
-              if m["role"] == "system" and m["content"].startswith(RECALL_HEADER)]
-    return blocks[-1] if blocks else ""
+    last_turn = str(messages[-1]["content"])  # recalled memory leads the last user turn
+    if not last_turn.startswith(RECALL_HEADER):
+        return ""
+    return last_turn.split(RECALL_FOOTER, 1)[0]
 
 
 def whole_prompt(fake: FakeLLM) -> str:

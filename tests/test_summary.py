@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.openai_compat import OpenAIChatModel
-from llm_bot_core.memory.prompt import SUMMARY_HEADER
+from llm_bot_core.memory.prompt import EARLIER_REPLY_MARKER, SUMMARY_HEADER
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import drain_jobs, make_settings, running_app
@@ -91,8 +91,10 @@ async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_
 
         await converse(client, turns=1, start=100)
     prompt = fake_llm.chat_requests[-1]["messages"]
-    assert prompt[0]["role"] == "system"
-    assert prompt[1] == {"role": "system", "content": f"{SUMMARY_HEADER}\n{summaries[-1][2]}"}
+    assert prompt[0] == {
+        "role": "system",
+        "content": f"{summary_settings.system_prompt}\n\n{SUMMARY_HEADER}\n{summaries[-1][2]}",
+    }
     # The window the model saw ends with the new user message (its reply was stored after).
     recent = await fetch(
         db,
@@ -100,8 +102,15 @@ async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_
         "(SELECT max(id) FROM messages) ORDER BY id DESC LIMIT :n",
         n=WINDOW,
     )
-    assert [(m["role"], m["content"]) for m in prompt[2:]] == list(reversed(recent))
-    assert prompt[-1] == {"role": "user", "content": "message 100"}
+    # An even window opens with the reply to a message outside it: that reply leads the first
+    # user turn as marked context, so the turns still alternate and nothing is lost.
+    (_, earlier_reply), (_, question), (_, reply), (_, new) = reversed(recent)
+    assert prompt[1:] == [
+        {"role": "user", "content": f"{EARLIER_REPLY_MARKER}\n{earlier_reply}\n\n{question}"},
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": new},
+    ]
+    assert new == "message 100"
 
 
 async def test_summary_covers_only_messages_after_watermark_in_chunks(
