@@ -107,6 +107,29 @@ def fake_llm(llm_server: FakeLLMServer) -> Iterator[FakeLLM]:
     llm_server.fake.reset()
 
 
+@pytest.fixture(autouse=True)
+def strict_chat_prompts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test if any prompt it sent to the fake LLM breaks the strict chat invariant.
+
+    The fake answers such a prompt 400 as a strict chat template server does; tests marked
+    `raw_prompts` send bad prompts on purpose and check that themselves.
+    """
+    if "llm_server" not in request.fixturenames:
+        yield
+        return
+    # Requested here, fake_llm is torn down (and its log cleared) after this check.
+    fake: FakeLLM = request.getfixturevalue("fake_llm")
+    raw = request.node.get_closest_marker("raw_prompts") is not None
+    fake.strict = not raw
+    yield
+    if fake.prompt_violations and not raw:
+        report = "\n".join(
+            f"- {problems}: {[m.get('role') for m in messages]}"
+            for messages, problems in fake.prompt_violations
+        )
+        pytest.fail(f"prompts that strict chat templates reject were sent:\n{report}")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from llm_bot_core.llm.strict_chat import ALTERNATION_ERROR, chat_problems
+from llm_bot_core.memory.prompt import RECALL_FOOTER
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
 from llm_bot_core.testing.threaded import ThreadedServer
 
@@ -32,7 +34,8 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
         new = [line for line in body.splitlines() if line.startswith("[")]
         return f"Summary of {len(new)} new messages. Last: {new[-1][:80] if new else ''}"
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    return f"Echo: {last_user}"
+    # Recalled memory leads the last user turn: echo only the user's own words after it.
+    return f"Echo: {last_user.rpartition(RECALL_FOOTER)[2].lstrip()}"
 
 
 def hashed_embedding(text: str, dim: int) -> list[float]:
@@ -56,6 +59,10 @@ class FakeLLM:
     hang: bool = False
     embeddings_down: bool = False
     """While set, /v1/embeddings answers 503 (an embedding server outage)."""
+    strict: bool = False
+    """While set, a chat request a strict chat template rejects answers 400, as vLLM does."""
+    prompt_violations: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)
+    """Every chat request a strict chat template would reject, with the problems found."""
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
@@ -69,6 +76,8 @@ class FakeLLM:
         self._failures.clear()
         self.hang = False
         self.embeddings_down = False
+        self.strict = False
+        self.prompt_violations.clear()
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -91,6 +100,13 @@ class FakeLLM:
         body["_kind"] = "chat"
         self.requests.append(body)
         messages = body.get("messages", [])
+        problems = chat_problems(messages)
+        if problems:
+            self.prompt_violations.append((messages, problems))
+            if self.strict:
+                message = f"{ALTERNATION_ERROR} ({'; '.join(problems)})"
+                error = {"message": message, "type": "BadRequestError", "code": 400}
+                return web.json_response({"error": error}, status=400)
         delay = self.latency
         if self.summary_latency is not None and is_summary_request(messages):
             delay = self.summary_latency
@@ -189,8 +205,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9999)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--summary-latency-ms", type=float, default=None)
+    parser.add_argument(
+        "--strict", action="store_true", help="reject prompts a strict chat template rejects"
+    )
     args = parser.parse_args()
-    fake = FakeLLM(latency=args.latency_ms / 1000)
+    fake = FakeLLM(latency=args.latency_ms / 1000, strict=args.strict)
     if args.summary_latency_ms is not None:
         fake.summary_latency = args.summary_latency_ms / 1000
     # Keep no request log in a long benchmark run.
