@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from llm_bot_core.llm.strict_chat import ALTERNATION_ERROR, chat_problems
-from llm_bot_core.memory.prompt import RECALL_FOOTER
+from llm_bot_core.memory.prompt import TURN_SEPARATOR
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
 from llm_bot_core.testing.threaded import ThreadedServer
 
@@ -34,8 +34,9 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
         new = [line for line in body.splitlines() if line.startswith("[")]
         return f"Summary of {len(new)} new messages. Last: {new[-1][:80] if new else ''}"
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    # Recalled memory leads the last user turn: echo only the user's own words after it.
-    return f"Echo: {last_user.rpartition(RECALL_FOOTER)[2].lstrip()}"
+    # The newest message closes the last user turn, set off by a blank line from recalled memory
+    # or an earlier unanswered message before it; a multi-paragraph message echoes its last one.
+    return f"Echo: {last_user.rpartition(TURN_SEPARATOR)[2]}"
 
 
 def hashed_embedding(text: str, dim: int) -> list[float]:
