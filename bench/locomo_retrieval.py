@@ -34,11 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.db.engine import create_engine
 from llm_bot_core.db.migrate import upgrade_to_head
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
-from llm_bot_core.rag.stores import Scope
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.rag.stores import Scope
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app
 from tests.rag_helpers import has_pgvector, say, scalar, services

@@ -14,7 +14,7 @@ import pytest
 from llm_bot_core.rag import factory
 from llm_bot_core.rag.base import DisabledSemanticMemory
 from llm_bot_core.rag.memory import VectorSemanticMemory
-from llm_bot_core.rag.stores import QdrantStore
+from llm_bot_core.rag.qdrant_store import QdrantStore
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app
 from tests.rag_helpers import has_pgvector, recalled_block, say, services, start_over

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.search import Searcher
-from llm_bot_core.rag.stores import Scope
 
 pytestmark = pytest.mark.asyncio
 

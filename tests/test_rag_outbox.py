@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from llm_bot_core.rag.base import Scope, VectorStoreUnavailable
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.maintenance import reindex
 from llm_bot_core.rag.memory import VectorSemanticMemory
-from llm_bot_core.rag.stores import Point, Scope, VectorStore, VectorStoreUnavailable
+from llm_bot_core.rag.vector_store import Point, VectorStore
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app
 from tests.rag_helpers import (

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.pgvector_store import PgVectorStore
-from llm_bot_core.rag.stores import Point, Scope, collection_name
+from llm_bot_core.rag.vector_store import Point, collection_name
 from tests.rag_helpers import has_pgvector, scalar
 
 pytestmark = pytest.mark.asyncio

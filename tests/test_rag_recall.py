@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
-from llm_bot_core.rag.stores import QdrantStore
+from llm_bot_core.rag.qdrant_store import QdrantStore
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings, running_app
 from tests.rag_helpers import (

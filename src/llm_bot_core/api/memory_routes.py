@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from llm_bot_core.api.deps import ServicesDep, require_api_key
 from llm_bot_core.api.errors import ApiError
 from llm_bot_core.api.schemas import ErrorResponse
+from llm_bot_core.rag.base import Scope, VectorStoreUnavailable
 from llm_bot_core.rag.maintenance import erase
-from llm_bot_core.rag.stores import Scope, VectorStoreUnavailable
 
 memory = APIRouter(
     prefix="/v1/memory",

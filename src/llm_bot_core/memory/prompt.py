@@ -8,12 +8,11 @@ at the head of the last user turn, just before the question, marked as not the u
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from llm_bot_core.llm.base import ChatMessage
 from llm_bot_core.memory.store import StoredMessage, Summary
+from llm_bot_core.rag.base import RecalledFact
 
 SUMMARY_HEADER = "Summary of the earlier conversation:"
 RECALL_HEADER = (
@@ -37,17 +36,6 @@ NO_NEW_MESSAGE = "[No new message from the user.]"
 TURN_SEPARATOR = "\n\n"
 
 TurnRole = Literal["user", "assistant"]
-
-
-@dataclass(frozen=True, slots=True)
-class RecalledFact:
-    """A fragment found by semantic memory, with where and when it was said."""
-
-    message_id: int
-    role: str
-    content: str
-    created_at: datetime | None
-    score: float
 
 
 def build_prompt(

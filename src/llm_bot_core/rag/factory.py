@@ -14,7 +14,8 @@ from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, 
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import StoreFactory, VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
-from llm_bot_core.rag.stores import QdrantStore, VectorStore
+from llm_bot_core.rag.qdrant_store import QdrantStore
+from llm_bot_core.rag.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.rag.embedders import Embedder
-from llm_bot_core.rag.stores import Point, VectorStore
+from llm_bot_core.rag.vector_store import Point, VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
-from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.rag.base import Scope, SemanticMemory
 from llm_bot_core.rag.memory import VectorSemanticMemory
-from llm_bot_core.rag.stores import Scope
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
-from llm_bot_core.memory.prompt import RecalledFact
+from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.indexing import Indexer, Labels
 from llm_bot_core.rag.search import Hit, Searcher, SearchOptions
-from llm_bot_core.rag.stores import Scope, VectorStore, VectorStoreUnavailable
+from llm_bot_core.rag.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,17 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from llm_bot_core.rag.stores import (
-    PgvectorMissing,
-    Point,
-    Scope,
-    VectorStoreUnavailable,
-    collection_name,
-)
+from llm_bot_core.rag.base import Scope, VectorStoreUnavailable
+from llm_bot_core.rag.vector_store import Point, collection_name
 
 if TYPE_CHECKING:
     from llm_bot_core.rag.embedders import Embedder
 
 log = logging.getLogger(__name__)
+
+
+class PgvectorMissing(Exception):
+    """The PostgreSQL server has no `vector` extension (or we may not create it)."""
 
 
 def _vector_literal(vector: Sequence[float] | np.ndarray) -> str:

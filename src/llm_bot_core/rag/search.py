@@ -16,8 +16,9 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.embedders import Embedder
-from llm_bot_core.rag.stores import Scope, VectorStore
+from llm_bot_core.rag.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
 

@@ -1,85 +1,13 @@
-"""Vector stores behind one interface: pgvector in the project's PostgreSQL (`pgvector_store`),
-or Qdrant (here).
-
-Every store keeps one collection (table) per embedding space, named after the embedder and its
-dimension, so changing the model starts a new collection instead of mixing vectors of two
-models (or failing on a dimension mismatch) in one.
-"""
+"""The Qdrant vector store: a Qdrant server, or its embedded local mode for one process."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-
-class VectorStoreUnavailable(Exception):
-    """The store cannot be reached or refused the operation; the caller retries later."""
-
-
-class PgvectorMissing(Exception):
-    """The PostgreSQL server has no `vector` extension (or we may not create it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    message_id: int
-    vector: list[float]
-    session_id: uuid.UUID
-    user_id: str
-    chat_id: str
-    role: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """Whose memory a search or a deletion covers; exactly one field is set."""
-
-    user_id: str | None = None
-    chat_id: str | None = None
-    session_id: uuid.UUID | None = None
-
-    def field(self) -> tuple[str, str]:
-        for name in ("user_id", "chat_id", "session_id"):
-            value = getattr(self, name)
-            if value is not None:
-                return name, str(value)
-        raise ValueError("empty scope")
-
-
-class VectorStore(Protocol):
-    description: str
-
-    async def prepare(self) -> bool:
-        """Create the collection if needed; True when it was just created (so it is empty)."""
-        ...
-
-    async def upsert(self, points: Sequence[Point]) -> None: ...
-
-    async def search(
-        self, vector: list[float], scope: Scope, exclude: Sequence[int], limit: int
-    ) -> list[tuple[int, float]]:
-        """(message_id, cosine similarity) best first, exact within the scope."""
-        ...
-
-    async def delete(self, scope: Scope) -> None: ...
-
-    async def count(self) -> int: ...
-
-    async def aclose(self) -> None: ...
-
-
-def collection_name(prefix: str, embedder_name: str, dim: int) -> str:
-    """A stable identifier of an embedding space, safe as a table or collection name."""
-    slug = re.sub(r"[^a-z0-9]+", "_", embedder_name.lower()).strip("_")[:32]
-    digest = hashlib.sha1(embedder_name.encode()).hexdigest()[:6]
-    return f"{prefix}{slug}_{digest}_{dim}"
+from llm_bot_core.rag.base import Scope, VectorStoreUnavailable
+from llm_bot_core.rag.vector_store import Point, collection_name
 
 
 class QdrantStore:
