@@ -22,6 +22,7 @@ from llm_bot_core.db.migrate import upgrade_to_head_async
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
 from llm_bot_core.memory.chat import ChatService
+from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             semantic=semantic,
             jobs=jobs,
             chat=chat,
+            erase=EraseService(engine=engine, semantic=semantic),
         )
         try:
             yield

@@ -14,6 +14,7 @@ from llm_bot_core.api.errors import ApiError
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.chat import ChatService
+from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.rag.base import SemanticMemory
 
@@ -28,6 +29,7 @@ class Services:
     semantic: SemanticMemory
     jobs: JobQueue
     chat: ChatService
+    erase: EraseService
 
 
 async def get_services(request: Request) -> Services:
@@ -43,6 +45,13 @@ async def get_chat_service(services: ServicesDep) -> ChatService:
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+async def get_erase_service(services: ServicesDep) -> EraseService:
+    return services.erase
+
+
+EraseServiceDep = Annotated[EraseService, Depends(get_erase_service)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from llm_bot_core.api.deps import ServicesDep, require_api_key
+from llm_bot_core.api.deps import EraseServiceDep, require_api_key
 from llm_bot_core.api.errors import ApiError
 from llm_bot_core.api.schemas import ErrorResponse
-from llm_bot_core.rag.base import Scope, VectorStoreUnavailable
-from llm_bot_core.rag.maintenance import erase
+from llm_bot_core.memory.erase import Erased
+from llm_bot_core.rag.base import VectorStoreUnavailable
 
 memory = APIRouter(
     prefix="/v1/memory",
@@ -26,9 +27,9 @@ class EraseResponse(BaseModel):
     deleted_messages: int = Field(ge=0)
 
 
-async def _erase(services: ServicesDep, scope: Scope) -> EraseResponse:
+async def _erased(erasing: Awaitable[Erased]) -> EraseResponse:
     try:
-        gone = await erase(services.engine, services.semantic, scope)
+        gone = await erasing
     except VectorStoreUnavailable as exc:
         message = "The vector store is unreachable; nothing was deleted, retry later."
         raise ApiError(503, "vector_store_unavailable", message) from exc
@@ -36,12 +37,12 @@ async def _erase(services: ServicesDep, scope: Scope) -> EraseResponse:
 
 
 @memory.delete("/sessions/{session_id}", response_model=EraseResponse)
-async def erase_session(session_id: uuid.UUID, services: ServicesDep) -> EraseResponse:
+async def erase_session(session_id: uuid.UUID, erase: EraseServiceDep) -> EraseResponse:
     """Delete one session with its messages, summaries, embeddings and vectors."""
-    return await _erase(services, Scope(session_id=session_id))
+    return await _erased(erase.erase_session(session_id))
 
 
 @memory.delete("/users/{user_id}", response_model=EraseResponse)
-async def erase_user(user_id: str, services: ServicesDep) -> EraseResponse:
+async def erase_user(user_id: str, erase: EraseServiceDep) -> EraseResponse:
     """Delete all sessions of a user with their messages, summaries, embeddings and vectors."""
-    return await _erase(services, Scope(user_id=user_id))
+    return await _erased(erase.erase_user(user_id))

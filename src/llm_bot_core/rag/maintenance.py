@@ -1,4 +1,8 @@
-"""Maintenance of semantic memory: rebuild the vector store, erase a session's or a user's data."""
+"""Maintenance of semantic memory: rebuild the vector store in the current embedding space.
+
+Erasing a user's data is not here: it is a use case of the conversation store (memory/erase.py),
+which asks semantic memory to forget the vectors.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
-from llm_bot_core.rag.base import Scope, SemanticMemory
 from llm_bot_core.rag.memory import VectorSemanticMemory
 
 log = logging.getLogger(__name__)
@@ -56,33 +58,3 @@ async def reindex(settings: Settings, engine: AsyncEngine, *, batch: int = 256) 
     finally:
         await memory.aclose()
 
-
-@dataclass(frozen=True, slots=True)
-class Erased:
-    sessions: int
-    messages: int
-
-
-async def erase(engine: AsyncEngine, semantic: SemanticMemory, scope: Scope) -> Erased:
-    """Delete the sessions (with messages, summaries, embeddings) of a session id or a user.
-
-    Vectors go first: if the vector store is unreachable this raises and nothing is deleted, so
-    a retry can finish the job; the reverse order could leave vectors nobody can find to delete.
-    """
-    column, value = scope.field()
-    if column not in ("user_id", "session_id"):
-        raise ValueError("erase by user_id or session_id")
-    await semantic.forget(scope)
-    where = "id = CAST(:value AS uuid)" if column == "session_id" else "user_id = :value"
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    f"""WITH gone AS (DELETE FROM chat_sessions WHERE {where} RETURNING id)
-                SELECT (SELECT count(*) FROM gone),
-                       (SELECT count(*) FROM messages WHERE session_id IN (SELECT id FROM gone))"""
-                ),
-                {"value": value},
-            )
-        ).one()
-    return Erased(sessions=int(row[0]), messages=int(row[1]))
