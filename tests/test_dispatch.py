@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from llm_bot_core.config import Settings
 from llm_bot_core.worker.dispatch import CeleryJobs, summary_lock_key
@@ -25,7 +26,7 @@ def settings(redis_url: str, queue: str) -> Settings:
     return Settings(
         _env_file=None,
         celery_broker_url=redis_url,
-        celery_queue=queue,  # type: ignore[call-arg]
+        celery_queue=queue,
         summary_threshold=THRESHOLD,
     )
 
@@ -81,3 +82,30 @@ async def test_a_queued_job_is_not_queued_twice_by_another_process(
         broker.delete(queue, summary_lock_key(session))
         await first.aclose()
         await second.aclose()
+
+
+def publish_failures() -> float:
+    return REGISTRY.get_sample_value(
+        "llmbot_jobs_total", {"job": "summary", "outcome": "publish_failed"}
+    ) or 0.0
+
+
+async def test_with_the_broker_down_each_failed_publish_is_counted_and_asked_again(
+    settings: Settings,
+) -> None:
+    down = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
+    jobs = CeleryJobs(down)
+    session = uuid.uuid4()
+    before = publish_failures()
+    try:
+        jobs.summarize(session, THRESHOLD)
+        await jobs.drain()
+        assert publish_failures() == before + 1
+        # Nothing remembers a job that never reached the broker: the next message tries again.
+        jobs.summarize(session, THRESHOLD + 1)
+        await jobs.drain()
+        assert publish_failures() == before + 2
+        health = await jobs.broker_health()
+        assert health.status == "error" and health.detail
+    finally:
+        await jobs.aclose()

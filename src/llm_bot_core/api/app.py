@@ -72,16 +72,12 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         try:
             yield
         finally:
-            drop_waiting = getattr(jobs, "drop_waiting", None)
-            if drop_waiting is not None:
-                drop_waiting()
+            jobs.drop_waiting()
             await jobs.drain()
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
-            aclose = getattr(jobs, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await jobs.aclose()
             await engine.dispose()
 
     app = FastAPI(

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.summary import summarize_session
@@ -18,6 +20,14 @@ from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHealth:
+    """The state of the broker jobs travel through, as GET /health reports it."""
+
+    status: Literal["ok", "error", "disabled"]
+    detail: str | None = None
 
 
 class JobQueue(Protocol):
@@ -36,6 +46,19 @@ class JobQueue(Protocol):
         """Wait for work this process started (tests, shutdown)."""
         ...
 
+    def drop_waiting(self) -> None:
+        """At shutdown, before drain: forget jobs that have not started yet (they stay due in
+        the database and the next message queues them again)."""
+        ...
+
+    async def broker_health(self) -> BrokerHealth:
+        """Whether the broker is reachable ("disabled" when there is none); never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the queue's own clients, after drain."""
+        ...
+
 
 class InProcessJobs:
     """Runs jobs as asyncio tasks in the backend process, after the reply has been sent."""
@@ -51,7 +74,7 @@ class InProcessJobs:
         self._model = model
         self._settings = settings
         self._semantic = semantic
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks(on_failure=_log_failure)
         # One summarizer per session at a time in this process; the job itself is safe to run
         # concurrently, this only avoids paying the LLM twice for the same chunk.
         self._summarizing: set[uuid.UUID] = set()
@@ -65,19 +88,19 @@ class InProcessJobs:
         if session_id in self._summarizing:
             return
         self._summarizing.add(session_id)
-        self._spawn(self._summarize(session_id, time.time()), f"summarize {session_id}")
+        self._tasks.spawn(self._summarize(session_id, time.time()), f"summarize {session_id}")
 
     def index(self, message_ids: Sequence[int]) -> None:
         if self._semantic.enabled and message_ids:
             ids = list(message_ids)
-            self._spawn(
+            self._tasks.spawn(
                 timed_job("index", time.time(), lambda: self._semantic.index_messages(ids)),
                 "index messages",
             )
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         task = asyncio.current_task()
-        assert task is not None  # always run as a task of its own (_spawn)
+        assert task is not None  # always run as a task of its own (spawn)
         self._waiting.add(task)
         try:
             async with self._summary_slots:
@@ -93,23 +116,21 @@ class InProcessJobs:
             self._waiting.discard(task)
             self._summarizing.discard(session_id)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
-        task = asyncio.create_task(coro, name=what)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The counter stays at or above the threshold, so the next message queues it again.
-            log.warning("background job %s failed: %r", task.get_name(), task.exception())
-
     async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
 
     def drop_waiting(self) -> None:
-        """At shutdown: forget summaries still waiting for a slot (they stay due in the
-        database and the next message queues them again); running ones are drained."""
+        """Summaries still waiting for a slot are cancelled; running ones are drained."""
         for task in list(self._waiting):
             task.cancel()
+
+    async def broker_health(self) -> BrokerHealth:
+        return BrokerHealth(status="disabled", detail="summaries run in-process")
+
+    async def aclose(self) -> None:
+        return None  # the engine, model and semantic memory belong to the caller
+
+
+def _log_failure(task: asyncio.Task[Any], exc: BaseException) -> None:
+    # The counter stays at or above the threshold, so the next message queues it again.
+    log.warning("background job %s failed: %r", task.get_name(), exc)

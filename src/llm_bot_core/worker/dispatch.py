@@ -13,7 +13,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery
 
+from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import Settings
+from llm_bot_core.memory.jobs import BrokerHealth
 from llm_bot_core.metrics import JOBS
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class CeleryJobs:
         self._redis = aioredis.Redis.from_url(
             settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks(on_failure=_publish_failed)
         # The backlog size at which this process last asked the broker, per session. While the
         # backlog only grows from there, the job is queued or running (the Redis key would say
         # so), so every further message of that session skips the Redis round trip. It asks
@@ -60,13 +62,13 @@ class CeleryJobs:
         self._asked.move_to_end(session_id)
         if len(self._asked) > ASKED_MEMO_SIZE:
             self._asked.popitem(last=False)
-        self._spawn(self._summarize(session_id), job="summary")
+        self._tasks.spawn(self._summarize(session_id), "summary")
 
     def index(self, message_ids: Sequence[int]) -> None:
         from llm_bot_core.worker.app import INDEX_TASK
 
         if self._index_enabled and message_ids:
-            self._spawn(self.publish(INDEX_TASK, [list(message_ids)]), job="index")
+            self._tasks.spawn(self.publish(INDEX_TASK, [list(message_ids)]), "index")
 
     async def _summarize(self, session_id: uuid.UUID) -> None:
         from llm_bot_core.worker.app import SUMMARIZE_TASK
@@ -93,25 +95,24 @@ class CeleryJobs:
             self._celery.send_task, name, args=args, kwargs={"queued_at": time.time()}
         )
 
-    async def ping(self) -> None:
-        await self._redis.ping()
-
-    def _spawn(self, coro: Any, job: str) -> None:
-        task = asyncio.create_task(coro, name=job)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            JOBS.labels(task.get_name(), "publish_failed").inc()
-            log.warning(
-                "could not queue a job (will retry on the next message): %r", task.exception()
-            )
+    async def broker_health(self) -> BrokerHealth:
+        try:
+            async with asyncio.timeout(3):
+                await self._redis.ping()
+        except Exception as exc:  # any failure is the answer here, not an error
+            return BrokerHealth(status="error", detail=type(exc).__name__)
+        return BrokerHealth(status="ok")
 
     async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
+
+    def drop_waiting(self) -> None:
+        return None  # nothing waits here: publishes already started are drained
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _publish_failed(task: asyncio.Task[Any], exc: BaseException) -> None:
+    JOBS.labels(task.get_name(), "publish_failed").inc()
+    log.warning("could not queue a job (will retry on the next message): %r", exc)

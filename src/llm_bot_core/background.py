@@ -1,0 +1,33 @@
+"""Fire-and-forget asyncio tasks that are still owned: referenced, reported, drained."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+
+class BackgroundTasks:
+    """Keeps a reference to each task until it ends (the loop holds only weak ones), hands a
+    failure to `on_failure` (nobody awaits these tasks), and lets the owner wait for them all.
+    """
+
+    def __init__(self, on_failure: Callable[[asyncio.Task[Any], BaseException], None]) -> None:
+        self._on_failure = on_failure
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._on_failure(task, exc)
+
+    async def drain(self) -> None:
+        """Wait until every task, including those spawned meanwhile, has ended."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
