@@ -1,13 +1,8 @@
-"""Engine and session factory, built once per process."""
+"""The database URL and the engine, built once per process."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.embedded import start_embedded_postgres
@@ -50,6 +45,3 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
     instrument_pool(engine)
     return engine
 
-
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)

@@ -25,7 +25,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-ROLES = ("user", "assistant", "system", "tool")
 ID_MAX_LEN = 128
 
 NAMING = {
