@@ -51,7 +51,7 @@ def parse_date(raw: str) -> datetime:
 
 
 def turns_of(conversation: dict[str, Any]) -> list[tuple[int, datetime, dict[str, Any]]]:
-    out = []
+    out: list[tuple[int, datetime, dict[str, Any]]] = []
     n = 1
     while f"session_{n}" in conversation:
         when = parse_date(conversation[f"session_{n}_date_time"])
@@ -242,7 +242,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     data = json.loads(Path(args.data).read_text())  # noqa: ASYNC240 - once, before timing
     if args.conversations:
         data = data[: args.conversations]
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
         rag_embedder="openai" if args.embedder == "openai" else "local",
         local_embedding_model=args.embedder if args.embedder != "openai" else "e5",

@@ -87,7 +87,7 @@ async def replay(pairs: list[tuple[str, str]], limit: int | None, url: str) -> l
         llm.fake.reply = reply
         await upgrade_to_head_async(url)
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=url,
             llm_base_url=llm.base_url,
             openrouter_model="bench",

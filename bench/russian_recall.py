@@ -96,7 +96,7 @@ def main() -> None:
         url = start_embedded_postgres(workdir)
         upgrade_to_head(url)
         with FakeLLMServer() as server:
-            settings = Settings(  # type: ignore[call-arg]
+            settings = Settings(
                 _env_file=None, database_url=url, data_dir=workdir, llm_base_url=server.base_url,
                 migrate_on_start=False, rag_enabled=True, rag_embedder="local",
                 local_embedding_model=args.embedder,

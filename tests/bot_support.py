@@ -103,7 +103,7 @@ def make_bot_settings(telegram_server: FakeTelegramServer, backend_url: str,
         "telegram_max_retry_after": 5,
     }
     values.update(overrides)
-    return BotSettings(_env_file=None, **values)  # type: ignore[call-arg]
+    return BotSettings(_env_file=None, **values)
 
 
 class running_bot:

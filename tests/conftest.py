@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,7 +144,7 @@ def redis_url() -> str:
 
 
 def make_settings(database_url: str, llm_base_url: str | None, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+    values: dict[str, Any] = {  # Any: each setting has its own type, pydantic checks them
         "database_url": database_url,
         "llm_base_url": llm_base_url,
         "llm_max_retries": 0,
@@ -153,7 +154,7 @@ def make_settings(database_url: str, llm_base_url: str | None, **overrides: obje
         "rag_enabled": False,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -286,8 +286,8 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> tuple[dict[str, str], list[Stag
         elif keyword == "FROM":
             parts = rest.split()
             base = interpolate(parts[0], args)
-            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=base, name=name))
+            alias = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(base=base, name=alias))
         elif stages:
             stages[-1].instructions.append((keyword, rest))
     return args, stages

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from llm_bot_core.admin.install import DirectusInstall
 from llm_bot_core.admin.run import directus_config
 from llm_bot_core.admin.server import database_env, directus_env, load_or_create_secrets
@@ -34,12 +36,12 @@ def test_generated_secrets_survive_restarts_and_are_private(tmp_path: Path) -> N
 
 
 def test_directus_gets_our_port_not_the_backends_and_none_of_our_generic_variables(
-    tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PORT", "8080")
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     monkeypatch.setenv("REDIS", "redis://elsewhere")
-    settings = Settings(_env_file=None, data_dir=tmp_path, directus_port=9055,  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, directus_port=9055,
                         admin_email="ops@example.com", admin_password="from-env")
     config = directus_config(settings, "postgresql+asyncpg://u:p@127.0.0.1:5432/db")
     install = DirectusInstall(root=tmp_path, node=tmp_path / "bin" / "node",
@@ -57,7 +59,7 @@ def test_directus_gets_our_port_not_the_backends_and_none_of_our_generic_variabl
 
 
 def test_nothing_is_written_under_data_dir_when_every_secret_is_given(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path, admin_password="a",  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path, admin_password="a",
                         directus_key="k", directus_secret="s")
     config = directus_config(settings, "postgresql+asyncpg://u:p@db:5432/db")
     assert (config.admin_password, config.key, config.secret) == ("a", "k", "s")

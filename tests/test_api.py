@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.testing.fake_llm import FakeLLM
+from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import drain_jobs, make_settings, running_app
 
 pytestmark = pytest.mark.asyncio
@@ -186,7 +186,9 @@ async def test_oversized_body_is_rejected_before_parsing(app_client: httpx.Async
     assert response.json()["code"] == "payload_too_large"
 
 
-async def test_api_key_protects_v1_but_not_health(clean_db: str, llm_server) -> None:  # type: ignore[no-untyped-def]
+async def test_api_key_protects_v1_but_not_health(
+    clean_db: str, llm_server: FakeLLMServer
+) -> None:
     settings = make_settings(clean_db, llm_server.base_url, backend_api_key="s3cret")
     async with running_app(settings) as client:
         payload = {"user_id": "1", "chat_id": "2", "text": "x"}

@@ -53,7 +53,7 @@ def client_for(url: str, **overrides: Any) -> BackendClient:
     values: dict[str, Any] = {"bot_token": "1:x", "backend_url": url, "backend_retries": 3,
                               "backend_retry_backoff": 0.01, "backend_timeout": 5}
     values.update(overrides)
-    return BackendClient(BotSettings(_env_file=None, **values))  # type: ignore[call-arg]
+    return BackendClient(BotSettings(_env_file=None, **values))
 
 
 def error(code: str, status: int) -> tuple[int, dict[str, Any]]:

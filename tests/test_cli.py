@@ -67,7 +67,9 @@ def test_serve_on_embedded_defaults_answers_through_an_openai_compatible_server(
 
 def test_every_documented_subcommand_exists() -> None:
     parser = build_parser()
-    subcommands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert parser._subparsers is not None
+    subcommands = parser._subparsers._group_actions[0].choices
+    assert isinstance(subcommands, dict)
     assert {"serve", "worker", "migrate", "run"} <= set(subcommands)
 
 

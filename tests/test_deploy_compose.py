@@ -73,7 +73,8 @@ def our_services(p: Project) -> dict[str, dict[str, Any]]:
 def subcommands() -> set[str]:
     parser = build_parser()
     action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return set(action.choices)  # type: ignore[attr-defined]
+    assert isinstance(action.choices, dict)
+    return set(action.choices)
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def _requirement_closure(name: str, extras: frozenset[str] = frozenset()) -> dic
 
 
 def test_lock_file_pins_every_runtime_dependency() -> None:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in CONSTRAINTS.read_text().splitlines():
         if "==" in line and not line.startswith("#"):
             name, _, version = line.partition("==")

@@ -78,7 +78,8 @@ def free_port() -> int:
 def has_subcommand(name: str) -> bool:
     parser = build_parser()
     action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return name in action.choices  # type: ignore[attr-defined]
+    assert isinstance(action.choices, dict)
+    return name in action.choices
 
 
 @pytest.fixture(scope="module")

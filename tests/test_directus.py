@@ -470,6 +470,7 @@ async def test_backend_keeps_working_while_directus_is_connected(
             timeout=60,
         )
         for response in results[:16]:
+            assert isinstance(response, httpx.Response)
             assert response.status_code == 200, response.text
         assert (await client.get("/health")).status_code == 200
     stored = await _query(directus.database_url,

@@ -29,7 +29,7 @@ async def stored(db: AsyncEngine) -> list[tuple[str, str]]:
         return [
             tuple(r)
             for r in await conn.execute(text("SELECT role, content FROM messages ORDER BY id"))
-        ]  # type: ignore[misc]
+        ]
 
 
 @pytest.mark.parametrize(

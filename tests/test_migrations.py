@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.db.migrate import include_name, upgrade_to_head_async
@@ -15,7 +17,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_models_and_migrations_agree(db: AsyncEngine) -> None:
-    def diff(connection):  # type: ignore[no-untyped-def]
+    def diff(connection: Connection) -> list[Any]:
         context = MigrationContext.configure(connection, opts={"include_name": include_name})
         return compare_metadata(context, Base.metadata)
 

@@ -135,7 +135,7 @@ async def test_postgres_restart_mid_load_fails_cleanly_then_recovers_without_par
     engine = create_async_engine(own_pg.url, poolclass=NullPool)
     try:
         async with engine.connect() as conn:
-            user_rows = dict(
+            user_rows: dict[str, int] = dict(
                 (
                     await conn.execute(
                         text(
