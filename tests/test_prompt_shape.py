@@ -22,11 +22,11 @@ from llm_bot_core.memory.prompt import (
     RECALL_FOOTER,
     RECALL_HEADER,
     SUMMARY_HEADER,
-    RecalledFact,
     build_prompt,
 )
 from llm_bot_core.memory.store import StoredMessage, Summary
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT, summary_prompt
+from llm_bot_core.rag.base import RecalledFact
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import drain_jobs, make_settings, running_app
 
