@@ -104,7 +104,7 @@ async def test_request_id_from_the_bot_is_in_the_response_the_error_and_every_lo
     assert response.json()["request_id"] == request_id
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     mine = [line for line in lines if line.get("request_id") == request_id]
-    assert any("LLM failure" in line["message"] for line in mine), lines
+    assert any("llm_unavailable" in line["message"] for line in mine), lines
     # A malformed id from outside is replaced by a fresh one rather than echoed into logs.
     assert ok.headers["X-Request-ID"] != "not a valid id"
     assert len(ok.headers["X-Request-ID"]) == 32

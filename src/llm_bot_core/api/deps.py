@@ -66,4 +66,4 @@ async def require_api_key(
         return
     given = credentials.credentials if credentials else ""
     if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-        raise ApiError(401, "unauthorized", "Missing or wrong bearer token (BACKEND_API_KEY).")
+        raise ApiError("unauthorized")

@@ -1,4 +1,4 @@
-"""Typed failures mapped once to the error shape and an HTTP status."""
+"""Typed failures mapped once to the error shape; the status comes with the error's code."""
 
 from __future__ import annotations
 
@@ -9,43 +9,31 @@ from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_bot_core.api.schemas import ErrorResponse
-from llm_bot_core.llm.base import LLMBadResponse, LLMError, LLMNotConfigured, LLMUnavailable
-from llm_bot_core.memory.chat import SessionGone
+from llm_bot_core.db.errors import DATABASE_ERRORS, as_core_error
+from llm_bot_core.errors import ERROR_CODES, CoreError, codes_with_status
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class ApiError(CoreError):
+    """An error a route or dependency raises itself: `ApiError("unauthorized", message)`."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        super().__init__(message, code=code)
 
 
-ERROR_CODES: dict[str, tuple[int, str]] = {
-    "invalid_json": (400, "The body is not valid JSON."),
-    "unauthorized": (401, "Missing or wrong bearer token (BACKEND_API_KEY)."),
-    "not_found": (404, "No such endpoint."),
-    "method_not_allowed": (405, "Method not allowed on this endpoint."),
-    "payload_too_large": (413, "Body or text longer than the configured limit."),
-    "unsupported_media_type": (415, "Send the body as application/json."),
-    "validation_error": (422, "The body does not match the schema; see details."),
-    "session_gone": (409, "The session was deleted while the answer was generated."),
-    "llm_unavailable": (502, "The LLM provider failed or timed out; the message was stored."),
-    "llm_bad_response": (
-        502,
-        "The LLM provider returned no usable answer; the message was stored.",
-    ),
-    "llm_not_configured": (503, "No LLM is configured; the message was stored."),
-    "database_unavailable": (503, "The database is unreachable; nothing was stored."),
-    "vector_store_unavailable": (503, "The vector store is unreachable; nothing was deleted."),
-    "internal_error": (500, "Unexpected error; see the server log with the request id."),
-}
+def openapi_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a router: each status with the codes it can carry."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(ERROR_CODES[code].status, []).append(code)
+    return {
+        status: {"model": ErrorResponse, "description": ", ".join(names)}
+        for status, names in sorted(by_status.items())
+    }
 
 
 def error_response(
@@ -57,57 +45,55 @@ def error_response(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
+def respond(exc: CoreError) -> JSONResponse:
+    """The one place an error becomes a response; 5xx are logged with the request id."""
+    if exc.status == 500:
+        log.error("internal error: %r", exc.__cause__ or exc, exc_info=exc.__cause__ or exc)
+    elif exc.status >= 500:
+        cause = f" ({exc.__cause__!r})" if exc.__cause__ else ""
+        log.warning("%s %d: %s%s", exc.code, exc.status, exc, cause)
+    return error_response(exc.status, exc.code, exc.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+    @app.exception_handler(CoreError)
+    async def _core(_: Request, exc: CoreError) -> JSONResponse:
+        return respond(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(400, "invalid_json", ERROR_CODES["invalid_json"][1])
+            return respond(CoreError(code="invalid_json"))
         details = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in errors
         ]
-        return error_response(422, "validation_error", ERROR_CODES["validation_error"][1], details)
+        info = ERROR_CODES["validation_error"]
+        return error_response(info.status, "validation_error", info.description, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {
-            404: "not_found",
-            405: "method_not_allowed",
-            413: "payload_too_large",
-            415: "unsupported_media_type",
-            401: "unauthorized",
-        }.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # FastAPI answers 400 only when it cannot parse the body (RecursionError on deeply
+        # nested JSON, undecodable bytes): that is `invalid_json`.
+        codes = codes_with_status(exc.status_code)
+        if not codes:  # a status the table lacks is a gap in our mapping: a bug
+            return respond(CoreError(f"HTTP {exc.status_code}: {exc.detail}"))
+        message = str(exc.detail) if exc.status_code != 400 else ERROR_CODES[codes[0]].description
+        return error_response(exc.status_code, codes[0], message)
 
-    @app.exception_handler(LLMError)
-    async def _llm(_: Request, exc: LLMError) -> JSONResponse:
-        status = 503 if isinstance(exc, LLMNotConfigured) else 502
-        if isinstance(exc, LLMUnavailable | LLMBadResponse):
-            log.warning("LLM failure: %s", exc)
-        return error_response(status, exc.code, str(exc))
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        error = as_core_error(exc)
+        error.__cause__ = exc
+        return respond(error)
 
-    @app.exception_handler(SessionGone)
-    async def _gone(_: Request, exc: SessionGone) -> JSONResponse:
-        return error_response(409, exc.code, str(exc))
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
-    async def _db(_: Request, exc: Exception) -> JSONResponse:
-        log.error("database error: %s", exc.__class__.__name__, exc_info=exc)
-        return error_response(503, "database_unavailable", ERROR_CODES["database_unavailable"][1])
-
-    @app.exception_handler(OSError)
-    async def _os(_: Request, exc: OSError) -> JSONResponse:
-        # asyncpg raises plain OSError/ConnectionRefusedError when the server is down.
-        log.error("I/O error: %r", exc)
-        return error_response(503, "database_unavailable", ERROR_CODES["database_unavailable"][1])
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", ERROR_CODES["internal_error"][1])
+        # Runs outside the other middleware (Starlette's ServerErrorMiddleware); the request
+        # id is still in the context.
+        error = CoreError(code="internal_error")
+        error.__cause__ = exc
+        return respond(error)

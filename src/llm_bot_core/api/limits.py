@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import orjson
+from asgi_correlation_id import correlation_id
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_bot_core.errors import ERROR_CODES
 
 
 class BodySizeLimit:
@@ -58,17 +61,20 @@ class BodySizeLimit:
             pass
 
     async def _reject(self, send: Send) -> None:
+        # The error shape of the exception handlers, built here: this runs before FastAPI does.
+        # The request id is set: CorrelationIdMiddleware wraps this middleware.
         body = orjson.dumps(
             {
                 "type": "error",
                 "code": "payload_too_large",
                 "message": f"Body larger than {self.max_bytes} bytes (MAX_BODY_BYTES).",
+                "request_id": correlation_id.get(),
             }
         )
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": ERROR_CODES["payload_too_large"].status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

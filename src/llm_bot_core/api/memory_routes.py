@@ -9,15 +9,20 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from llm_bot_core.api.deps import EraseServiceDep, require_api_key
-from llm_bot_core.api.errors import ApiError
-from llm_bot_core.api.schemas import ErrorResponse
+from llm_bot_core.api.errors import ApiError, openapi_responses
 from llm_bot_core.memory.erase import Erased
 from llm_bot_core.rag.base import VectorStoreUnavailable
 
 memory = APIRouter(
     prefix="/v1/memory",
     dependencies=[Depends(require_api_key)],
-    responses={503: {"model": ErrorResponse, "description": "vector_store_unavailable"}},
+    responses=openapi_responses(
+        "unauthorized",
+        "validation_error",
+        "internal_error",
+        "database_unavailable",
+        "vector_store_unavailable",
+    ),
 )
 
 
@@ -32,7 +37,7 @@ async def _erased(erasing: Awaitable[Erased]) -> EraseResponse:
         gone = await erasing
     except VectorStoreUnavailable as exc:
         message = "The vector store is unreachable; nothing was deleted, retry later."
-        raise ApiError(503, "vector_store_unavailable", message) from exc
+        raise ApiError("vector_store_unavailable", message) from exc
     return EraseResponse(deleted_sessions=gone.sessions, deleted_messages=gone.messages)
 
 

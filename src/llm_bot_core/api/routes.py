@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -11,10 +10,9 @@ from sqlalchemy import text
 
 from llm_bot_core import __version__, metrics
 from llm_bot_core.api.deps import ChatServiceDep, ServicesDep, require_api_key
-from llm_bot_core.api.errors import ERROR_CODES, ApiError
+from llm_bot_core.api.errors import ApiError, openapi_responses
 from llm_bot_core.api.schemas import (
     ComponentHealth,
-    ErrorResponse,
     HandleRequest,
     HandleResponse,
     HealthResponse,
@@ -22,18 +20,18 @@ from llm_bot_core.api.schemas import (
     ResetResponse,
 )
 
-_errors: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "invalid_json",
-        401: "unauthorized",
-        409: "session_gone",
-        413: "payload_too_large",
-        422: "validation_error",
-        502: "llm_unavailable, llm_bad_response",
-        503: "llm_not_configured, database_unavailable",
-    }.items()
-}
+_errors = openapi_responses(
+    "invalid_json",
+    "unauthorized",
+    "session_gone",
+    "payload_too_large",
+    "validation_error",
+    "internal_error",
+    "llm_unavailable",
+    "llm_bad_response",
+    "llm_not_configured",
+    "database_unavailable",
+)
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors)
 system = APIRouter()
@@ -46,7 +44,6 @@ async def handle(
     """Answer a user's message using the chat's memory."""
     if len(body.text) > services.settings.max_message_chars:
         raise ApiError(
-            413,
             "payload_too_large",
             f"text is longer than {services.settings.max_message_chars} characters "
             "(MAX_MESSAGE_CHARS)",
@@ -122,4 +119,4 @@ async def _check_database(services: ServicesDep) -> ComponentHealth:
     return ComponentHealth(status="ok")
 
 
-__all__ = ["ERROR_CODES", "system", "v1"]
+__all__ = ["system", "v1"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.embedded import start_embedded_postgres
+from llm_bot_core.db.errors import DatabaseUnavailable
 from llm_bot_core.metrics import instrument_pool
 
 
@@ -43,5 +49,25 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
     )
     instrument_pool(engine)
+    event.listen(engine.sync_engine, "do_connect", _connect)
+    # First among the checkout listeners: the pool gauges count a checkout only once it stands.
+    event.listen(engine.sync_engine, "checkout", _drop_closed, insert=True)
     return engine
 
+
+def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+    # The driver reports a refused connection (server down, socket file gone, DNS) as a plain
+    # OSError, which says nothing about where it came from; named here, it is a 503 at the API
+    # and no other OSError is.
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+
+
+def _drop_closed(_dbapi_conn: Any, _record: Any, proxy: Any) -> None:
+    # A restarted server closes every pooled connection; asyncpg notices the closed socket on
+    # its own. Handing out such a connection would fail a request for nothing: the pool
+    # replaces it instead (SQLAlchemy's documented use of DisconnectionError in "checkout").
+    if proxy.driver_connection.is_closed():
+        raise DisconnectionError("connection closed by the server")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
+from llm_bot_core.errors import CoreError
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -22,10 +24,10 @@ class Completion:
     seconds: float
 
 
-class LLMError(Exception):
+class LLMError(CoreError):
     """Base of every failure of the chat model; mapped once at the API boundary."""
 
-    code = "llm_error"
+    code = "llm_unavailable"
 
 
 class LLMNotConfigured(LLMError):

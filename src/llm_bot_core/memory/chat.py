@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
+from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory import store
 from llm_bot_core.memory.jobs import JobQueue
@@ -116,7 +117,7 @@ class ChatService:
             self._jobs.summarize(appended.session_id, appended.messages_since_summary)
 
 
-class SessionGone(Exception):
+class SessionGone(CoreError):
     """The session a reply belongs to was deleted (e.g. by an operator) mid-request."""
 
     code = "session_gone"

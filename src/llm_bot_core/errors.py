@@ -1,0 +1,75 @@
+"""Every error code of the API in one list: its HTTP status, what it means, and whether the
+same request may be sent again.
+
+The API answers with it (handlers, OpenAPI responses, the body-limit middleware) and the bot
+reads it (what to retry, what to tell the user), so this module imports neither of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    status: int
+    description: str
+    # Nothing was stored or changed and the cause is passing: the client may send the same
+    # request again (the bot does, and tells the user the service is temporarily unavailable).
+    retryable: bool = False
+
+
+ERROR_CODES: dict[str, ErrorCode] = {
+    "invalid_json": ErrorCode(400, "The body is not valid JSON (or is nested too deeply)."),
+    "unauthorized": ErrorCode(401, "Missing or wrong bearer token (BACKEND_API_KEY)."),
+    "not_found": ErrorCode(404, "No such endpoint."),
+    "method_not_allowed": ErrorCode(405, "Method not allowed on this endpoint."),
+    "session_gone": ErrorCode(409, "The session was deleted while the answer was generated."),
+    "payload_too_large": ErrorCode(413, "Body or text longer than the configured limit."),
+    "unsupported_media_type": ErrorCode(415, "Send the body as application/json."),
+    "validation_error": ErrorCode(
+        422, "The request does not match the schema or holds a value that cannot be stored."
+    ),
+    "internal_error": ErrorCode(500, "Unexpected error; see the server log with the request id."),
+    "llm_unavailable": ErrorCode(
+        502, "The LLM provider failed or timed out; the message was stored."
+    ),
+    "llm_bad_response": ErrorCode(
+        502, "The LLM provider returned no usable answer; the message was stored."
+    ),
+    "llm_not_configured": ErrorCode(503, "No LLM is configured; the message was stored."),
+    "database_unavailable": ErrorCode(
+        503, "The database is unreachable; nothing was stored.", retryable=True
+    ),
+    "vector_store_unavailable": ErrorCode(
+        503, "The vector store is unreachable; nothing was deleted.", retryable=True
+    ),
+}
+
+RETRYABLE_CODES = frozenset(code for code, info in ERROR_CODES.items() if info.retryable)
+
+
+def codes_with_status(status: int) -> list[str]:
+    """The codes answered with this HTTP status, in table order."""
+    return [code for code, info in ERROR_CODES.items() if info.status == status]
+
+
+class CoreError(Exception):
+    """A failure with a code of ERROR_CODES: the API answers with the code's status, once."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str | None = None, *, code: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        if self.code not in ERROR_CODES:  # a typo would otherwise surface as a 500 at runtime
+            raise ValueError(f"unknown error code {self.code!r}")
+        super().__init__(message or ERROR_CODES[self.code].description)
+
+    @property
+    def status(self) -> int:
+        return ERROR_CODES[self.code].status
+
+    @property
+    def message(self) -> str:
+        return str(self)
