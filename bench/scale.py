@@ -103,9 +103,8 @@ async def query_times(db_url: str, chat_id: str, repeat: int = 30) -> dict[str, 
 
     import asyncpg
 
-    from llm_bot_core.memory.store import _CONTEXT
+    from llm_bot_core.memory.store import CONTEXT_SQL as sql
 
-    sql = str(_CONTEXT).replace(":session_id", "$1").replace(":limit", "$2")
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg://", "postgresql://", 1))
     try:
         session_id = await conn.fetchval(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,9 +9,10 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import TextClause, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from llm_bot_core.db.errors import DatabaseUnavailable, lost_connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +37,18 @@ class Summary:
     last_message_id: int
 
 
-_APPEND_TO_SESSION = text(
-    """
+# The two statements of every request run on the pooled connection's asyncpg driver (see
+# `_fetchrow`), so they are written in its own parameter form: $1, $2...
+_APPEND_TO_SESSION = """
     WITH s AS (
         UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
-        WHERE id = :session_id
+        WHERE id = $1
         RETURNING id, messages_since_summary
     )
     INSERT INTO messages (session_id, role, content, tokens)
-    SELECT s.id, :role, :content, :tokens FROM s
+    SELECT s.id, $2, $3, $4 FROM s
     RETURNING id, session_id, (SELECT messages_since_summary FROM s)
     """
-)
 
 _OPEN_SESSION = text(
     """
@@ -59,7 +59,7 @@ _OPEN_SESSION = text(
 
 # The prompt context of a session: its latest summary and its last `limit` messages (as JSON, so
 # one row carries them). Shared by the request's combined statement and by bench/scale.py, which
-# EXPLAINs it on a filled database.
+# EXPLAINs CONTEXT_SQL on a filled database.
 _SUMMARY_OF = """
       (SELECT json_build_object('version', version, 'content', content,
                                 'last_message_id', last_message_id)
@@ -71,11 +71,12 @@ _RECENT_OF = """
          FROM (SELECT id, role, content, created_at FROM messages
                WHERE session_id = {session} ORDER BY id DESC LIMIT {limit}) recent)"""
 
-_CONTEXT = text(
+# $1 session id, $2 limit.
+CONTEXT_SQL = (
     "SELECT"
-    + _SUMMARY_OF.format(session=":session_id")
+    + _SUMMARY_OF.format(session="$1")
     + " AS summary,"
-    + _RECENT_OF.format(session=":session_id", limit=":limit")
+    + _RECENT_OF.format(session="$1", limit="$2")
     + " AS recent"
 )
 
@@ -84,75 +85,46 @@ _CONTEXT = text(
 # matches only an active session, a message can never land in a session that /start closed a
 # moment earlier. The context reads run in the statement's snapshot, which does not contain the
 # row being inserted, so they fetch one message less and the caller appends the new one.
-_APPEND_WITH_CONTEXT = text(
+# $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages.
+_APPEND_WITH_CONTEXT = (
     """
     WITH s AS (
         UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
-        WHERE chat_id = :chat_id AND is_active
+        WHERE chat_id = $1 AND is_active
         RETURNING id, messages_since_summary
     ), m AS (
         INSERT INTO messages (session_id, role, content, tokens)
-        SELECT s.id, :role, :content, :tokens FROM s
+        SELECT s.id, $2, $3, $4 FROM s
         RETURNING id, session_id, created_at
     )
     SELECT m.id, m.session_id, s.messages_since_summary, m.created_at,"""
     + _SUMMARY_OF.format(session="m.session_id")
     + " AS summary,"
-    + _RECENT_OF.format(session="m.session_id", limit=":older")
+    + _RECENT_OF.format(session="m.session_id", limit="$5")
     + """ AS recent
     FROM m CROSS JOIN s
     """
 )
 
 
-class _Numbered:
-    """A text() statement in asyncpg's own form: $1, $2... in the order of `names`."""
-
-    def __init__(self, statement: TextClause) -> None:
-        self.names: list[str] = []
-        self.sql = re.sub(r"(?<![:\w]):(\w+)", self._number, statement.text)
-
-    def _number(self, match: re.Match[str]) -> str:
-        if match.group(1) not in self.names:
-            self.names.append(match.group(1))
-        return f"${self.names.index(match.group(1)) + 1}"
-
-
-_APPEND_WITH_CONTEXT_NUMBERED = _Numbered(_APPEND_WITH_CONTEXT)
-_APPEND_TO_SESSION_NUMBERED = _Numbered(_APPEND_TO_SESSION)
-
-
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
-
-
-async def _fetchrow(conn: AsyncConnection, statement: _Numbered, params: dict[str, Any]) -> Any:
+async def _fetchrow(conn: AsyncConnection, sql: str, *args: Any) -> Any:
     """One statement straight on the pooled connection's asyncpg driver.
 
     Every request runs two statements; through SQLAlchemy's execution layer they cost 0.93 ms
     of CPU, on the driver 0.59 ms (1,000 requests, embedded PostgreSQL), about a tenth of the
-    backend's CPU per request. Failures end as they would through SQLAlchemy: a DBAPIError
-    (the API's 503 `database_unavailable`), and a lost connection invalidates the pool's
-    current generation, so the next requests reconnect instead of failing one by one.
+    backend's CPU per request. Only documented APIs are used: `get_raw_connection()`,
+    `driver_connection` and `invalidate()`. Driver errors propagate as they are (the API maps
+    them by cause, `db/errors.py`); a lost connection is invalidated, so it never goes back to
+    the pool, and raised as DatabaseUnavailable.
     """
     raw = await conn.get_raw_connection()
     driver: asyncpg.Connection = raw.driver_connection
     try:
-        return await driver.fetchrow(statement.sql, *[params[name] for name in statement.names])
+        return await driver.fetchrow(sql, *args)
     except Exception as exc:
-        # InternalClientError: the driver's protocol is in a state no statement can follow. A
-        # server shutting down sends FATAL to idle connections; the driver has read it but not
-        # yet seen the socket close when the next request picks the connection up. The server
-        # is gone for every pooled connection then, as when this one is closed.
-        lost = driver.is_closed() or isinstance(exc, asyncpg.exceptions.InternalClientError)
-        if lost:
-            conn.sync_engine.pool._invalidate(raw, exc, _checkin=False)
+        if driver.is_closed() or lost_connection(exc):
             await conn.invalidate(exc)
-        if isinstance(exc, _DRIVER_ERRORS):
-            raise DBAPIError(statement.sql, None, exc, connection_invalidated=lost) from exc
+            raise DatabaseUnavailable() from exc
         raise
 
 
@@ -161,15 +133,10 @@ async def append_user_message_with_context(
 ) -> tuple[Appended, Summary | None, list[StoredMessage]]:
     """Store a user message (opening a session if needed) and read the prompt context in one
     round trip: the latest summary and the last `limit` messages, the new one included."""
-    params = {
-        "chat_id": chat_id,
-        "role": "user",
-        "content": content,
-        "tokens": None,
-        "older": max(limit - 1, 0),
-    }
     for _ in range(5):
-        row = await _fetchrow(conn, _APPEND_WITH_CONTEXT_NUMBERED, params)
+        row = await _fetchrow(
+            conn, _APPEND_WITH_CONTEXT, chat_id, "user", content, None, max(limit - 1, 0)
+        )
         if row is not None:
             appended = Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
             summary, recent = _context(row[4], row[5])
@@ -185,11 +152,7 @@ async def append_message_to_session(
     conn: AsyncConnection, *, session_id: uuid.UUID, role: str, content: str, tokens: int | None
 ) -> Appended | None:
     """Store a message in a given session (the reply belongs to the session it answers)."""
-    row = await _fetchrow(
-        conn,
-        _APPEND_TO_SESSION_NUMBERED,
-        {"session_id": session_id, "role": role, "content": content, "tokens": tokens},
-    )
+    row = await _fetchrow(conn, _APPEND_TO_SESSION, session_id, role, content, tokens)
     if row is None:  # the session was deleted meanwhile
         return None
     return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
