@@ -2,25 +2,59 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from llm_bot_core.db.models import ID_MAX_LEN
 
-# Telegram ids are numbers; accepting them as JSON numbers too spares every client a str().
 # PostgreSQL text cannot hold NUL: refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
 
+# Invisible characters that are not whitespace to str.isspace() yet show nothing: besides the
+# format characters (category Cf: U+200B-U+200D, U+2060, the BOM U+FEFF, U+00AD...), the
+# default-ignorable letters and marks: Hangul fillers, the combining grapheme joiner and the
+# variation selectors.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0") | frozenset(
+    map(chr, range(0xFE00, 0xFE10))
+)
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: only whitespace and invisible characters."""
+    return all(
+        c.isspace() or c in _INVISIBLE or unicodedata.category(c) == "Cf" for c in text
+    )
+
+
+def _integer_id(value: Any) -> Any:
+    # Telegram ids are numbers; accepting them as JSON integers too spares every client a
+    # str(). A float is not an id: 1.5, 1e400 (inf) and NaN would become "1.5", "inf", "nan".
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError("an id given as a number must be an integer")
+    return value
+
+
 Identifier = Annotated[
     str,
+    BeforeValidator(_integer_id),
     StringConstraints(strip_whitespace=True, min_length=1, max_length=ID_MAX_LEN, pattern=NO_NUL),
 ]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class HandleRequest(_Strict):
@@ -29,15 +63,16 @@ class HandleRequest(_Strict):
     text: str = Field(
         min_length=1,
         pattern=NO_NUL,
-        description="The user's message; must contain a non-space character. "
+        description="The user's message; must contain a visible character (whitespace and "
+        "zero-width characters alone are blank). "
         "Longer than MAX_MESSAGE_CHARS (default 16000) is rejected with 413.",
         examples=["Привет, расскажи, что ты умеешь?"],
     )
 
     @model_validator(mode="after")
     def _text_not_blank(self) -> HandleRequest:
-        if not self.text.strip():
-            raise ValueError("text must contain a non-space character")
+        if is_blank(self.text):
+            raise ValueError("text must contain a visible character")
         return self
 
 
