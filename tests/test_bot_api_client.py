@@ -10,6 +10,9 @@ from aiohttp import web
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
+from llm_bot_core.bot.handlers.chat import error_text
+from llm_bot_core.bot.texts import t
+from llm_bot_core.errors import ERROR_CODES, RETRYABLE_CODES
 from tests.bot_support import free_port
 
 pytestmark = pytest.mark.asyncio
@@ -118,11 +121,38 @@ async def test_handle_read_timeout_is_not_repeated(scripted) -> None:
 async def test_reset_retries_transient_failures(scripted) -> None:
     fake, url = scripted
     client = client_for(url)
-    fake.script = [(502, "<html>Bad Gateway</html>"), error("internal_error", 503),
+    fake.script = [(502, "<html>Bad Gateway</html>"), error("database_unavailable", 503),
                    (200, {"status": "ok", "reset_sessions": 0})]
     assert await client.reset_chat(chat_id=5) == 0
     assert len(fake.requests) == 3
     await client.aclose()
+
+
+@pytest.mark.parametrize("code", sorted(set(ERROR_CODES) - RETRYABLE_CODES))
+async def test_only_retryable_codes_are_repeated(scripted, code: str) -> None:
+    fake, url = scripted
+    client = client_for(url)
+    for call in (client.handle_chat(user_id=1, chat_id=1, text="x"), client.reset_chat(chat_id=1)):
+        fake.requests.clear()
+        fake.script = [error(code, ERROR_CODES[code].status)]
+        with pytest.raises(BackendError) as caught:
+            await call
+        assert caught.value.code == code and not caught.value.retryable
+        assert len(fake.requests) == 1
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("code", "key"),
+    [("database_unavailable", "backend_unavailable"),
+     ("vector_store_unavailable", "backend_unavailable"),
+     ("internal_error", "error"), ("validation_error", "error"), ("session_gone", "error"),
+     ("llm_unavailable", "llm_unavailable"), ("payload_too_large", "too_long")],
+)
+async def test_only_retryable_codes_say_temporarily_unavailable(code: str, key: str) -> None:
+    exc = BackendError(ERROR_CODES[code].status, code, "m")
+    assert error_text(exc, "en") == t(key, "en")
+    assert (key == "backend_unavailable") == (code in RETRYABLE_CODES)
 
 
 async def test_connection_refused_is_retried_then_reported_unavailable() -> None:

@@ -16,6 +16,7 @@ from tenacity import (
 )
 
 from llm_bot_core.bot.config import BotSettings
+from llm_bot_core.errors import RETRYABLE_CODES
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ class BackendError(Exception):
         self.message = message
         self.request_id = request_id
 
+    @property
+    def retryable(self) -> bool:
+        """Nothing was stored and the cause is passing: the same request may be sent again."""
+        return self.code in RETRYABLE_CODES
+
 
 class BackendUnavailable(Exception):
     """The backend could not be reached or did not answer in time."""
@@ -42,9 +48,9 @@ class BackendUnavailable(Exception):
         self.maybe_processed = maybe_processed
 
 
-# Nothing was stored when these come back, so sending the same message again is safe.
-_SAFE_TO_REPEAT = frozenset({"database_unavailable"})
-_TRANSIENT_STATUS = frozenset({502, 503, 504})
+# A proxy in front of the backend answering for it (no error shape): the backend may be
+# restarting. Only /chat/reset, which is idempotent, repeats on these.
+_GATEWAY_STATUS = frozenset({502, 503, 504})
 
 
 def _handle_may_retry(exc: BaseException) -> bool:
@@ -54,7 +60,7 @@ def _handle_may_retry(exc: BaseException) -> bool:
     if isinstance(exc, BackendUnavailable):
         return not exc.maybe_processed
     if isinstance(exc, BackendError):
-        return exc.code in _SAFE_TO_REPEAT
+        return exc.retryable
     return False
 
 
@@ -62,7 +68,9 @@ def _reset_may_retry(exc: BaseException) -> bool:
     # Closing a chat's active session is idempotent: every transient failure is repeated.
     if isinstance(exc, BackendUnavailable):
         return True
-    return isinstance(exc, BackendError) and exc.status in _TRANSIENT_STATUS
+    if not isinstance(exc, BackendError):
+        return False
+    return exc.retryable or (exc.code == "bad_backend_response" and exc.status in _GATEWAY_STATUS)
 
 
 class BackendClient:

@@ -15,12 +15,13 @@ from llm_bot_core.bot.texts import Lang, t
 
 log = logging.getLogger(__name__)
 
+# Codes with their own text; of the rest, the retryable ones (llm_bot_core.errors) are
+# "temporarily unavailable, try again in a minute", anything else the generic error.
 _ERROR_KEYS = {
     "llm_unavailable": "llm_unavailable",
     "llm_bad_response": "llm_unavailable",
     "llm_not_configured": "llm_not_configured",
     "payload_too_large": "too_long",
-    "database_unavailable": "backend_unavailable",
 }
 
 
@@ -28,7 +29,8 @@ def error_text(exc: BackendError | BackendUnavailable, language: Lang) -> str:
     """A short message in the user's language for a backend failure."""
     if isinstance(exc, BackendUnavailable):
         return t("backend_timeout" if exc.timed_out else "backend_unavailable", language)
-    return t(_ERROR_KEYS.get(exc.code, "error"), language)
+    fallback = "backend_unavailable" if exc.retryable else "error"
+    return t(_ERROR_KEYS.get(exc.code, fallback), language)
 
 
 async def answer_text(
