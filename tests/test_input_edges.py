@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.api.schemas import HandleRequest, ResetRequest, is_blank
 from tests.test_api import assert_error, rows
@@ -55,7 +56,7 @@ def test_float_ids_are_rejected_even_when_whole(x: float) -> None:
     "text", ["\u200b", "\ufeff", "\u200c\u200d", "\u2060 \u200b", "\ufeff\n", "\u00ad", "\u3164"]
 )
 async def test_zero_width_text_is_rejected_like_whitespace(
-    app_client: httpx.AsyncClient, db, text: str  # type: ignore[no-untyped-def]
+    app_client: httpx.AsyncClient, db: AsyncEngine, text: str
 ) -> None:
     response = await app_client.post(
         "/v1/chat/handle", json={"user_id": "1", "chat_id": "2", "text": text}
@@ -67,15 +68,15 @@ async def test_zero_width_text_is_rejected_like_whitespace(
 @pytest.mark.asyncio
 @pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"1e400", b"1.5", b"12.0", b"true"])
 async def test_non_integer_number_ids_are_rejected(
-    app_client: httpx.AsyncClient, db, number: bytes  # type: ignore[no-untyped-def]
+    app_client: httpx.AsyncClient, db: AsyncEngine, number: bytes
 ) -> None:
-    for path, body in [
+    for path, payload in [
         ("/v1/chat/handle", b'{"user_id": %s, "chat_id": "2", "text": "hi"}' % number),
         ("/v1/chat/reset", b'{"chat_id": %s}' % number),
     ]:
         response = await app_client.post(
-            path, content=body, headers={"content-type": "application/json"}
+            path, content=payload, headers={"content-type": "application/json"}
         )
-        body = assert_error(response, 422, "validation_error")
-        assert body["details"][0]["loc"][-1] in ("user_id", "chat_id")
+        error = assert_error(response, 422, "validation_error")
+        assert error["details"][0]["loc"][-1] in ("user_id", "chat_id")
     assert await rows(db, "SELECT id FROM chat_sessions") == []

@@ -41,9 +41,9 @@ def create_engine(url: str, settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         # Off by default: on asyncpg a pre-ping is BEGIN, ";" and ROLLBACK at every checkout,
-        # which was the largest DB cost per request. Without it, the first statement on a
-        # connection killed by a PostgreSQL restart fails (503), SQLAlchemy invalidates the
-        # whole pool on that disconnect error, and the next requests reconnect.
+        # which was the largest DB cost per request. Without it, a connection a restarted
+        # PostgreSQL closed is replaced at checkout (_drop_closed); one that dies in use fails
+        # its request with 503 and is invalidated.
         pool_pre_ping=settings.db_pool_pre_ping,
         # A restarted PostgreSQL invalidates pooled connections; recycle keeps the pool fresh.
         pool_recycle=1800,
