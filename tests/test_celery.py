@@ -147,6 +147,25 @@ async def test_worker_writes_versions_after_each_threshold(
     await assert_chunks_cover_each_message_once(db, fake_llm)
 
 
+async def test_a_counter_set_by_hand_neither_stops_nor_delays_the_summary(
+    celery_settings: Settings, worker: Worker, db: AsyncEngine, fake_llm: FakeLLM
+) -> None:
+    async with running_app(celery_settings) as client:
+        await say(client, "before the edit")  # messages 1, 2
+        async with db.begin() as conn:
+            await conn.execute(text("UPDATE chat_sessions SET messages_since_summary = 1000"))
+        # 1001 queues a job; it finds 3 or 4 messages due, none written, and puts the
+        # counter back to the truth.
+        await say(client, "after the edit")
+        await wait_for(db, "SELECT messages_since_summary FROM chat_sessions", 4)
+        assert fake_llm.summary_requests == []
+        await say(client, "the sixth message is the reply to this one")
+        # Due at the sixth message, as if the counter had never been touched.
+        await wait_for(db, "SELECT max(last_message_id) FROM conversation_summaries", 6)
+    await wait_for(db, "SELECT messages_since_summary FROM chat_sessions", 0)
+    await assert_chunks_cover_each_message_once(db, fake_llm)
+
+
 async def test_worker_killed_mid_summary_the_job_is_redone_once(
     celery_settings: Settings, worker: Worker, db: AsyncEngine, fake_llm: FakeLLM
 ) -> None:

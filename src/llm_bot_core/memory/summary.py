@@ -86,6 +86,13 @@ async def summarize_session(
             ).scalar_one()
             if pending < settings.summary_threshold:
                 await conn.rollback()
+                if written == 0:
+                    # Queued on a counter that overstated the backlog (set by hand, say): put
+                    # it back to the truth, or it keeps queueing jobs like this one, and the
+                    # queue's memo of it (dispatch.py) holds back the job that is due later.
+                    async with engine.begin() as tx:
+                        await tx.execute(_LOCK_SESSION, {"session_id": session_id})
+                        await tx.execute(_RECOUNT, {"session_id": session_id, "after": after})
                 return SummaryRun(versions_written=written, pending_after=pending)
             rows = await conn.execute(
                 _CHUNK,
