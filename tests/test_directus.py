@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from llm_bot_core.admin.install import DirectusInstall, InstallError, ensure_installed
+from llm_bot_core.admin.layout import GUARD_FLOW_ID
 from llm_bot_core.admin.provision import (
     OPERATOR_ROLE_ID,
     SPEC_TABLES,
@@ -52,14 +53,16 @@ GREETING = "Привет, расскажи, что ты умеешь?"
 # Metadata Directus keeps about our tables; provisioning is idempotent when none of it changes.
 DIRECTUS_STATE = (
     "SELECT collection, icon, display_template, note, sort FROM directus_collections",
-    "SELECT collection, field, special, interface, options, display, display_options, readonly "
-    "FROM directus_fields",
+    "SELECT collection, field, special, interface, options, display, display_options, readonly, "
+    "validation::text, validation_message FROM directus_fields",
     "SELECT many_collection, many_field, one_collection, one_field FROM directus_relations",
     "SELECT id, name, admin_access, app_access FROM directus_policies",
     "SELECT id, name FROM directus_roles",
     "SELECT role, policy FROM directus_access",
     "SELECT policy, collection, action, fields FROM directus_permissions",
-    "SELECT collection, layout, layout_query::text FROM directus_presets",
+    "SELECT collection, layout, layout_query::text, filter::text FROM directus_presets",
+    "SELECT id, status, trigger, options::text, operation FROM directus_flows",
+    "SELECT id, flow, type, options::text, resolve, reject FROM directus_operations",
     "SELECT count(*) FROM directus_activity WHERE action <> 'login'",  # logging in is not a change
     "SELECT count(*) FROM directus_revisions",
 )
@@ -370,6 +373,230 @@ def test_viewer_reads_everything_and_every_write_is_forbidden(
                             json={"is_active": False}).status_code == 403
         assert viewer.post("/items/messages", json={"session_id": session_id, "role": "user",
                                                     "content": "x"}).status_code == 403
+
+
+# --- what each role may do beyond its collections ------------------------------------------------
+
+
+def _ids(directus: Directus) -> dict[str, str]:
+    with directus.login(ADMIN) as admin:
+        roles = {r["name"]: r["id"] for r in admin.get("/roles").json()["data"]}
+        users = {u["email"]: u["id"] for u in admin.get(
+            "/users", params={"fields": "id,email"}).json()["data"]}
+    return {"admin_role": roles["Administrator"], "admin": users[ADMIN[0]],
+            "operator": users[OPERATOR[0]], "viewer": users[VIEWER[0]]}
+
+
+HIDE_ALL = {"id": {"_eq": -1}}
+
+
+@pytest.mark.parametrize("who", [VIEWER, OPERATOR], ids=["viewer", "operator"])
+def test_viewers_and_operators_create_and_edit_only_their_own_presets(
+    directus: Directus, users: None, who: tuple[str, str]
+) -> None:
+    ids = _ids(directus)
+    me = ids["viewer" if who is VIEWER else "operator"]
+    shared_before = asyncio.run(_query(directus.database_url,
+                                       'SELECT id FROM directus_presets WHERE "user" IS NULL'))
+    with directus.login(who) as client:
+        planted = [
+            {"collection": "messages", "role": ids["admin_role"], "filter": HIDE_ALL},  # no user
+            {"collection": "messages", "filter": HIDE_ALL},  # everyone's default view
+            {"collection": "messages", "user": None, "role": ids["admin_role"]},
+            {"collection": "messages", "user": ids["admin"], "filter": HIDE_ALL},
+            {"collection": "messages", "bookmark": "All messages", "filter": HIDE_ALL},
+            [{"collection": "chat_sessions", "user": me}, {"collection": "chat_sessions"}],
+        ]
+        for body in planted:
+            response = client.post("/presets", json=body)
+            assert response.status_code in (400, 403), (body, response.text)
+            assert "user" in response.json()["errors"][0]["message"], response.text
+
+        own = client.post("/presets", json={"collection": "messages", "user": me,
+                                            "filter": {"role": {"_eq": "user"}}})
+        assert own.status_code == 200, own.text
+        bookmark = client.post("/presets", json={"collection": "messages", "user": me,
+                                                 "bookmark": "Mine", "filter": HIDE_ALL})
+        assert bookmark.status_code == 200, bookmark.text
+        own_id = own.json()["data"]["id"]
+        assert client.patch(f"/presets/{own_id}", json={"layout": "tabular"}).status_code == 200
+        for steal in ({"user": None}, {"user": ids["admin"]}):
+            assert client.patch(f"/presets/{own_id}", json=steal).status_code in (400, 403)
+        shared = client.get("/presets", params={"filter[user][_null]": "true"}).json()["data"]
+        assert shared, "the provisioned default views are readable"
+        for preset in shared:
+            edit = client.patch(f"/presets/{preset['id']}", json={"filter": HIDE_ALL})
+            assert edit.status_code == 403, edit.text
+            assert client.delete(f"/presets/{preset['id']}").status_code == 403
+        assert client.delete(f"/presets/{own_id}").status_code == 204
+    shared_after = asyncio.run(_query(directus.database_url,
+                                      'SELECT id FROM directus_presets WHERE "user" IS NULL'))
+    assert shared_after == shared_before
+    with directus.login(ADMIN) as admin:  # the administrator still sees every message
+        mine = admin.get("/presets", params={"filter[user][_eq]": ids["admin"]}).json()["data"]
+        assert mine == []
+        assert admin.get("/items/messages", params={"limit": "1"}).json()["data"]
+
+
+def test_provisioning_removes_shared_presets_planted_in_the_database(
+    directus: Directus, users: None
+) -> None:
+    ids = _ids(directus)
+
+    async def plant() -> None:
+        engine = create_async_engine(directus.database_url, poolclass=NullPool)
+        async with engine.begin() as conn:
+            for user, role, bookmark in ((None, ids["admin_role"], None), (None, None, None),
+                                         (None, OPERATOR_ROLE_ID, "Open sessions"),
+                                         (ids["operator"], None, "Mine")):
+                await conn.execute(text(
+                    'INSERT INTO directus_presets ("user", role, bookmark, collection, layout, '
+                    "filter) VALUES (:user, :role, :bookmark, 'messages', 'tabular', :filter)"),
+                    {"user": user, "role": role, "bookmark": bookmark,
+                     "filter": '{"id": {"_eq": -1}}'})
+            # ... and a filter on the provisioned default view itself.
+            await conn.execute(text(
+                "UPDATE directus_presets SET filter = '{\"id\": {\"_eq\": -1}}' "
+                "WHERE collection = 'chat_sessions' AND \"user\" IS NULL AND role IS NULL"))
+        await engine.dispose()
+
+    before = asyncio.run(_query(directus.database_url,
+                                'SELECT id, collection FROM directus_presets WHERE "user" IS NULL'))
+    asyncio.run(plant())
+    changes = provision(directus.url, *ADMIN)
+    assert len([c for c in changes if c.startswith("removed a shared")]) == 3, changes
+    assert "updated default view of chat_sessions" in changes
+    after = asyncio.run(_query(
+        directus.database_url,
+        'SELECT id, collection FROM directus_presets WHERE "user" IS NULL'))
+    assert after == before
+    left = asyncio.run(_query(directus.database_url, "SELECT \"user\", bookmark FROM "
+                              "directus_presets WHERE filter::text LIKE '%-1%'"))
+    assert (uuid.UUID(ids["operator"]), "Mine") in left  # a user's own bookmark is theirs
+    assert all(user is not None for user, _ in left)
+    assert provision(directus.url, *ADMIN) == []
+
+
+def test_comments_viewers_none_operators_without_mentions(
+    directus: Directus, users: None, conversation: dict[str, str]
+) -> None:
+    ids = _ids(directus)
+    with directus.login(OPERATOR) as op:
+        message = op.get("/items/messages", params={"limit": "1"}).json()["data"][0]
+        target = {"collection": "messages", "item": str(message["id"])}
+        plain = op.post("/comments", json={**target, "comment": "the answer was fixed"})
+        assert plain.status_code == 200, plain.text
+        mention = op.post("/comments", json={**target, "comment": f"look @{ids['admin']}"})
+        assert mention.status_code == 400, mention.text
+        assert "comment" in mention.json()["errors"][0]["message"]
+        edit = op.patch(f"/comments/{plain.json()['data']['id']}",
+                        json={"comment": f"@{ids['admin']}"})
+        assert edit.status_code == 400, edit.text
+    with directus.login(VIEWER) as viewer:
+        response = viewer.post("/comments", json={**target, "comment": "a viewer's note"})
+        assert response.status_code == 400, response.text
+    with directus.login(ADMIN) as admin:
+        response = admin.post("/comments", json={**target, "comment": f"@{ids['operator']} ok"})
+        assert response.status_code == 200, response.text
+        comments = admin.get("/comments", params={"filter[item][_eq]": target["item"]})
+        assert sorted(c["comment"] for c in comments.json()["data"]) == [
+            f"@{ids['operator']} ok", "the answer was fixed"]
+
+
+@pytest.mark.parametrize("who", [VIEWER, OPERATOR], ids=["viewer", "operator"])
+def test_only_administrators_manage_users_roles_policies_and_permissions(
+    directus: Directus, users: None, who: tuple[str, str]
+) -> None:
+    ids = _ids(directus)
+    with directus.login(who) as client:
+        attempts = [
+            ("POST", "/users", {"email": "new@example.com", "password": "x" * 12}),
+            ("PATCH", f"/users/{ids['admin']}", {"email": "mine@example.com"}),
+            ("DELETE", f"/users/{ids['admin']}", None),
+            ("PATCH", "/users/me", {"role": ids["admin_role"]}),
+            ("POST", "/roles", {"name": "Root"}),
+            ("PATCH", f"/roles/{VIEWER_ROLE_ID}", {"name": "x"}),
+            ("POST", "/policies", {"name": "Root", "admin_access": True}),
+            ("PATCH", "/policies/5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0004", {"admin_access": True}),
+            ("POST", "/permissions", {"policy": "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0004",
+                                      "collection": "messages", "action": "update"}),
+            ("POST", "/access", {"role": VIEWER_ROLE_ID,
+                                 "policy": "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0002"}),
+            ("PATCH", f"/flows/{GUARD_FLOW_ID}", {"status": "inactive"}),
+            ("POST", "/collections", {"collection": "x"}),
+        ]
+        for method, path, body in attempts:
+            response = client.request(method, path, json=body)
+            assert response.status_code == 403, (method, path, response.text)
+        for table in SPEC_TABLES:
+            assert client.post(f"/items/{table}", json={}).status_code == 403, table
+    with directus.login(ADMIN) as admin:
+        me = admin.get(f"/users/{ids['viewer' if who is VIEWER else 'operator']}").json()["data"]
+        assert me["role"] == (VIEWER_ROLE_ID if who is VIEWER else OPERATOR_ROLE_ID)
+        flow = admin.get(f"/flows/{GUARD_FLOW_ID}").json()["data"]
+        assert flow["status"] == "active"
+
+
+@pytest.fixture
+def sessions(directus: Directus, llm_server: FakeLLMServer) -> dict[str, str]:
+    """Two sessions of one chat (the first closed by /v1/chat/reset) and their messages."""
+    chat = f"edits-{uuid.uuid4().hex[:6]}"
+
+    async def talk() -> None:
+        settings = make_settings(directus.database_url, llm_server.base_url)
+        async with running_app(settings) as client:
+            for step in ("first", "reset", "second"):
+                if step == "reset":
+                    response = await client.post("/v1/chat/reset", json={"chat_id": chat})
+                else:
+                    response = await client.post("/v1/chat/handle", json={
+                        "user_id": "edits", "chat_id": chat, "text": step})
+                assert response.status_code == 200, response.text
+
+    asyncio.run(talk())
+    rows = asyncio.run(_query(directus.database_url,
+                              "SELECT id::text, is_active FROM chat_sessions WHERE chat_id = :c",
+                              c=chat))
+    return {"closed": next(i for i, a in rows if not a), "active": next(i for i, a in rows if a)}
+
+
+def test_operator_edits_the_database_would_refuse_get_a_readable_answer(
+    directus: Directus, users: None, sessions: dict[str, str]
+) -> None:
+    with directus.login(OPERATOR) as op:
+        def session(sid: str) -> dict[str, object]:
+            return op.get(f"/items/chat_sessions/{sid}").json()["data"]
+
+        # The database completes the state: unticking "Is Active" stamps closed_at ...
+        closed = op.patch(f"/items/chat_sessions/{sessions['active']}", json={"is_active": False})
+        assert closed.status_code == 200, closed.text
+        assert closed.json()["data"]["closed_at"] is not None
+        # ... reactivating clears it ...
+        reopened = op.patch(f"/items/chat_sessions/{sessions['active']}",
+                            json={"is_active": True})
+        assert reopened.status_code == 200, reopened.text
+        assert reopened.json()["data"]["closed_at"] is None
+        # ... and a second active session of the chat is a conflict, said so.
+        second = op.patch(f"/items/chat_sessions/{sessions['closed']}", json={"is_active": True})
+        assert second.status_code == 400, second.text
+        assert "unique" in second.json()["errors"][0]["message"]
+        assert session(sessions["closed"])["is_active"] is False
+
+        for value in (1000, -1, 0):
+            counter = op.patch(f"/items/chat_sessions/{sessions['active']}",
+                               json={"messages_since_summary": value})
+            assert counter.status_code == 400, counter.text
+            assert "messages_since_summary" in counter.json()["errors"][0]["message"]
+        message = op.get("/items/messages", params={
+            "filter[session_id][_eq]": sessions["active"], "limit": "1"}).json()["data"][0]
+        role = op.patch(f"/items/messages/{message['id']}", json={"role": "robot"})
+        assert role.status_code == 400, role.text
+        assert "role" in role.json()["errors"][0]["message"]
+        assert op.get(f"/items/messages/{message['id']}").json()["data"]["role"] == "user"
+    rows = asyncio.run(_query(directus.database_url,
+                              "SELECT messages_since_summary FROM chat_sessions WHERE id = :i",
+                              i=uuid.UUID(sessions["active"])))
+    assert rows == [(2,)]
 
 
 # --- the browser ---------------------------------------------------------------------------------

@@ -78,7 +78,13 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "user_id": {"sort": 1, "width": "half"},
         "chat_id": {"sort": 2, "width": "half"},
         "is_active": {"sort": 3, "width": "half", "interface": "boolean", "display": "boolean"},
-        "messages_since_summary": {"sort": 4, "width": "half"},
+        # The backend keeps it; the REST API would store any number (readonly is the form's).
+        "messages_since_summary": {
+            "sort": 4,
+            "width": "half",
+            "validation": {"_and": [{"messages_since_summary": {"_null": True}}]},
+            "validation_message": "Maintained by the backend; it cannot be set by hand.",
+        },
         "created_at": {
             "sort": 5,
             "width": "half",
@@ -95,6 +101,9 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
             "options": {"choices": ROLE_CHOICES},
             "display": "labels",
             "display_options": {"choices": ROLE_CHOICES},
+            # The database's CHECK would refuse it too, but Directus reports that as a 500.
+            "validation": {"_and": [{"role": {"_in": [c["value"] for c in ROLE_CHOICES]}}]},
+            "validation_message": "The role is one of: user, assistant, system, tool.",
         },
         "content": {"interface": "input-multiline", "display": "formatted-value"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
@@ -175,4 +184,96 @@ OPERATOR = Access(
 )
 VIEWER = Access(
     VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility", "Read-only access to dialogue data."
+)
+
+# Who may write what beyond the policies' collection rights. Directus 12 without a license
+# refuses item rules in permissions ("custom permission rules"), and its built-in app rules let
+# any app user create a preset without `user`, i.e. a shared one (a role's or everyone's default
+# view). A blocking flow on the preset and comment events holds non-admins to these rules;
+# each check is a "condition" operation whose failure cancels the request with a 400 that
+# names the field.
+GUARD_FLOW_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0010"
+GUARD_FLOW = {
+    "name": "Guard: personal presets, no mentions",
+    "icon": "shield",
+    "description": "Non-admins create only their own presets and bookmarks; Viewers do not "
+    "comment and Operators' comments mention nobody. Provisioned; edits are overwritten.",
+    "status": "active",
+    "trigger": "event",
+    "accountability": None,
+    "options": {
+        "type": "filter",
+        "scope": ["items.create", "items.update"],
+        "collections": ["directus_presets", "directus_comments"],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One operation of the guard flow: a condition, then where each outcome leads."""
+
+    key: str
+    id: str
+    type: str
+    options: dict[str, Any]
+    resolve: str | None = None  # key of the next check; None ends the flow, request allowed
+    reject: str | None = None  # None ends the flow rejected: the request fails
+
+
+GUARD_CHECKS = (
+    Check(
+        "admin_or_system",
+        "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0011",
+        "condition",
+        {
+            "filter": {
+                "_or": [
+                    {"$accountability": {"admin": {"_eq": True}}},
+                    {"$accountability": {"_null": True}},
+                ]
+            }
+        },
+        resolve=None,
+        reject="new_preset",
+    ),
+    Check(
+        "new_preset",
+        "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0012",
+        "condition",
+        {"filter": {"$trigger": {"event": {"_eq": "presets.create"}}}},
+        resolve="own_preset",
+        reject="comment",
+    ),
+    # Directus's own rules already keep a preset update to the user's own presets.
+    Check(
+        "own_preset",
+        "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0013",
+        "condition",
+        {"filter": {"$trigger": {"payload": {"user": {"_eq": "$CURRENT_USER"}}}}},
+    ),
+    Check(
+        "comment",
+        "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0014",
+        "condition",
+        {"filter": {"$trigger": {"event": {"_in": ["comments.create", "comments.update"]}}}},
+        resolve="no_mention",
+        reject="allowed",
+    ),
+    # A mention (`@<user id>`) notifies, and may e-mail, another user: an administrator's act.
+    Check(
+        "no_mention",
+        "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0015",
+        "condition",
+        {
+            "filter": {
+                "_and": [
+                    {"$accountability": {"role": {"_neq": VIEWER_ROLE_ID}}},
+                    {"$trigger": {"payload": {"comment": {"_ncontains": "@"}}}},
+                ]
+            }
+        },
+    ),
+    # Ends the flow on "resolve": a rejected condition as the last step would cancel the request.
+    Check("allowed", "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0016", "transform", {"json": {}}),
 )

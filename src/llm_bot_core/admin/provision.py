@@ -1,7 +1,8 @@
 """Idempotent provisioning of the admin panel through Directus's REST API.
 
 Registers the backend's tables as collections, gives them metadata, links the sessions to their
-messages and summaries, and creates the Operator and Viewer roles. Every step reads the current
+messages and summaries, creates the Operator and Viewer roles, and the guard (guard.py) that keeps
+presets and comments to the roles' rules. Every step reads the current
 state first and writes only what differs, so a second run changes nothing. Nothing here issues
 DDL: Alembic owns the tables; Directus only stores its metadata in its own `directus_*` tables.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from llm_bot_core.admin.guard import GuardProvisioner, ProvisioningError, checked, data, differs
 from llm_bot_core.admin.layout import (
     COLLECTIONS,
     EDITABLE_BY_OPERATOR,
@@ -34,10 +36,6 @@ from llm_bot_core.admin.layout import (
 __all__ = ["OPERATOR_ROLE_ID", "SPEC_TABLES", "VIEWER_ROLE_ID", "ProvisioningError", "provision"]
 
 log = logging.getLogger(__name__)
-
-
-class ProvisioningError(RuntimeError):
-    """Directus refused a provisioning step, or the backend's tables are missing."""
 
 
 @dataclass
@@ -76,10 +74,12 @@ class Provisioner:
         for relation in RELATIONS:
             if relation.collection in columns and relation.related in columns:
                 self._relation(relation, columns)
-        for table in self.tables:
-            self._default_view(table, columns[table])
+        views = [self._default_view(table, columns[table]) for table in self.tables]
         self._access(OPERATOR, self._operator_permissions(columns))
         self._access(VIEWER, {(table, "read"): ["*"] for table in self.tables})
+        guard = GuardProvisioner(self.client, self.changes)
+        guard.flow()
+        guard.sweep_shared_presets(keep=views)
         for change in self.changes:
             log.info("directus: %s", change)
         return self.changes
@@ -101,7 +101,7 @@ class Provisioner:
                 "PATCH", f"/collections/{table}", json={"meta": {"collection": table, **desired}}
             )
             self.changes.append(f"registered collection {table}")
-        elif _differs(meta, desired):
+        elif differs(meta, desired):
             self._request("PATCH", f"/collections/{table}", json={"meta": desired})
             self.changes.append(f"updated collection {table}")
         fields = self._data(self.client.get(f"/fields/{table}"))
@@ -120,7 +120,7 @@ class Provisioner:
     def _field(self, table: str, name: str, desired: Mapping[str, Any]) -> None:
         current = self._data(self.client.get(f"/fields/{table}/{name}"))
         meta = current.get("meta")
-        if meta is None or _differs(meta, desired):
+        if meta is None or differs(meta, desired):
             # Only `meta` is sent: without `schema` Directus leaves the column alone.
             self._request("PATCH", f"/fields/{table}/{name}", json={"meta": dict(desired)})
             self.changes.append(f"set metadata of {table}.{name}")
@@ -149,7 +149,7 @@ class Provisioner:
             self.changes.append(f"created relation {relation.collection}.{relation.field}")
             return
         meta = self._data(response).get("meta")
-        if meta is None or _differs(meta, desired_meta):
+        if meta is None or differs(meta, desired_meta):
             self._request("PATCH", path, json={"meta": desired_meta})
             self.changes.append(
                 f"linked {relation.collection}.{relation.field} → {relation.related}"
@@ -191,14 +191,17 @@ class Provisioner:
             raise ProvisioningError(
                 f"{relation.related}.{relation.alias} is a real column; cannot add the o2m alias"
             )
-        if _differs(current.get("meta") or {}, meta):
+        if differs(current.get("meta") or {}, meta):
             self._request(
                 "PATCH", f"/fields/{relation.related}/{relation.alias}", json={"meta": meta}
             )
             self.changes.append(f"updated alias {relation.related}.{relation.alias}")
 
-    def _default_view(self, table: str, columns: list[str]) -> None:
-        """The collection's global default layout (a preset with no user, role or bookmark)."""
+    def _default_view(self, table: str, columns: list[str]) -> int:
+        """The collection's global default layout (a preset with no user, role or bookmark).
+
+        Returns its id. It filters nothing: a filter here would hide rows from everyone.
+        """
         visible = [c for c in LIST_COLUMNS.get(table, []) if c in columns] or columns[:6]
         sort = ["-created_at"] if "created_at" in columns else []
         widths = {c: 420 for c in ("content",) if c in visible}
@@ -206,6 +209,8 @@ class Provisioner:
             "layout": "tabular",
             "layout_query": {"tabular": {"fields": visible, "sort": sort, "limit": 25}},
             "layout_options": {"tabular": {"widths": widths}},
+            "filter": None,
+            "search": None,
         }
         found = self._data(
             self.client.get(
@@ -215,15 +220,18 @@ class Provisioner:
                     "filter[user][_null]": "true",
                     "filter[role][_null]": "true",
                     "filter[bookmark][_null]": "true",
+                    "sort": "id",
                 },
             )
         )
         if not found:
-            self._request("POST", "/presets", json={"collection": table, **desired})
+            created = self._request("POST", "/presets", json={"collection": table, **desired})
             self.changes.append(f"created default view of {table}")
-        elif _differs(found[0], desired):
+            return int(self._data(created)["id"])
+        if differs(found[0], desired):
             self._request("PATCH", f"/presets/{found[0]['id']}", json=desired)
             self.changes.append(f"updated default view of {table}")
+        return int(found[0]["id"])
 
     # --- roles, policies, permissions ----------------------------------------------------
 
@@ -283,7 +291,7 @@ class Provisioner:
         if not found:
             self._request("POST", f"/{collection}", json={"id": item_id, **desired})
             self.changes.append(f"created {label}")
-        elif _differs(found[0], desired):
+        elif differs(found[0], desired):
             self._request("PATCH", f"/{collection}/{item_id}", json=dict(desired))
             self.changes.append(f"updated {label}")
 
@@ -309,7 +317,7 @@ class Provisioner:
                 continue
             seen.add(key)
             desired: dict[str, Any] = {"fields": wanted[key], "permissions": {}, "validation": {}}
-            if _differs(permission, desired):
+            if differs(permission, desired):
                 self._request("PATCH", f"/permissions/{permission['id']}", json=desired)
                 self.changes.append(f"updated {access.name} permission {key[1]} {key[0]}")
         for (collection, action), fields in wanted.items():
@@ -332,23 +340,12 @@ class Provisioner:
     # --- HTTP ----------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.client.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            raise ProvisioningError(f"{method} {path} -> {response.status_code}: {response.text}")
-        return response
+        return checked(self.client, method, path, **kwargs)
 
     @staticmethod
     def _data(response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            raise ProvisioningError(
-                f"{response.request.method} {response.request.url.path} -> "
-                f"{response.status_code}: {response.text}"
-            )
-        return response.json()["data"]
+        return data(response)
 
-
-def _differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    return any(current.get(key) != value for key, value in desired.items())
 
 
 def provision(base_url: str, email: str, password: str) -> list[str]:
