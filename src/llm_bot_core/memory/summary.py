@@ -92,7 +92,10 @@ async def summarize_session(
                     # queue's memo of it (dispatch.py) holds back the job that is due later.
                     async with engine.begin() as tx:
                         await tx.execute(_LOCK_SESSION, {"session_id": session_id})
-                        await tx.execute(_RECOUNT, {"session_id": session_id, "after": after})
+                        # Under the lock summaries are written: the watermark is final here.
+                        latest = (await tx.execute(_LATEST, {"session_id": session_id})).first()
+                        current = latest[2] if latest else 0
+                        await tx.execute(_RECOUNT, {"session_id": session_id, "after": current})
                 return SummaryRun(versions_written=written, pending_after=pending)
             rows = await conn.execute(
                 _CHUNK,
