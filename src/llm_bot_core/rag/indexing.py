@@ -54,15 +54,25 @@ def indexed_text(
 
 # Claim due rows: push their next attempt past the lease, so a concurrent indexer (the worker,
 # the backend's sweeper) skips them, while a crashed one's rows come back after the lease.
+# Round-robin over users (each user's oldest row first, then each one's second, ...): one user's
+# backlog of long messages takes one slot per turn, and cannot hold back everyone else's new
+# messages until it drains. FOR UPDATE cannot sit beside a window function, hence the CTE.
 _CLAIM = text(
     f"""
+    WITH due AS (
+        SELECT o.message_id,
+               row_number() OVER (PARTITION BY s.user_id ORDER BY o.message_id) AS turn
+        FROM rag_outbox o
+        JOIN messages m ON m.id = o.message_id
+        JOIN chat_sessions s ON s.id = m.session_id
+        WHERE o.next_attempt_at <= now() AND (CAST(:ids AS bigint[]) IS NULL
+                                              OR o.message_id = ANY(CAST(:ids AS bigint[]))))
     UPDATE rag_outbox SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds',
                           attempts = attempts + 1
     WHERE message_id IN (
-        SELECT message_id FROM rag_outbox
-        WHERE next_attempt_at <= now() AND (CAST(:ids AS bigint[]) IS NULL
-                                            OR message_id = ANY(CAST(:ids AS bigint[])))
-        ORDER BY message_id LIMIT :limit FOR UPDATE SKIP LOCKED)
+        SELECT o.message_id FROM rag_outbox o JOIN due ON due.message_id = o.message_id
+        WHERE o.next_attempt_at <= now()
+        ORDER BY due.turn, o.message_id LIMIT :limit FOR UPDATE OF o SKIP LOCKED)
     RETURNING message_id, attempts
     """
 )
