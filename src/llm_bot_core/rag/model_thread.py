@@ -1,11 +1,10 @@
-"""The one thread a local model runs on, serving searches before indexing.
+"""A thread of its own for a local model's forward passes, serving the smallest job first.
 
-A user's recall waits for its query embedding, with RAG_TIMEOUT as the limit; indexing can
-wait. With a plain first-in-first-out executor, one user's long messages being indexed made
-every other user's query queue behind them (149 s of work for six 16,000-character messages).
-Here a query job always runs before any waiting indexing job, and among queries the shortest
-goes first, so a short question never waits behind a long one. Nothing is preempted: a query
-still waits for the forward pass in flight, which is why the indexer hands in small sub-batches.
+A forward pass cannot be interrupted, so a job queued behind another waits for all of it.
+The local embedder therefore runs searches and indexing on two of these threads (each with its
+own copy of the model, ~20 MB): a user's query never waits for another user's messages being
+indexed. Within a thread, the smaller job goes first (a short question never waits behind a
+long one), and equal sizes keep their arrival order (concurrent indexers take turns).
 """
 
 from __future__ import annotations
@@ -21,13 +20,12 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_STOP, _QUERY, _DOCUMENTS = -1, 0, 1
-_Job = tuple[int, int, int, Callable[[], Any] | None, Future[Any] | None]
+_STOP = -1
+_Job = tuple[int, int, Callable[[], Any] | None, Future[Any] | None]
 
 
 class ModelThread:
-    """Runs jobs one at a time on a dedicated thread: queries (shortest first), then indexing
-    jobs in arrival order, so concurrent indexers take turns sub-batch by sub-batch."""
+    """Runs jobs one at a time on a dedicated thread, smallest `size` first."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
@@ -36,19 +34,12 @@ class ModelThread:
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    async def query(self, size: int, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` before any indexing job; `size` orders queries among themselves."""
-        return await self._submit(_QUERY, size, partial(fn, *args))
-
-    async def documents(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` when no query is waiting."""
-        return await self._submit(_DOCUMENTS, 0, partial(fn, *args))
-
-    async def _submit(self, lane: int, size: int, job: Callable[[], T]) -> T:
+    async def run(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on this thread, after the waiting jobs of smaller size."""
         if self._closed:
             raise RuntimeError("the model thread is closed")
         future: Future[T] = Future()
-        self._jobs.put((lane, size, next(self._order), job, future))
+        self._jobs.put((max(size, 0), next(self._order), partial(fn, *args), future))
         # Cancelling the awaiting task (recall's timeout) cancels a job that has not started.
         return await asyncio.wrap_future(future)
 
@@ -56,11 +47,11 @@ class ModelThread:
         """Stop after the job in flight; jobs still queued are cancelled."""
         if not self._closed:
             self._closed = True
-            self._jobs.put((_STOP, 0, next(self._order), None, None))
+            self._jobs.put((_STOP, next(self._order), None, None))
 
     def _serve(self) -> None:
         while True:
-            _, _, _, job, future = self._jobs.get()
+            _, _, job, future = self._jobs.get()
             if job is None or future is None:
                 break
             if not future.set_running_or_notify_cancel():
@@ -70,6 +61,6 @@ class ModelThread:
             except BaseException as exc:  # handed to the awaiting coroutine, raised there
                 future.set_exception(exc)
         while not self._jobs.empty():
-            _, _, _, _, future = self._jobs.get_nowait()
+            _, _, _, future = self._jobs.get_nowait()
             if future is not None:
                 future.cancel()
