@@ -23,6 +23,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,9 @@ from llm_bot_core.config import Settings
 from llm_bot_core.db.engine import create_engine
 from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.memory import store
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.memory import VectorSemanticMemory
-from llm_bot_core.rag.stores import Scope
 
 FACTS = [
     "My sister Masha has her birthday on the 12th of March.",
@@ -109,8 +110,14 @@ async def seed(engine: AsyncEngine, memory: VectorSemanticMemory, users: list[st
     return indexed / (time.perf_counter() - started)
 
 
+@dataclass
+class Tally:
+    ms: list[float] = field(default_factory=list)
+    timed_out: int = 0
+
+
 async def searching_user(
-    memory: VectorSemanticMemory, user: str, stop: asyncio.Event, out: dict[str, Any]
+    memory: VectorSemanticMemory, user: str, stop: asyncio.Event, out: Tally
 ) -> None:
     """Ask questions one after another (as recall does) until told to stop."""
     timeout = memory._settings.rag_timeout
@@ -123,8 +130,8 @@ async def searching_user(
             async with asyncio.timeout(timeout):
                 await memory.search(question, Scope(user_id=user))
         except TimeoutError:
-            out["timed_out"] += 1
-        out["ms"].append((time.perf_counter() - started) * 1000)
+            out.timed_out += 1
+        out.ms.append((time.perf_counter() - started) * 1000)
         await asyncio.sleep(0.2)  # the user reads the answer
 
 
@@ -148,7 +155,7 @@ async def phase(
     memory: VectorSemanticMemory, users: list[str], *, seconds: float | None, flood: Any = None
 ) -> dict[str, Any]:
     stop = asyncio.Event()
-    outs = {u: {"ms": [], "timed_out": 0} for u in users}
+    outs = {u: Tally() for u in users}
     tasks = [asyncio.create_task(searching_user(memory, u, stop, outs[u])) for u in users]
     started = time.perf_counter()
     if flood is not None:
@@ -158,11 +165,11 @@ async def phase(
     elapsed = time.perf_counter() - started
     stop.set()
     await asyncio.gather(*tasks)
-    ms = [x for o in outs.values() for x in o["ms"]]
+    ms = [x for o in outs.values() for x in o.ms]
     return {
         "seconds": round(elapsed, 2),
         "searches": len(ms),
-        "timed_out": sum(o["timed_out"] for o in outs.values()),
+        "timed_out": sum(o.timed_out for o in outs.values()),
         "search_ms": {
             "p50": round(harness.percentile(ms, 50), 1),
             "p95": round(harness.percentile(ms, 95), 1),
@@ -172,7 +179,7 @@ async def phase(
 
 
 async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
         rag_embedder="local", local_embedding_model="e5", db_pool_size=8,
     )  # fmt: skip
