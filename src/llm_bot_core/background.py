@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How long a job cancelled at shutdown may take to unwind (roll back, hand back outbox rows).
+UNWIND_SECONDS = 2.0
 
 
 class BackgroundTasks:
@@ -31,3 +37,15 @@ class BackgroundTasks:
         """Wait until every task, including those spawned meanwhile, has ended."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def finish_within(self, grace: float) -> None:
+        """At shutdown: wait up to `grace` seconds, then cancel what is left and let it unwind."""
+        if not self._tasks:
+            return
+        _, late = await asyncio.wait(list(self._tasks), timeout=grace)
+        if late:
+            for task in late:
+                if not task.cancelling():  # one already cancelled is unwinding: let it finish
+                    task.cancel()
+            log.warning("shutdown: cancelled %d background job(s) after %ss", len(late), grace)
+            await asyncio.wait(late, timeout=UNWIND_SECONDS)

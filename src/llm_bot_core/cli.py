@@ -67,6 +67,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=workers,
         log_config=None,
         access_log=args.access_log,
+        # Without it uvicorn waits for every open request, however long its LLM call takes.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         loop="uvloop",
         http="httptools",
     )

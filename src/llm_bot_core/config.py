@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
+    shutdown_grace_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: how long in-flight requests, then running summaries (or "
+        "Celery publishes), may take to finish; queued indexing is left to the outbox.",
+    )
 
     # --- LLM -----------------------------------------------------------------------------
     openrouter_api_key: SecretStr | None = None

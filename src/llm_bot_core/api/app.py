@@ -72,8 +72,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         try:
             yield
         finally:
-            jobs.drop_waiting()
-            await jobs.drain()
+            await jobs.shutdown(settings.shutdown_grace_seconds)
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()

@@ -43,12 +43,12 @@ class JobQueue(Protocol):
         ...
 
     async def drain(self) -> None:
-        """Wait for work this process started (tests, shutdown)."""
+        """Wait for work this process started (tests)."""
         ...
 
-    def drop_waiting(self) -> None:
-        """At shutdown, before drain: forget jobs that have not started yet (they stay due in
-        the database and the next message queues them again)."""
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking work and end within about `grace` seconds; what is dropped stays due
+        (in the database or the outbox), so a later message or the next start redoes it."""
         ...
 
     async def broker_health(self) -> BrokerHealth:
@@ -83,20 +83,24 @@ class InProcessJobs:
         # nothing, it covers more messages (up to SUMMARY_NEW_MESSAGES_LIMIT) when it runs.
         self._summary_slots = asyncio.Semaphore(settings.summary_concurrency)
         self._waiting: set[asyncio.Task[Any]] = set()
+        self._indexing: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     def summarize(self, session_id: uuid.UUID, pending: int) -> None:
-        if session_id in self._summarizing:
+        if self._closing or session_id in self._summarizing:
             return
         self._summarizing.add(session_id)
         self._tasks.spawn(self._summarize(session_id, time.time()), f"summarize {session_id}")
 
     def index(self, message_ids: Sequence[int]) -> None:
-        if self._semantic.enabled and message_ids:
+        if self._semantic.enabled and message_ids and not self._closing:
             ids = list(message_ids)
-            self._tasks.spawn(
+            task = self._tasks.spawn(
                 timed_job("index", time.time(), lambda: self._semantic.index_messages(ids)),
                 "index messages",
             )
+            self._indexing.add(task)
+            task.add_done_callback(self._indexing.discard)
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         task = asyncio.current_task()
@@ -119,10 +123,14 @@ class InProcessJobs:
     async def drain(self) -> None:
         await self._tasks.drain()
 
-    def drop_waiting(self) -> None:
-        """Summaries still waiting for a slot are cancelled; running ones are drained."""
-        for task in list(self._waiting):
+    async def shutdown(self, grace: float) -> None:
+        # Indexing jobs are already durable in the outbox (a cancelled one hands its rows back,
+        # see Indexer.index) and summaries waiting for a slot stay due in the database: only
+        # the summaries already talking to the LLM are worth waiting for, and only briefly.
+        self._closing = True
+        for task in self._indexing | self._waiting:
             task.cancel()
+        await self._tasks.finish_within(grace)
 
     async def broker_health(self) -> BrokerHealth:
         return BrokerHealth(status="disabled", detail="summaries run in-process")

@@ -9,6 +9,7 @@ outage at any step leaves the row to be retried with backoff: nothing is lost or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,6 +151,14 @@ _DONE = text(
     "AND next_attempt_at > now()"
 )
 
+# Only rows still under our lease, as in _DONE.
+_RELEASE = text(
+    """
+    UPDATE rag_outbox SET next_attempt_at = now(), attempts = greatest(attempts - 1, 0)
+    WHERE message_id = ANY(CAST(:ids AS bigint[])) AND next_attempt_at > now()
+    """
+)
+
 _FAILED = text(
     """
     UPDATE rag_outbox SET last_error = :error,
@@ -195,6 +204,12 @@ class Indexer:
             return 0
         try:
             return await self._index_claimed(claimed)
+        except asyncio.CancelledError:
+            # Shutdown: hand the rows back now, or they would sit out the lease (a restart
+            # within LEASE_SECONDS would skip them). A cancelled attempt is not a failed one.
+            async with self._engine.begin() as conn:
+                await conn.execute(_RELEASE, {"ids": claimed})
+            raise
         except Exception as exc:
             async with self._engine.begin() as conn:
                 await conn.execute(

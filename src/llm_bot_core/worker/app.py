@@ -8,6 +8,7 @@ from llm_bot_core.config import Settings, get_settings
 
 SUMMARIZE_TASK = "memory.summarize_session"
 INDEX_TASK = "rag.index_messages"
+BROKER_SOCKET_TIMEOUT = 5.0
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -30,6 +31,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.summary_lock_seconds,
             "unacked_restore_interval": max(1, min(60, settings.summary_lock_seconds // 5)),
             "unacked_restore_throttle": 1,
+            # Without them a broker that stops answering (failover, a dropped NAT entry) makes a
+            # publish wait forever, and the backend's exit waits for that publishing thread.
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
         },
         worker_hijack_root_logger=False,
         imports=["llm_bot_core.worker.tasks"],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 ASKED_MEMO_SIZE = 10_000
+# Publishes running at once per backend process (kombu's publish is blocking network I/O).
+PUBLISH_THREADS = 4
 
 
 def summary_lock_key(session_id: uuid.UUID | str) -> str:
@@ -47,6 +51,8 @@ class CeleryJobs:
             settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
         self._tasks = BackgroundTasks(on_failure=_publish_failed)
+        self._closing = False
+        self._threads = DaemonThreads(PUBLISH_THREADS, "celery-publish")
         # The backlog size at which this process last asked the broker, per session. While the
         # backlog only grows from there, the job is queued or running (the Redis key would say
         # so), so every further message of that session skips the Redis round trip. It asks
@@ -55,6 +61,8 @@ class CeleryJobs:
         self._asked: OrderedDict[uuid.UUID, int] = OrderedDict()
 
     def summarize(self, session_id: uuid.UUID, pending: int) -> None:
+        if self._closing:
+            return
         last = self._asked.get(session_id)
         if last is not None and last < pending < last + self._settings.summary_threshold:
             return
@@ -67,7 +75,7 @@ class CeleryJobs:
     def index(self, message_ids: Sequence[int]) -> None:
         from llm_bot_core.worker.app import INDEX_TASK
 
-        if self._index_enabled and message_ids:
+        if self._index_enabled and message_ids and not self._closing:
             self._tasks.spawn(self.publish(INDEX_TASK, [list(message_ids)]), "index")
 
     async def _summarize(self, session_id: uuid.UUID) -> None:
@@ -91,8 +99,8 @@ class CeleryJobs:
     async def publish(self, name: str, args: list[Any]) -> None:
         # kombu's publish is synchronous network I/O: keep it off the event loop.
         # queued_at lets the worker report how long the job waited (llmbot_job_queue_lag_seconds).
-        await asyncio.to_thread(
-            self._celery.send_task, name, args=args, kwargs={"queued_at": time.time()}
+        await self._threads.run(
+            lambda: self._celery.send_task(name, args=args, kwargs={"queued_at": time.time()})
         )
 
     async def broker_health(self) -> BrokerHealth:
@@ -106,11 +114,66 @@ class CeleryJobs:
     async def drain(self) -> None:
         await self._tasks.drain()
 
-    def drop_waiting(self) -> None:
-        return None  # nothing waits here: publishes already started are drained
+    async def shutdown(self, grace: float) -> None:
+        # A publish still pending past the grace is dropped like a failed one: the session's
+        # counter stays due, so a later message queues it again.
+        self._closing = True
+        await self._tasks.finish_within(grace)
 
     async def aclose(self) -> None:
+        self._threads.close()
         await self._redis.aclose()
+
+
+class DaemonThreads:
+    """Runs blocking calls off the event loop in daemon threads.
+
+    Unlike asyncio.to_thread, a call still blocked at exit (a publish to a broker that stopped
+    answering, up to its socket timeouts and retries) does not hold the process: asyncio.run
+    and the interpreter join the default executor's threads, never daemon ones.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._count = count
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((fn, future, loop))
+        return await future
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._calls.put(None)
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future, loop = call
+            if future.cancelled():  # given up on while queued (shutdown): skip the call
+                continue
+            try:
+                result, error = fn(), None
+            except Exception as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for this result any more
+                return
+
+
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _publish_failed(task: asyncio.Task[Any], exc: BaseException) -> None:
