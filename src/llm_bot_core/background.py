@@ -1,9 +1,11 @@
-"""Fire-and-forget asyncio tasks that are still owned: referenced, reported, drained."""
+"""Fire-and-forget asyncio tasks that are still owned, and daemon threads for blocking calls."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -49,3 +51,54 @@ class BackgroundTasks:
                     task.cancel()
             log.warning("shutdown: cancelled %d background job(s) after %ss", len(late), grace)
             await asyncio.wait(late, timeout=UNWIND_SECONDS)
+
+
+class DaemonThreads:
+    """Runs blocking calls off the event loop in daemon threads.
+
+    Unlike asyncio.to_thread, a call still blocked at exit (a publish to a broker that stopped
+    answering, a batch of the local embedder) does not hold the process: asyncio.run
+    and the interpreter join the default executor's threads, never daemon ones.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._count = count
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((fn, future, loop))
+        return await future
+
+    def close(self) -> None:
+        for _ in range(self._count):
+            self._calls.put(None)
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future, loop = call
+            if future.cancelled():  # given up on while queued (shutdown): skip the call
+                continue
+            try:
+                result, error = fn(), None
+            except Exception as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for this result any more
+                return
+
+
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

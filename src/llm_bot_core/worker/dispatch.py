@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
 
-from llm_bot_core.background import BackgroundTasks
+from llm_bot_core.background import BackgroundTasks, DaemonThreads
 from llm_bot_core.config import Settings
 from llm_bot_core.memory.jobs import BrokerHealth
 from llm_bot_core.metrics import JOBS
@@ -123,57 +121,6 @@ class CeleryJobs:
     async def aclose(self) -> None:
         self._threads.close()
         await self._redis.aclose()
-
-
-class DaemonThreads:
-    """Runs blocking calls off the event loop in daemon threads.
-
-    Unlike asyncio.to_thread, a call still blocked at exit (a publish to a broker that stopped
-    answering, up to its socket timeouts and retries) does not hold the process: asyncio.run
-    and the interpreter join the default executor's threads, never daemon ones.
-    """
-
-    def __init__(self, count: int, name: str) -> None:
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._count = count
-        for i in range(count):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
-
-    async def run(self, fn: Callable[[], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._calls.put((fn, future, loop))
-        return await future
-
-    def close(self) -> None:
-        for _ in range(self._count):
-            self._calls.put(None)
-
-    def _work(self) -> None:
-        while (call := self._calls.get()) is not None:
-            fn, future, loop = call
-            if future.cancelled():  # given up on while queued (shutdown): skip the call
-                continue
-            try:
-                result, error = fn(), None
-            except Exception as exc:
-                result, error = None, exc
-            try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            except RuntimeError:  # the loop is closed: nobody waits for this result any more
-                return
-
-
-_Call = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 def _publish_failed(task: asyncio.Task[Any], exc: BaseException) -> None:
