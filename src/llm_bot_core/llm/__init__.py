@@ -8,6 +8,7 @@ from llm_bot_core.llm.base import (
     LLMError,
     LLMNotConfigured,
     LLMUnavailable,
+    StreamItem,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "LLMError",
     "LLMNotConfigured",
     "LLMUnavailable",
+    "StreamItem",
 ]

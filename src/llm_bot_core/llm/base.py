@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
@@ -46,6 +47,11 @@ class LLMBadResponse(LLMError):
     code = "llm_bad_response"
 
 
+StreamItem = str | Completion
+"""What a streamed completion yields: text deltas as they come, then one Completion whose
+text is the whole answer, stripped (as `complete` returns it)."""
+
+
 class ChatModel(Protocol):
     async def complete(
         self,
@@ -55,6 +61,19 @@ class ChatModel(Protocol):
         max_tokens: int | None = None,
     ) -> Completion:
         """One chat completion; raises LLMError subclasses only."""
+        ...
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        """One streamed chat completion: deltas, then its Completion; raises LLMError only.
+
+        Retries happen before the first delta only: once text was yielded, a failure is raised.
+        """
         ...
 
     async def aclose(self) -> None: ...

@@ -10,20 +10,24 @@ exponential backoff with jitter, Retry-After honoured) and the same typed errors
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
 from llm_bot_core.config import Settings
-from llm_bot_core.llm.base import ChatMessage, Completion, LLMBadResponse, LLMUnavailable
+from llm_bot_core.llm.base import (
+    ChatMessage,
+    Completion,
+    LLMBadResponse,
+    LLMUnavailable,
+    StreamItem,
+)
+from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, backoff, stream_with_retries
 
 RETRY_STATUSES = frozenset({408, 409, 429})
-INITIAL_BACKOFF = 0.5
-MAX_BACKOFF = 8.0
-MAX_RETRY_AFTER = 60.0
 
 
 class HttpChatModel:
@@ -38,9 +42,24 @@ class HttpChatModel:
             "Accept": "application/json",
             "X-Title": "LLM Bot Core",
         }
+        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        # The same bound as a plain call, per attempt: a streamed answer that would time out
+        # without streaming times out with it.
         self._timeout = aiohttp.ClientTimeout(total=settings.llm_timeout)
         self._session = session
         self._owns_session = session is None
+
+    def _payload(
+        self, messages: list[ChatMessage], model_name: str, max_tokens: int | None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": model_name,
+            "messages": messages,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+        }
+        if self._settings.llm_temperature is not None:
+            payload["temperature"] = self._settings.llm_temperature
+        return payload
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the event loop that will run it (the Celery worker builds
@@ -60,18 +79,61 @@ class HttpChatModel:
         max_tokens: int | None = None,
     ) -> Completion:
         model_name = model or self._settings.openrouter_model
-        payload: dict[str, Any] = {
-            "model": model_name,
-            "messages": messages,
-            "max_tokens": max_tokens or self._settings.llm_max_tokens,
-        }
-        if self._settings.llm_temperature is not None:
-            payload["temperature"] = self._settings.llm_temperature
-        body = orjson.dumps(payload)
+        body = orjson.dumps(self._payload(messages, model_name, max_tokens))
         started = time.perf_counter()
         data = await self._post_with_retries(body)
         seconds = time.perf_counter() - started
         return _completion(data, model_name, seconds)
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        model_name = model or self._settings.openrouter_model
+        payload = self._payload(messages, model_name, max_tokens)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+        body = orjson.dumps(payload)
+
+        async def attempt(reader: ChunkReader) -> AsyncIterator[str]:
+            try:
+                async with self._client().post(
+                    self._url, data=body, headers=self._stream_headers, timeout=self._timeout
+                ) as response:
+                    if response.status >= 300:
+                        raw = await response.read()
+                        message = f"LLM provider answered {response.status}: {_error_text(raw)}"
+                        if response.status >= 500 or response.status in RETRY_STATUSES:
+                            raise StreamBroken(message, response.headers.get("Retry-After"))
+                        raise LLMBadResponse(message)
+                    reader.opened = True
+                    async for line in response.content:
+                        if not line.startswith(b"data:"):
+                            continue  # blank separators, comments (": keep-alive"), event names
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            reader.done = True
+                            return
+                        try:
+                            chunk = orjson.loads(data)
+                        except orjson.JSONDecodeError as exc:
+                            raise LLMBadResponse(
+                                "LLM provider sent an unreadable chunk: not JSON"
+                            ) from exc
+                        delta = reader.read(chunk)
+                        if delta:
+                            yield delta
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                what = "stream broke off" if reader.opened else "unreachable"
+                raise StreamBroken(f"LLM provider {what}: {type(exc).__name__}") from exc
+
+        async for item in stream_with_retries(
+            attempt, model_name, retries=self._settings.llm_max_retries, retry_refused=True
+        ):
+            yield item
 
     async def _post_with_retries(self, body: bytes) -> Any:
         retries = self._settings.llm_max_retries
@@ -86,7 +148,7 @@ class HttpChatModel:
                     retry_after = response.headers.get("Retry-After")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if attempt < retries:
-                    await asyncio.sleep(_backoff(attempt, None))
+                    await asyncio.sleep(backoff(attempt, None))
                     attempt += 1
                     continue
                 raise LLMUnavailable(f"LLM provider unreachable: {type(exc).__name__}") from exc
@@ -99,7 +161,7 @@ class HttpChatModel:
                     ) from exc
             transient = status >= 500 or status in RETRY_STATUSES
             if transient and attempt < retries:
-                await asyncio.sleep(_backoff(attempt, retry_after))
+                await asyncio.sleep(backoff(attempt, retry_after))
                 attempt += 1
                 continue
             message = f"LLM provider answered {status}: {_error_text(raw)}"
@@ -108,15 +170,6 @@ class HttpChatModel:
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:
             await self._session.close()
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after:
-        try:
-            return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER)
-        except ValueError:
-            pass  # an HTTP date: fall back to our own backoff
-    return min(INITIAL_BACKOFF * 2**attempt, MAX_BACKOFF) * random.uniform(0.75, 1.0)
 
 
 def _error_text(raw: bytes) -> str:

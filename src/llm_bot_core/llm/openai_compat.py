@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -14,9 +15,12 @@ from llm_bot_core.llm.base import (
     ChatModel,
     Completion,
     LLMBadResponse,
+    LLMError,
     LLMNotConfigured,
     LLMUnavailable,
+    StreamItem,
 )
+from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
 
 
 def build_openai_client(settings: Settings) -> AsyncOpenAI:
@@ -48,9 +52,6 @@ class OpenAIChatModel:
         max_tokens: int | None = None,
     ) -> Completion:
         model_name = model or self._settings.openrouter_model
-        extra: dict[str, Any] = {}
-        if self._settings.llm_temperature is not None:
-            extra["temperature"] = self._settings.llm_temperature
         started = time.perf_counter()
         try:
             # The SDK's own transport, retries and errors, but not `chat.completions.create`:
@@ -60,26 +61,11 @@ class OpenAIChatModel:
             # model cost about 0.4 ms of CPU per call, and we read four fields of it.
             response: Any = await self._client.post(
                 "/chat/completions",
-                body={
-                    "model": model_name,
-                    "messages": messages,
-                    "max_tokens": max_tokens or self._settings.llm_max_tokens,
-                    **extra,
-                },
+                body=self._payload(messages, model_name, max_tokens),
                 cast_to=object,
             )
-        except (
-            openai.APIConnectionError,
-            openai.RateLimitError,
-            openai.InternalServerError,
-        ) as exc:
-            raise LLMUnavailable(_describe(exc)) from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
-                raise LLMUnavailable(_describe(exc)) from exc
-            raise LLMBadResponse(_describe(exc)) from exc
-        except openai.APIError as exc:  # malformed body and the like
-            raise LLMBadResponse(_describe(exc)) from exc
+        except openai.APIError as exc:
+            raise _mapped(exc) from exc
         except ValueError as exc:  # a 200 whose body is not JSON, or not a completion
             raise LLMBadResponse(
                 f"LLM provider sent an unreadable answer: {type(exc).__name__}"
@@ -87,6 +73,60 @@ class OpenAIChatModel:
         seconds = time.perf_counter() - started
 
         return _completion(response, model_name, seconds)
+
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        model_name = model or self._settings.openrouter_model
+        payload = self._payload(messages, model_name, max_tokens)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+
+        async def attempt(reader: ChunkReader) -> AsyncIterator[str]:
+            try:
+                # As in `complete`: the SDK's transport, retries and SSE decoding, our dicts.
+                chunks = await self._client.post(
+                    "/chat/completions",
+                    body=payload,
+                    cast_to=object,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[object],
+                )
+            except openai.APIError as exc:
+                raise _mapped(exc) from exc
+            reader.opened = True
+            try:
+                async for chunk in chunks:
+                    delta = reader.read(chunk)
+                    if delta:
+                        yield delta
+            except openai.APIError as exc:  # includes an error chunk (the SDK raises APIError)
+                raise StreamBroken(f"LLM provider stream broke off: {exc.message}") from exc
+            except ValueError as exc:  # a data line that is not JSON
+                raise LLMBadResponse("LLM provider sent an unreadable chunk: not JSON") from exc
+            finally:
+                await chunks.close()
+
+        # The SDK has already retried a refused request (LLM_MAX_RETRIES times).
+        return stream_with_retries(
+            attempt, model_name, retries=self._settings.llm_max_retries, retry_refused=False
+        )
+
+    def _payload(
+        self, messages: list[ChatMessage], model_name: str, max_tokens: int | None
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": model_name,
+            "messages": messages,
+            "max_tokens": max_tokens or self._settings.llm_max_tokens,
+        }
+        if self._settings.llm_temperature is not None:
+            payload["temperature"] = self._settings.llm_temperature
+        return payload
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -108,6 +148,16 @@ class UnconfiguredChatModel:
         max_tokens: int | None = None,
     ) -> Completion:
         raise LLMNotConfigured(self.MESSAGE)
+
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamItem]:
+        raise LLMNotConfigured(self.MESSAGE)
+        yield  # an async generator, like the real clients' streams
 
     async def aclose(self) -> None:
         return None
@@ -135,6 +185,17 @@ def _completion(body: Any, model_name: str, seconds: float) -> Completion:
         model=str(model),
         seconds=seconds,
     )
+
+
+def _mapped(exc: openai.APIError) -> LLMError:
+    """The typed error for an SDK failure: transient ones (after retries) are unavailable."""
+    if isinstance(exc, openai.APIConnectionError | openai.RateLimitError):
+        return LLMUnavailable(_describe(exc))
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
+            return LLMUnavailable(_describe(exc))
+        return LLMBadResponse(_describe(exc))
+    return LLMBadResponse(_describe(exc))  # malformed body and the like
 
 
 def _describe(exc: openai.APIError) -> str:

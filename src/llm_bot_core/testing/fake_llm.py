@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -64,13 +65,26 @@ class FakeLLM:
     """While set, a chat request a strict chat template rejects answers 400, as vLLM does."""
     prompt_violations: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)
     """Every chat request a strict chat template would reject, with the problems found."""
+    # Streaming (`"stream": true`): the answer in chunks of `chunk_chars` characters, the first
+    # after `latency`, each next one `chunk_delay` seconds later.
+    chunk_chars: int = 8
+    chunk_delay: float = 0.0
+    _stream_faults: list[tuple[int, str]] = field(default_factory=list)
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
         self._failures.extend([(status, body)] * count)
 
+    def fail_stream_next(self, after_chunks: int, mode: str = "drop", count: int = 1) -> None:
+        """The next `count` streamed answers break after `after_chunks` content chunks: the
+        connection is dropped (`drop`) or an OpenRouter-style error chunk is sent (`error`)."""
+        self._stream_faults.extend([(after_chunks, mode)] * count)
+
     def reset(self) -> None:
         self.latency = 0.0
+        self.chunk_chars = 8
+        self.chunk_delay = 0.0
+        self._stream_faults.clear()
         self.summary_latency = None
         self.reply = default_reply
         self.requests.clear()
@@ -129,6 +143,8 @@ class FakeLLM:
             return web.json_response({"error": {"message": text, "code": status}}, status=status)
         content = self.reply(messages)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        if body.get("stream"):
+            return await self._stream(request, body, content, prompt_tokens)
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -149,6 +165,56 @@ class FakeLLM:
                 },
             }
         )
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], content: str, prompt_tokens: int
+    ) -> web.StreamResponse:
+        """`chat.completion.chunk` events as OpenAI sends them, the usage chunk, `[DONE]`."""
+        fault = self._stream_faults.pop(0) if self._stream_faults else None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+        }
+
+        async def send(chunk: dict[str, Any]) -> None:
+            await response.write(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
+
+        size = max(1, self.chunk_chars)
+        pieces = [content[i : i + size] for i in range(0, len(content), size)]
+        await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        for index, piece in enumerate(pieces):
+            if fault is not None and index == fault[0]:
+                if fault[1] == "drop":
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                await send(
+                    {
+                        "error": {"code": 502, "message": "upstream provider failed"},
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                    }
+                )
+                await response.write(b"data: [DONE]\n\n")
+                return response
+            if index and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            await send({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            completion_tokens = len(content.split())
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            await send({"choices": [], "usage": usage})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -209,8 +275,15 @@ def main() -> None:
     parser.add_argument(
         "--strict", action="store_true", help="reject prompts a strict chat template rejects"
     )
+    parser.add_argument("--chunk-chars", type=int, default=8, help="streamed chunk size")
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="between chunks")
     args = parser.parse_args()
-    fake = FakeLLM(latency=args.latency_ms / 1000, strict=args.strict)
+    fake = FakeLLM(
+        latency=args.latency_ms / 1000,
+        strict=args.strict,
+        chunk_chars=args.chunk_chars,
+        chunk_delay=args.chunk_delay_ms / 1000,
+    )
     if args.summary_latency_ms is not None:
         fake.summary_latency = args.summary_latency_ms / 1000
     # Keep no request log in a long benchmark run.
