@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 
@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         description="openai: the official SDK; http: the lean aiohttp client (llm/http_chat.py), "
         "about 2 ms less CPU per request for high-throughput deployments.",
     )
+    llm_fallback_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models tried in order when the model answers "
+        "llm_unavailable after its retries.",
+    )
     llm_timeout: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_max_tokens: int = Field(default=1024, ge=1)
@@ -160,6 +165,13 @@ class Settings(BaseSettings):
     rag_timeout: float = Field(default=3.0, gt=0)
     rag_retry_seconds: float = Field(default=30.0, gt=0)
     rag_pgvector_fallback: Literal["qdrant", "disable"] = "qdrant"
+
+    @field_validator("llm_fallback_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @field_validator(
         "database_url",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion, LLMError
+from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion, LLMError, StreamItem
 
 T = TypeVar("T")
 
@@ -49,6 +49,17 @@ LLM_TOKENS = Counter(
     "llmbot_llm_tokens_total",
     "Tokens reported by the provider, by purpose (chat, summary) and kind (prompt, completion).",
     ["purpose", "kind"],
+)
+LLM_ANSWERS = Counter(
+    "llmbot_llm_answers_total",
+    "Completed chat completions by purpose and the model that answered (LLM_FALLBACK_MODELS).",
+    ["purpose", "model"],
+)
+LLM_FIRST_TOKEN = Histogram(
+    "llmbot_llm_first_token_seconds",
+    "Streamed completions: time from the call to the first text delta, by purpose.",
+    ["purpose"],
+    buckets=_LATENCY_BUCKETS,
 )
 JOBS = Counter(
     "llmbot_jobs_total",
@@ -89,12 +100,36 @@ async def metered_completion(
     except LLMError as exc:
         LLM_LATENCY.labels(purpose, exc.code).observe(time.perf_counter() - started)
         raise
+    _record(purpose, started, completion)
+    return completion
+
+
+async def metered_stream(
+    chat_model: ChatModel, purpose: str, messages: list[ChatMessage], /, **kwargs: Any
+) -> AsyncIterator[StreamItem]:
+    """`model.stream` with the metrics of `metered_completion` and the time to first delta."""
+    started = time.perf_counter()
+    first = True
+    try:
+        async for item in chat_model.stream(messages, **kwargs):
+            if isinstance(item, Completion):
+                _record(purpose, started, item)
+            elif first:
+                first = False
+                LLM_FIRST_TOKEN.labels(purpose).observe(time.perf_counter() - started)
+            yield item
+    except LLMError as exc:
+        LLM_LATENCY.labels(purpose, exc.code).observe(time.perf_counter() - started)
+        raise
+
+
+def _record(purpose: str, started: float, completion: Completion) -> None:
     LLM_LATENCY.labels(purpose, "ok").observe(time.perf_counter() - started)
+    LLM_ANSWERS.labels(purpose, completion.model).inc()
     if completion.prompt_tokens:
         LLM_TOKENS.labels(purpose, "prompt").inc(completion.prompt_tokens)
     if completion.completion_tokens:
         LLM_TOKENS.labels(purpose, "completion").inc(completion.completion_tokens)
-    return completion
 
 
 async def timed_job(job: str, queued_at: float | None, run: Callable[[], Awaitable[T]]) -> T:

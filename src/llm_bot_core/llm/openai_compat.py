@@ -208,8 +208,15 @@ def build_chat_model(settings: Settings) -> ChatModel:
     """The configured chat model, or a stand-in that explains what to configure."""
     if not settings.llm_configured:
         return UnconfiguredChatModel()
+    model: ChatModel
     if settings.llm_client == "openai":
-        return OpenAIChatModel(settings)
-    from llm_bot_core.llm.http_chat import HttpChatModel
+        model = OpenAIChatModel(settings)
+    else:
+        from llm_bot_core.llm.http_chat import HttpChatModel
 
-    return HttpChatModel(settings)
+        model = HttpChatModel(settings)
+    if settings.llm_fallback_models:
+        from llm_bot_core.llm.fallback import FallbackChatModel
+
+        model = FallbackChatModel(model, settings.openrouter_model, settings.llm_fallback_models)
+    return model
