@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         try:
             yield
         finally:
+            # Answers whose client went away are finished and stored first: they queue jobs.
+            await chat.finish_within(settings.shutdown_grace_seconds)
             await jobs.shutdown(settings.shutdown_grace_seconds)
             await semantic.aclose()
             if model is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import text
 
 from llm_bot_core import __version__, metrics
@@ -19,6 +19,7 @@ from llm_bot_core.api.schemas import (
     ResetRequest,
     ResetResponse,
 )
+from llm_bot_core.api.sse import EVENTS_DESCRIPTION, event_stream
 
 _errors = openapi_responses(
     "invalid_json",
@@ -42,15 +43,31 @@ async def handle(
     body: HandleRequest, chat: ChatServiceDep, services: ServicesDep, response: Response
 ) -> HandleResponse:
     """Answer a user's message using the chat's memory."""
+    _check_length(body, services)
+    reply = await chat.handle(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
+    response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
+    return HandleResponse(text=reply.text)
+
+
+@v1.post(
+    "/chat/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": EVENTS_DESCRIPTION}},
+)
+async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep) -> Response:
+    """Answer like /v1/chat/handle, streaming the text as Server-Sent Events."""
+    _check_length(body, services)
+    reply = await chat.stream(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
+    return await event_stream(reply)
+
+
+def _check_length(body: HandleRequest, services: ServicesDep) -> None:
     if len(body.text) > services.settings.max_message_chars:
         raise ApiError(
             "payload_too_large",
             f"text is longer than {services.settings.max_message_chars} characters "
             "(MAX_MESSAGE_CHARS)",
         )
-    reply = await chat.handle(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
-    response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
-    return HandleResponse(text=reply.text)
 
 
 @v1.post("/chat/reset", response_model=ResetResponse)

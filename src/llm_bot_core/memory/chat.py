@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import Settings
 from llm_bot_core.errors import CoreError
-from llm_bot_core.llm.base import ChatModel
+from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.prompt import build_prompt
-from llm_bot_core.metrics import metered_completion
+from llm_bot_core.memory.streaming import ReplyStream, ReplyText
+from llm_bot_core.metrics import metered_completion, metered_stream
 from llm_bot_core.rag.base import SemanticMemory
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,14 @@ class Reply:
     user_message_id: int
     assistant_message_id: int
     llm_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """A stored user message and the prompt that answers it."""
+
+    user: store.Appended
+    prompt: list[ChatMessage]
 
 
 class ChatService:
@@ -48,9 +61,60 @@ class ChatService:
         self._semantic = semantic
         self._jobs = jobs
         self._settings = settings
+        self._streams = BackgroundTasks(_log_failure)
 
     async def handle(self, *, user_id: str, chat_id: str, text: str) -> Reply:
         """Answer a user message; the user message is stored even if the model then fails."""
+        turn = await self._begin(user_id=user_id, chat_id=chat_id, text=text)
+        try:
+            completion = await metered_completion(self._model, "chat", turn.prompt)
+        finally:
+            # Queued whatever happens: the user message counts towards the summary and is
+            # worth remembering even when the model failed to answer it.
+            self._after_store(turn.user)
+        answer = completion.text[: self._settings.max_reply_chars]
+        return await self._finish(turn, answer, completion)
+
+    async def stream(self, *, user_id: str, chat_id: str, text: str) -> ReplyStream[Reply]:
+        """Answer a user message as it is generated: deltas, then the stored Reply.
+
+        The memory effects are those of `handle`. The generation does not depend on the reader:
+        if it goes away, the answer is still completed and stored (as `handle` stores an answer
+        whose client hung up). A model failure mid-answer stores no assistant message, so
+        nothing half-written is kept; the user message stays, as after a failed `handle`.
+        """
+        turn = await self._begin(user_id=user_id, chat_id=chat_id, text=text)
+        reply: ReplyStream[Reply] = ReplyStream()
+        self._streams.spawn(reply.produce(self._generate(turn, reply)), name="chat.stream")
+        return reply
+
+    async def finish_within(self, grace: float) -> None:
+        """At shutdown: answers still being generated get `grace` seconds to be stored; the
+        rest are cancelled, which stores no assistant message (as a failed model call)."""
+        await self._streams.finish_within(grace)
+
+    async def _generate(self, turn: _Turn, reply: ReplyStream[Reply]) -> Reply:
+        text = ReplyText(self._settings.max_reply_chars)
+        completion: Completion | None = None
+        started = time.perf_counter()
+        try:
+            # Read to the end even once MAX_REPLY_CHARS is reached: the usage chunk comes last.
+            async for item in metered_stream(self._model, "chat", turn.prompt):
+                if isinstance(item, Completion):
+                    completion = item
+                    continue
+                if reply.first_delta_seconds is None:
+                    reply.first_delta_seconds = time.perf_counter() - started
+                piece = text.feed(item)
+                if piece:
+                    reply.push(piece)
+        finally:
+            self._after_store(turn.user)
+        assert completion is not None  # a stream ends with its Completion or raises
+        return await self._finish(turn, text.text, completion)
+
+    async def _begin(self, *, user_id: str, chat_id: str, text: str) -> _Turn:
+        """Store the user message and build the prompt from the chat's memory."""
         settings = self._settings
         async with self._autocommit.connect() as conn:
             user, summary, recent = await store.append_user_message_with_context(
@@ -70,30 +134,25 @@ class ChatService:
             query=text,
             exclude_message_ids=[m.id for m in recent],
         )
-        prompt = build_prompt(settings.system_prompt, summary, recent, facts)
-        try:
-            completion = await metered_completion(self._model, "chat", prompt)
-        finally:
-            # Queued whatever happens: the user message counts towards the summary and is
-            # worth remembering even when the model failed to answer it.
-            self._after_store(user)
+        return _Turn(user, build_prompt(settings.system_prompt, summary, recent, facts))
 
-        answer = completion.text[: settings.max_reply_chars]
+    async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
+        """Store the answer in the turn's session and queue its memory jobs."""
         async with self._autocommit.connect() as conn:
             assistant = await store.append_message_to_session(
                 conn,
-                session_id=user.session_id,
+                session_id=turn.user.session_id,
                 role="assistant",
                 content=answer,
                 tokens=completion.completion_tokens,
             )
         if assistant is None:  # the session was deleted while the model was answering
-            raise SessionGone(user.session_id)
+            raise SessionGone(turn.user.session_id)
         self._after_store(assistant)
         return Reply(
             text=answer,
-            session_id=user.session_id,
-            user_message_id=user.message_id,
+            session_id=turn.user.session_id,
+            user_message_id=turn.user.message_id,
             assistant_message_id=assistant.message_id,
             llm_seconds=completion.seconds,
         )
@@ -115,6 +174,11 @@ class ChatService:
         self._jobs.index([appended.message_id])
         if appended.messages_since_summary >= self._settings.summary_threshold:
             self._jobs.summarize(appended.session_id, appended.messages_since_summary)
+
+
+def _log_failure(task: asyncio.Task[Any], exc: BaseException) -> None:
+    # ReplyStream hands the answer's own failures to its reader: this is a bug.
+    log.error("%s failed: %r", task.get_name(), exc, exc_info=exc)
 
 
 class SessionGone(CoreError):
