@@ -1,12 +1,15 @@
-"""The bot's only way to the backend: `POST /v1/chat/handle` and `POST /v1/chat/reset`."""
+"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`) and `/v1/chat/reset`."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
+import orjson
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -19,6 +22,8 @@ from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.errors import RETRYABLE_CODES
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class BackendError(Exception):
@@ -46,6 +51,13 @@ class BackendUnavailable(Exception):
         # False when the request never left (connection refused, connect timeout): the backend
         # certainly did nothing. True when it may have been received (read timeout, reset).
         self.maybe_processed = maybe_processed
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The end of a streamed answer: its whole text, as the backend stored it."""
+
+    text: str
 
 
 # A proxy in front of the backend answering for it (no error shape): the backend may be
@@ -104,6 +116,44 @@ class BackendClient:
             raise BackendError(502, "bad_backend_response", "no text in /v1/chat/handle answer")
         return answer
 
+    async def stream_chat(
+        self, *, user_id: int | str, chat_id: int | str, text: str, request_id: str | None = None
+    ) -> AsyncGenerator[str | Done, None]:
+        """The answer as it is generated: text deltas, then Done with the whole text.
+
+        Opening the stream is retried like `handle_chat`; once it is open the backend has the
+        message, so nothing after that is repeated: a failure mid-answer is raised.
+        """
+        body = {"user_id": str(user_id), "chat_id": str(chat_id), "text": text}
+        request_id = request_id or str(uuid.uuid4())
+        path = "/v1/chat/stream"
+        response = await self._retrying(
+            path, _handle_may_retry, self._open_stream, body, request_id
+        )
+        try:
+            async for event, data in _server_sent_events(response):
+                if event == "delta" and isinstance(data.get("text"), str):
+                    yield data["text"]
+                elif event == "done" and isinstance(data.get("text"), str):
+                    yield Done(data["text"])
+                    return
+                elif event == "error":
+                    raise BackendError(
+                        response.status_code,
+                        str(data.get("code", "unknown")),
+                        str(data.get("message", "")),
+                        data.get("request_id"),
+                    )
+            raise BackendUnavailable(f"backend {path}: stream ended early", maybe_processed=True)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"backend {path}: {type(exc).__name__} {exc}".strip(),
+                maybe_processed=True,
+                timed_out=isinstance(exc, httpx.ReadTimeout),
+            ) from exc
+        finally:
+            await response.aclose()
+
     async def reset_chat(self, *, chat_id: int | str, request_id: str | None = None) -> int:
         """Close the chat's active session; the number of sessions closed."""
         data = await self._post(
@@ -118,6 +168,16 @@ class BackendClient:
         self, path: str, body: dict[str, Any], request_id: str | None, may_retry: Any
     ) -> dict[str, Any]:
         request_id = request_id or str(uuid.uuid4())
+        return await self._retrying(path, may_retry, self._post_once, body, request_id)
+
+    async def _retrying(
+        self,
+        path: str,
+        may_retry: Callable[[BaseException], bool],
+        call: Callable[[str, dict[str, Any], str], Awaitable[T]],
+        body: dict[str, Any],
+        request_id: str,
+    ) -> T:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=self._backoff, max=max(self._backoff, 10.0))
@@ -134,8 +194,31 @@ class BackendClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._post_once(path, body, request_id)
+                return await call(path, body, request_id)
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+    async def _open_stream(
+        self, path: str, body: dict[str, Any], request_id: str
+    ) -> httpx.Response:
+        """The response of a stream that started (200, text/event-stream), not yet read."""
+        request = self._client.build_request(
+            "POST", path, json=body, headers={"X-Request-ID": request_id}
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise _unavailable(path, exc) from exc
+        if response.status_code == 200 and response.headers.get("content-type", "").startswith(
+            "text/event-stream"
+        ):
+            return response
+        try:
+            await response.aread()
+        except httpx.TransportError as exc:
+            raise _unavailable(path, exc) from exc
+        finally:
+            await response.aclose()
+        raise _error_of(response, request_id)
 
     async def _post_once(self, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         try:
@@ -143,30 +226,58 @@ class BackendClient:
                 path, json=body, headers={"X-Request-ID": request_id}
             )
         except httpx.TransportError as exc:
-            never_sent = isinstance(
-                exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
-            )
-            raise BackendUnavailable(
-                f"backend {path}: {type(exc).__name__} {exc}".strip(),
-                maybe_processed=not never_sent,
-                timed_out=isinstance(exc, httpx.ReadTimeout),
-            ) from exc
+            raise _unavailable(path, exc) from exc
         try:
             data = response.json()
         except ValueError:
             data = None
         if response.is_success and isinstance(data, dict):
             return data
-        if isinstance(data, dict) and data.get("type") == "error":
-            raise BackendError(
-                response.status_code,
-                str(data.get("code", "unknown")),
-                str(data.get("message", "")),
-                data.get("request_id"),
-            )
-        raise BackendError(
+        raise _error_of(response, request_id)
+
+
+def _unavailable(path: str, exc: httpx.TransportError) -> BackendUnavailable:
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return BackendUnavailable(
+        f"backend {path}: {type(exc).__name__} {exc}".strip(),
+        maybe_processed=not never_sent,
+        timed_out=isinstance(exc, httpx.ReadTimeout),
+    )
+
+
+def _error_of(response: httpx.Response, request_id: str) -> BackendError:
+    """The backend's error shape as a BackendError (bad_backend_response if it is not one)."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("type") == "error":
+        return BackendError(
             response.status_code,
-            "bad_backend_response",
-            response.text[:200] or response.reason_phrase,
-            request_id,
+            str(data.get("code", "unknown")),
+            str(data.get("message", "")),
+            data.get("request_id"),
         )
+    return BackendError(
+        response.status_code,
+        "bad_backend_response",
+        response.text[:200] or response.reason_phrase,
+        request_id,
+    )
+
+
+async def _server_sent_events(response: httpx.Response) -> AsyncIterator[tuple[str, Any]]:
+    """(event, decoded data) of a text/event-stream; unreadable data is a bad response."""
+    event, data = "message", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line and data:
+            try:
+                decoded = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise BackendError(502, "bad_backend_response", data[:200]) from exc
+            yield event, decoded if isinstance(decoded, dict) else {}
+            event, data = "message", ""

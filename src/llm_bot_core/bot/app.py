@@ -24,6 +24,7 @@ from llm_bot_core.bot.middlewares import (
     RequestIdMiddleware,
     RetryAfterMiddleware,
 )
+from llm_bot_core.bot.streaming import DraftGate
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def create_bot(settings: BotSettings) -> Bot:
 
 
 def create_dispatcher(settings: BotSettings, backend: BackendClient) -> Dispatcher:
-    """The Dispatcher with its routers; handlers get `backend`, `settings` and `lang` from it."""
-    dispatcher = Dispatcher(settings=settings, backend=backend)
+    """The Dispatcher with its routers; handlers get `backend`, `settings`, `drafts` and `lang`
+    from it."""
+    dispatcher = Dispatcher(settings=settings, backend=backend, drafts=DraftGate())
     dispatcher.update.outer_middleware(RequestIdMiddleware())
     dispatcher.update.outer_middleware(LanguageMiddleware())
     router = create_router()

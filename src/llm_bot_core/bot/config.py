@@ -36,6 +36,13 @@ class BotSettings(BaseSettings):
     telegram_max_retries: int = Field(default=3, ge=0, le=20)
     telegram_max_retry_after: float = Field(default=60.0, ge=0)
     typing_interval: float = Field(default=4.0, gt=0)
+    stream_replies: bool = Field(
+        default=True,
+        description="Private chats: show the answer as it is generated (sendMessageDraft).",
+    )
+    # Telegram allows a bot about one message per second in a chat; drafts are held to the same
+    # pace (and to any 429 retry_after), which still shows the answer growing.
+    stream_draft_interval: float = Field(default=1.0, ge=0.1, le=30)
 
     allowed_user_ids: IdSet = Field(default_factory=frozenset)
     allowed_chat_ids: IdSet = Field(default_factory=frozenset)

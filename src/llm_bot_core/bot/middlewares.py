@@ -16,7 +16,7 @@ from aiogram.client.session.middlewares.base import (
     NextRequestMiddlewareType,
 )
 from aiogram.exceptions import TelegramRetryAfter, TelegramServerError
-from aiogram.methods import SendChatAction, TelegramMethod
+from aiogram.methods import SendChatAction, SendMessageDraft, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import Message, TelegramObject, User
 from asgi_correlation_id import correlation_id
@@ -150,9 +150,10 @@ class RetryAfterMiddleware(BaseRequestMiddleware):
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as exc:
-                # A late typing indicator is worthless; waiting for it would delay the answer.
+                # A late typing indicator or draft is worthless; waiting for it would delay the
+                # answer (the draft streamer waits out retry_after itself, skipping drafts).
                 if (
-                    isinstance(method, SendChatAction)
+                    isinstance(method, SendChatAction | SendMessageDraft)
                     or attempt >= self.max_retries
                     or exc.retry_after > self.max_retry_after
                 ):

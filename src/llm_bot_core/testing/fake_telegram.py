@@ -95,6 +95,8 @@ class FakeTelegram:
         self._client: aiohttp.ClientSession | None = None
         self.confirmed_offset = 0
         self._deliveries: set[asyncio.Future[None]] = set()
+        self.drafts_supported = True
+        """False: answer sendMessageDraft like a Bot API server without it (404)."""
 
     # --- what tests use ----------------------------------------------------------------
     def push_update(self, update: dict[str, Any]) -> int:
@@ -219,6 +221,7 @@ class FakeTelegram:
             self._updates.clear()
             self._faults.clear()
             self.webhook = None
+            self.drafts_supported = True
 
     # --- the server ----------------------------------------------------------------------
     async def attach(self, _: web.Application | None = None) -> None:
@@ -332,6 +335,19 @@ class FakeTelegram:
         return self._message_result(
             params, call.plain_text, message_id=int(params.get("message_id", 0))
         )
+
+    async def _m_sendmessagedraft(self, params: dict[str, Any], call: ApiCall) -> Any:
+        if not self.drafts_supported:
+            raise _ApiError(404, "Not Found: method not found")
+        if call.chat_id is None or call.chat_id <= 0:
+            raise _ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")  # private chats only
+        if not str(params.get("draft_id", "")).lstrip("-").isdigit() or not int(
+            params["draft_id"]
+        ):
+            raise _ApiError(400, "Bad Request: draft_id must be non-zero")
+        if params.get("text"):  # empty: the "Thinking…" placeholder
+            call.plain_text = self._checked_text(params)
+        return True
 
     async def _m_sendchataction(self, params: dict[str, Any], _: ApiCall) -> Any:
         if params.get("action") not in {

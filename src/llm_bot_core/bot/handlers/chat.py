@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from aiogram import Bot, F, Router
+from aiogram.enums import ChatType
 from aiogram.types import Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, send_answer, typing
 from llm_bot_core.bot.handlers.filters import Addressed
+from llm_bot_core.bot.streaming import DraftGate, stream_answer
 from llm_bot_core.bot.texts import Lang, t
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,22 @@ async def answer_text(
     settings: BotSettings,
     request_id: str,
     lang: Lang,
+    drafts: DraftGate,
 ) -> None:
-    """Ask the backend, showing "typing…" meanwhile, and send its answer."""
+    """Ask the backend and send its answer: streamed as drafts in private chats, otherwise
+    with "typing…" meanwhile."""
     user_id = message.from_user.id if message.from_user else message.chat.id
     try:
-        async with typing(bot, message, settings.typing_interval):
-            answer = await backend.handle_chat(
-                user_id=user_id, chat_id=message.chat.id, text=text, request_id=request_id
-            )
+        if settings.stream_replies and message.chat.type == ChatType.PRIVATE and drafts.open:
+            answer = await stream_answer(
+                message, text, bot, backend, settings, drafts,
+                user_id=user_id, request_id=request_id,
+            )  # fmt: skip
+        else:
+            async with typing(bot, message, settings.typing_interval):
+                answer = await backend.handle_chat(
+                    user_id=user_id, chat_id=message.chat.id, text=text, request_id=request_id
+                )
     except (BackendError, BackendUnavailable) as exc:
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
         await reply(message, error_text(exc, lang))
