@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
+from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable, Done
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.handlers.chat import error_text
 from llm_bot_core.bot.texts import t
@@ -36,6 +36,8 @@ class ScriptedBackend:
                                                                       "type": "message"})
         if isinstance(body, str):
             return web.Response(status=status, text=body)
+        if isinstance(body, bytes):  # a Server-Sent Events body
+            return web.Response(status=status, body=body, content_type="text/event-stream")
         return web.json_response(body, status=status)
 
 
@@ -171,4 +173,41 @@ async def test_validation_and_auth_errors_are_typed_and_not_retried(scripted) ->
         await client.handle_chat(user_id=1, chat_id=1, text="x")
     assert caught.value.code == "unauthorized"
     assert len(fake.requests) == 1
+    await client.aclose()
+
+
+async def collect(client: BackendClient) -> list[str | Done]:
+    return [item async for item in client.stream_chat(user_id=1, chat_id=2, text="x")]
+
+
+async def test_stream_yields_deltas_then_done_after_retrying_what_stored_nothing(
+    scripted,
+) -> None:
+    fake, url = scripted
+    client = client_for(url)
+    events = (b'event: delta\ndata: {"text": "Hel"}\n\nevent: delta\ndata: {"text": "lo"}\n\n'
+              b'event: done\ndata: {"text": "Hello", "type": "message"}\n\n')
+    fake.script = [error("database_unavailable", 503), (200, events)]
+    assert await collect(client) == ["Hel", "lo", Done("Hello")]
+    assert [r[0] for r in fake.requests] == ["/v1/chat/stream"] * 2
+    await client.aclose()
+
+
+async def test_stream_failures_after_it_started_are_raised_not_repeated(scripted) -> None:
+    fake, url = scripted
+    client = client_for(url)
+    failed = (b'event: delta\ndata: {"text": "Hel"}\n\nevent: error\ndata: {"type": "error", '
+              b'"code": "llm_unavailable", "message": "gone", "request_id": "r1"}\n\n')
+    cut = b'event: delta\ndata: {"text": "Hel"}\n\n'
+    fake.script = [(200, failed), (200, cut), error("llm_unavailable", 502)]
+    with pytest.raises(BackendError) as caught:
+        await collect(client)
+    assert (caught.value.code, caught.value.request_id) == ("llm_unavailable", "r1")
+    with pytest.raises(BackendUnavailable) as ended:
+        await collect(client)
+    assert ended.value.maybe_processed
+    with pytest.raises(BackendError) as refused:  # before the stream: a JSON error, as handle
+        await collect(client)
+    assert (refused.value.status, refused.value.code) == (502, "llm_unavailable")
+    assert len(fake.requests) == 3
     await client.aclose()
