@@ -191,11 +191,13 @@ def wait_http(url: str, proc: Process, timeout: float = 60) -> None:
 
 
 @contextmanager
-def fake_llm(latency_ms: float, summary_latency_ms: float | None = None) -> Iterator[str]:
+def fake_llm(
+    latency_ms: float, summary_latency_ms: float | None = None, extra: Sequence[str] = ()
+) -> Iterator[str]:
     """The fake OpenAI-compatible server as its own process; yields its base URL."""
     port = free_port()
     argv = [sys.executable, "-m", "llm_bot_core.testing.fake_llm", "--port", str(port)]
-    argv += ["--latency-ms", str(latency_ms)]
+    argv += ["--latency-ms", str(latency_ms), *extra]
     if summary_latency_ms is not None:
         argv += ["--summary-latency-ms", str(summary_latency_ms)]
     proc = Process("fake-llm", argv, dict(os.environ))
@@ -332,14 +334,17 @@ async def drive_chats(
     concurrency: int,
     max_seconds: float,
     chat_ids: Sequence[str] | None = None,
+    path: str = "/v1/chat/handle",
 ) -> Samples:
     """`concurrency` users at once; each chat sends its messages one after another (like a human
-    waiting for the reply), then the user moves on to the next chat."""
+    waiting for the reply), then the user moves on to the next chat. With `path` the streaming
+    endpoint, a request counts as answered when its body ends with the `done` event."""
     samples = Samples()
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(chats):
         queue.put_nowait(chat_ids[i] if chat_ids else f"{tag}-{i}")
-    url = f"{base_url}/v1/chat/handle"
+    url = f"{base_url}{path}"
+    streaming = path.endswith("/stream")
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -357,9 +362,11 @@ async def drive_chats(
                 t0 = time.perf_counter()
                 try:
                     async with session.post(url, json=body) as response:
-                        await response.read()
+                        raw = await response.read()
                         elapsed = time.perf_counter() - t0
-                        if response.status == 200:
+                        if streaming and b"event: done" not in raw:
+                            samples.error("stream_without_done")
+                        elif response.status == 200:
                             timing = server_timing(response.headers)
                             samples.latencies.append(elapsed)
                             samples.llm.append(timing.get("llm", 0.0))

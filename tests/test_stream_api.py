@@ -136,6 +136,8 @@ async def test_stream_validates_its_body_like_handle(
     assert (blank.status_code, blank.json()["code"]) == (422, "validation_error")
     assert (extra.status_code, extra.json()["code"]) == (422, "validation_error")
     assert await stored(db) == []
+    documented = (await app_client.get("/openapi.json")).json()["paths"]["/v1/chat/stream"]
+    assert "text/event-stream" in documented["post"]["responses"]["200"]["content"]
 
 
 async def test_a_broken_stream_is_retried_before_its_first_token_only(

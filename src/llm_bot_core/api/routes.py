@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from llm_bot_core import __version__, metrics
@@ -19,7 +19,7 @@ from llm_bot_core.api.schemas import (
     ResetRequest,
     ResetResponse,
 )
-from llm_bot_core.api.sse import EVENTS_DESCRIPTION, event_stream
+from llm_bot_core.api.sse import EVENTS_DESCRIPTION, EventStreamResponse, event_stream
 
 _errors = openapi_responses(
     "invalid_json",
@@ -51,7 +51,8 @@ async def handle(
 
 @v1.post(
     "/chat/stream",
-    response_class=StreamingResponse,
+    response_class=EventStreamResponse,
+    status_code=200,
     responses={200: {"content": {"text/event-stream": {}}, "description": EVENTS_DESCRIPTION}},
 )
 async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep) -> Response:

@@ -85,6 +85,11 @@ class ReplyStream(Generic[T]):
         else:
             self._queue.put_nowait(_End(result))
 
+    @property
+    def ready(self) -> bool:
+        """The next item is there: reading it will not wait."""
+        return self._pending is not None or not self._queue.empty()
+
     def __aiter__(self) -> ReplyStream[T]:
         return self
 

@@ -180,30 +180,41 @@ class FakeLLM:
             "model": body.get("model", "fake"),
         }
 
-        async def send(chunk: dict[str, Any]) -> None:
-            await response.write(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
+        # Frames wait in `pending` until a pause (or the end) flushes them in one write, as a
+        # server that has the whole answer at once sends it.
+        pending: list[bytes] = []
+
+        def frame(chunk: dict[str, Any]) -> None:
+            pending.append(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
+
+        async def flush() -> None:
+            await response.write(b"".join(pending))
+            pending.clear()
 
         size = max(1, self.chunk_chars)
         pieces = [content[i : i + size] for i in range(0, len(content), size)]
-        await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        frame({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         for index, piece in enumerate(pieces):
             if fault is not None and index == fault[0]:
                 if fault[1] == "drop":
+                    await flush()
                     assert request.transport is not None
                     request.transport.close()
                     return response
-                await send(
+                frame(
                     {
                         "error": {"code": 502, "message": "upstream provider failed"},
                         "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
                     }
                 )
-                await response.write(b"data: [DONE]\n\n")
+                pending.append(b"data: [DONE]\n\n")
+                await flush()
                 return response
             if index and self.chunk_delay:
+                await flush()
                 await asyncio.sleep(self.chunk_delay)
-            await send({"choices": [{"index": 0, "delta": {"content": piece}}]})
-        await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            frame({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        frame({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             completion_tokens = len(content.split())
             usage = {
@@ -211,8 +222,9 @@ class FakeLLM:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             }
-            await send({"choices": [], "usage": usage})
-        await response.write(b"data: [DONE]\n\n")
+            frame({"choices": [], "usage": usage})
+        pending.append(b"data: [DONE]\n\n")
+        await flush()
         await response.write_eof()
         return response
 
