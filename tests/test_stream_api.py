@@ -106,8 +106,10 @@ async def test_provider_failure_mid_answer_is_an_error_event_and_no_partial_answ
 
     _, events = await stream(app_client, "second")
     assert events[-1] == ("done", {"text": "Echo: second", "type": "message"})
-    contents = [m["content"] for m in fake_llm.chat_requests[-1]["messages"]]
-    assert contents[-2:] == ["first question", "second"]  # the unanswered message is kept
+    # The unanswered message is kept, in one user turn with the next (as after a failed handle).
+    assert fake_llm.chat_requests[-1]["messages"][1:] == [
+        {"role": "user", "content": "first question\n\nsecond"}
+    ]
 
 
 @pytest.mark.parametrize(
