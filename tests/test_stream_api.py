@@ -113,16 +113,15 @@ async def test_provider_failure_mid_answer_is_an_error_event_and_no_partial_answ
 
 
 @pytest.mark.parametrize(
-    ("fault", "status", "code"),
-    [({"status": 500}, 502, "llm_unavailable"), ({"status": 400}, 502, "llm_bad_response")],
+    ("provider_status", "code"), [(500, "llm_unavailable"), (400, "llm_bad_response")]
 )
 async def test_failure_before_the_first_token_is_an_ordinary_json_error(
-    app_client: httpx.AsyncClient, db: AsyncEngine, fake_llm: FakeLLM, fault: dict[str, int],
-    status: int, code: str,
+    app_client: httpx.AsyncClient, db: AsyncEngine, fake_llm: FakeLLM, provider_status: int,
+    code: str,
 ) -> None:  # fmt: skip
-    fake_llm.fail_next(1, **fault)
+    fake_llm.fail_next(1, status=provider_status)
     response = await app_client.post("/v1/chat/stream", json={**MSG, "text": "hello"})
-    assert response.status_code == status
+    assert response.status_code == 502
     assert response.headers["content-type"] == "application/json"
     assert response.json()["code"] == code and response.json()["type"] == "error"
     assert await stored(db) == [("user", "hello")]
