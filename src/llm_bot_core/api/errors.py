@@ -47,12 +47,17 @@ def error_response(
 
 def respond(exc: CoreError) -> JSONResponse:
     """The one place an error becomes a response; 5xx are logged with the request id."""
+    return JSONResponse(described(exc).model_dump(exclude_none=True), status_code=exc.status)
+
+
+def described(exc: CoreError) -> ErrorResponse:
+    """The error body of `exc` (a response's, or a stream's `error` event); 5xx are logged."""
     if exc.status == 500:
         log.error("internal error: %r", exc.__cause__ or exc, exc_info=exc.__cause__ or exc)
     elif exc.status >= 500:
         cause = f" ({exc.__cause__!r})" if exc.__cause__ else ""
         log.warning("%s %d: %s%s", exc.code, exc.status, exc, cause)
-    return error_response(exc.status, exc.code, exc.message)
+    return ErrorResponse(code=exc.code, message=exc.message, request_id=correlation_id.get())
 
 
 def install_error_handlers(app: FastAPI) -> None:

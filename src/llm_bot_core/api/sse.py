@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from asgi_correlation_id import correlation_id
 from fastapi.responses import Response
-from sqlalchemy.exc import DBAPIError
 from starlette.types import Receive, Scope, Send
 
-from llm_bot_core.api.errors import ERROR_CODES
-from llm_bot_core.api.schemas import ErrorResponse
-from llm_bot_core.llm.base import LLMError
-from llm_bot_core.memory.chat import Reply, SessionGone
+from llm_bot_core.api.errors import described
+from llm_bot_core.db.errors import DATABASE_ERRORS, as_core_error
+from llm_bot_core.errors import CoreError
+from llm_bot_core.memory.chat import Reply
 from llm_bot_core.memory.streaming import ReplyStream
-
-log = logging.getLogger(__name__)
 
 EVENTS_DESCRIPTION = (
     '`text/event-stream`: `event: delta` with `data: {"text": ...}` (new text) as many times '
@@ -87,15 +82,10 @@ def _event(name: bytes, data: dict[str, Any]) -> bytes:
 
 
 def _error_body(exc: Exception) -> dict[str, Any]:
-    """The documented error object of a failure mid-answer, as the error handlers map it."""
-    if isinstance(exc, LLMError | SessionGone):
-        code, message = exc.code, str(exc)
-        log.warning("answer failed mid-stream: %s", exc)
-    elif isinstance(exc, DBAPIError | OSError):
-        code, message = "database_unavailable", ERROR_CODES["database_unavailable"][1]
-        log.error("database error mid-stream: %s", type(exc).__name__, exc_info=exc)
+    """The documented error object of a failure mid-answer, mapped as the handlers map it."""
+    if isinstance(exc, CoreError):
+        error = exc
     else:
-        code, message = "internal_error", ERROR_CODES["internal_error"][1]
-        log.exception("unhandled error mid-stream", exc_info=exc)
-    body = ErrorResponse(code=code, message=message, request_id=correlation_id.get())
-    return body.model_dump(exclude_none=True)
+        error = as_core_error(exc) if isinstance(exc, DATABASE_ERRORS) else CoreError()
+        error.__cause__ = exc
+    return described(error).model_dump(exclude_none=True)

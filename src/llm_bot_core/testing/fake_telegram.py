@@ -341,9 +341,7 @@ class FakeTelegram:
             raise _ApiError(404, "Not Found: method not found")
         if call.chat_id is None or call.chat_id <= 0:
             raise _ApiError(400, "Bad Request: TEXTDRAFT_PEER_INVALID")  # private chats only
-        if not str(params.get("draft_id", "")).lstrip("-").isdigit() or not int(
-            params["draft_id"]
-        ):
+        if not str(params.get("draft_id", "")).lstrip("-").isdigit() or not int(params["draft_id"]):
             raise _ApiError(400, "Bad Request: draft_id must be non-zero")
         if params.get("text"):  # empty: the "Thinking…" placeholder
             call.plain_text = self._checked_text(params)
