@@ -61,20 +61,19 @@ async def _chunks(
 ) -> AsyncIterator[tuple[bytes, bool]]:
     """(bytes to write, whether they end the stream); events already waiting go in one write."""
     item, events = first, []
-    try:
-        while True:
-            if isinstance(item, Reply):
-                events.append(_event(b"done", {"text": item.text, "type": "message"}))
-                yield b"".join(events), True
-                return
-            events.append(_event(b"delta", {"text": item}))
-            if not reply.ready:
-                yield b"".join(events), False
-                events = []
+    while not isinstance(item, Reply):
+        events.append(_event(b"delta", {"text": item}))
+        if not reply.ready:
+            yield b"".join(events), False
+            events = []
+        try:
             item = await anext(reply)
-    except Exception as exc:  # the answer failed after its first delta: say so in-band
-        events.append(_event(b"error", _error_body(exc)))
-        yield b"".join(events), True
+        except Exception as exc:  # the answer failed after its first delta: say so in-band
+            events.append(_event(b"error", _error_body(exc)))
+            yield b"".join(events), True
+            return
+    events.append(_event(b"done", {"text": item.text, "type": "message"}))
+    yield b"".join(events), True
 
 
 def _event(name: bytes, data: dict[str, Any]) -> bytes:
