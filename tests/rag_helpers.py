@@ -30,9 +30,16 @@ async def has_pgvector(url: str) -> bool:
     return _pgvector[url]
 
 
-async def say(client: httpx.AsyncClient, user: str, chat: str, message: str) -> str:
-    response = await client.post("/v1/chat/handle",
-                                 json={"user_id": user, "chat_id": chat, "text": message})
+async def say(client: httpx.AsyncClient, user: str, chat: str, message: str, *,
+              chat_type: str | None = None, name: str | None = None) -> str:
+    """One message through the API; without chat_type the API's rule applies (chat == user:
+    private, else a group)."""
+    body = {"user_id": user, "chat_id": chat, "text": message}
+    if chat_type is not None:
+        body["chat_type"] = chat_type
+    if name is not None:
+        body["user_name"] = name
+    response = await client.post("/v1/chat/handle", json=body)
     assert response.status_code == 200, response.text
     await drain_jobs(client)
     return str(response.json()["text"])

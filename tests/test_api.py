@@ -36,15 +36,23 @@ async def test_handle_answers_in_spec_shape_and_stores_both_messages(
 ) -> None:
     response = await app_client.post(
         "/v1/chat/handle",
-        json={"user_id": "12345", "chat_id": "67890", "text": "Привет, расскажи, что ты умеешь?"},
+        json={
+            "user_id": "12345",
+            "chat_id": "67890",
+            "text": "Привет, расскажи, что ты умеешь?",
+            "chat_type": "private",
+            "user_name": "Alice",
+        },
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"text": "Echo: Привет, расскажи, что ты умеешь?", "type": "message"}
     assert response.headers["server-timing"].startswith("llm;dur=")
-    stored = await rows(db, "SELECT role, content, tokens FROM messages ORDER BY id")
+    stored = await rows(
+        db, "SELECT role, content, tokens, user_id, user_name FROM messages ORDER BY id"
+    )
     assert stored == [
-        ("user", "Привет, расскажи, что ты умеешь?", None),
-        ("assistant", "Echo: Привет, расскажи, что ты умеешь?", 6),
+        ("user", "Привет, расскажи, что ты умеешь?", None, "12345", "Alice"),
+        ("assistant", "Echo: Привет, расскажи, что ты умеешь?", 6, "12345", None),
     ]
     sessions = await rows(
         db, "SELECT user_id, chat_id, is_active, messages_since_summary FROM chat_sessions"
@@ -59,7 +67,10 @@ async def test_numeric_ids_are_accepted_as_strings(
         "/v1/chat/handle", json={"user_id": 12345, "chat_id": -100500, "text": "hi"}
     )
     assert response.status_code == 200, response.text
-    assert await rows(db, "SELECT user_id, chat_id FROM chat_sessions") == [("12345", "-100500")]
+    # A chat id other than the user's, and no chat_type: a group, whose session has no owner.
+    assert await rows(db, "SELECT user_id, chat_id, chat_type FROM chat_sessions") == [
+        (None, "-100500", "group")
+    ]
 
 
 async def test_reset_by_chat_id_closes_session_and_next_message_opens_new_one(
@@ -79,9 +90,9 @@ async def test_reset_by_chat_id_closes_session_and_next_message_opens_new_one(
 async def test_new_session_prompt_does_not_contain_previous_session(
     app_client: httpx.AsyncClient, fake_llm: FakeLLM
 ) -> None:
-    await app_client.post("/v1/chat/handle", json={"user_id": "1", "chat_id": "c", "text": "old"})
-    await app_client.post("/v1/chat/reset", json={"chat_id": "c"})
-    await app_client.post("/v1/chat/handle", json={"user_id": "1", "chat_id": "c", "text": "new"})
+    await app_client.post("/v1/chat/handle", json={"user_id": "1", "chat_id": "1", "text": "old"})
+    await app_client.post("/v1/chat/reset", json={"chat_id": "1"})
+    await app_client.post("/v1/chat/handle", json={"user_id": "1", "chat_id": "1", "text": "new"})
     contents = [m["content"] for m in fake_llm.chat_requests[-1]["messages"]]
     assert "old" not in contents
     assert contents[-1] == "new"

@@ -68,11 +68,12 @@ def error(code: str, status: int) -> tuple[int, dict[str, Any]]:
 async def test_sends_the_spec_body_api_key_and_request_id(scripted) -> None:
     fake, url = scripted
     client = client_for(url, backend_api_key="s3cret")
-    assert await client.handle_chat(user_id=7, chat_id=-100, text="hi",
-                                    request_id="rid-1") == "ok"
+    assert await client.handle_chat(user_id=7, chat_id=-100, text="hi", chat_type="group",
+                                    user_name="Ann Lee", request_id="rid-1") == "ok"
     path, headers, body = fake.requests[0]
     assert path == "/v1/chat/handle"
-    assert body == {"user_id": "7", "chat_id": "-100", "text": "hi"}
+    assert body == {"user_id": "7", "chat_id": "-100", "text": "hi", "chat_type": "group",
+                    "user_name": "Ann Lee"}
     assert headers["Authorization"] == "Bearer s3cret"
     assert headers["X-Request-ID"] == "rid-1"
     await client.aclose()
@@ -93,7 +94,7 @@ async def test_handle_retries_when_the_backend_stored_nothing(scripted) -> None:
     fake, url = scripted
     client = client_for(url)
     fake.script = [error("database_unavailable", 503), error("database_unavailable", 503)]
-    assert await client.handle_chat(user_id=1, chat_id=1, text="x") == "ok"
+    assert await client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private") == "ok"
     assert len(fake.requests) == 3
     await client.aclose()
 
@@ -103,7 +104,7 @@ async def test_handle_does_not_repeat_a_message_the_backend_already_stored(scrip
     client = client_for(url)
     fake.script = [error("llm_unavailable", 502)]
     with pytest.raises(BackendError) as caught:
-        await client.handle_chat(user_id=1, chat_id=1, text="x")
+        await client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private")
     assert (caught.value.status, caught.value.code) == (502, "llm_unavailable")
     assert len(fake.requests) == 1
     await client.aclose()
@@ -114,7 +115,7 @@ async def test_handle_read_timeout_is_not_repeated(scripted) -> None:
     fake.delay = 0.5
     client = client_for(url, backend_timeout=0.2)
     with pytest.raises(BackendUnavailable) as caught:
-        await client.handle_chat(user_id=1, chat_id=1, text="x")
+        await client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private")
     assert caught.value.maybe_processed and caught.value.timed_out
     assert len(fake.requests) == 1
     await client.aclose()
@@ -160,7 +161,7 @@ async def test_only_retryable_codes_say_temporarily_unavailable(code: str, key: 
 async def test_connection_refused_is_retried_then_reported_unavailable() -> None:
     client = client_for(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(BackendUnavailable) as caught:
-        await client.handle_chat(user_id=1, chat_id=1, text="x")
+        await client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private")
     assert not caught.value.maybe_processed
     await client.aclose()
 
@@ -170,14 +171,15 @@ async def test_validation_and_auth_errors_are_typed_and_not_retried(scripted) ->
     client = client_for(url)
     fake.script = [error("unauthorized", 401)]
     with pytest.raises(BackendError) as caught:
-        await client.handle_chat(user_id=1, chat_id=1, text="x")
+        await client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private")
     assert caught.value.code == "unauthorized"
     assert len(fake.requests) == 1
     await client.aclose()
 
 
 async def collect(client: BackendClient) -> list[str | Done]:
-    return [item async for item in client.stream_chat(user_id=1, chat_id=2, text="x")]
+    events = client.stream_chat(user_id=1, chat_id=2, text="x", chat_type="private")
+    return [item async for item in events]
 
 
 async def test_stream_yields_deltas_then_done_after_retrying_what_stored_nothing(

@@ -213,7 +213,8 @@ async def test_group_answers_only_when_mentioned_or_replied_to(
             text, chat_id=group, user_id=11, chat_type="supergroup",
             entities=[{"type": "mention", "offset": 0, "length": 13}])})
         first = await telegram.wait_for("sendMessage", 1, chat_id=group)
-        assert first[0].plain_text == "Echo: what is 2+2?"
+        # The fake model echoes the prompt's last turn, which in a group names its speaker.
+        assert first[0].plain_text == "Echo: [Alice] what is 2+2?"
         assert first[0].params["reply_parameters"]["message_id"]
 
         bot_message = {"message_id": 1, "date": 0, "chat": {"id": group, "type": "supergroup"},
@@ -222,7 +223,7 @@ async def test_group_answers_only_when_mentioned_or_replied_to(
             "and 3+3?", chat_id=group, user_id=12, chat_type="supergroup",
             reply_to_message=bot_message)})
         second = await telegram.wait_for("sendMessage", 2, chat_id=group)
-        assert second[1].plain_text == "Echo: and 3+3?"
+        assert second[1].plain_text == "Echo: [Alice] and 3+3?"
 
         telegram.send_text("/start@test_llm_bot", chat_id=group, user_id=11,
                            chat_type="supergroup")

@@ -43,10 +43,10 @@ async def test_erasing_a_user_deletes_their_rows_and_vectors_only(
 ) -> None:
     settings = make_settings(clean_db, llm_server.base_url, **overrides)
     async with running_app(settings) as client:
-        await say(client, "alice", "chat-a", "Мой номер паспорта 1234 567890.")
-        await client.post("/v1/chat/reset", json={"chat_id": "chat-a"})
-        await say(client, "alice", "chat-a", "Ещё одна сессия.")
-        await say(client, "bob", "chat-b", "Я Боб.")
+        await say(client, "alice", "alice", "Мой номер паспорта 1234 567890.")
+        await client.post("/v1/chat/reset", json={"chat_id": "alice"})
+        await say(client, "alice", "alice", "Ещё одна сессия.")
+        await say(client, "bob", "bob", "Я Боб.")
         assert await vectors_of(client, Scope(user_id="alice")) == 4
 
         response = await client.delete("/v1/memory/users/alice")
@@ -65,10 +65,10 @@ async def test_erasing_a_session_keeps_the_users_other_sessions(
 ) -> None:
     settings = make_settings(clean_db, llm_server.base_url, **overrides)
     async with running_app(settings) as client:
-        await say(client, "alice", "chat-a", "Первая сессия.")
+        await say(client, "alice", "alice", "Первая сессия.")
         first = await scalar(db, "SELECT id FROM chat_sessions")
-        await client.post("/v1/chat/reset", json={"chat_id": "chat-a"})
-        await say(client, "alice", "chat-a", "Вторая сессия.")
+        await client.post("/v1/chat/reset", json={"chat_id": "alice"})
+        await say(client, "alice", "alice", "Вторая сессия.")
 
         response = await client.delete(f"/v1/memory/sessions/{first}")
         assert response.json() == {"status": "ok", "deleted_sessions": 1, "deleted_messages": 2}
@@ -99,7 +99,7 @@ async def rows_left_of(db: AsyncEngine, user_id: str, sessions: list[object],
         # Lexical statistics are kept per search scope: the user's and the chat's.
         stats = (await conn.execute(text(
             "SELECT count(*) FROM lexical_stats WHERE scope = ANY(:scopes)"),
-            {"scopes": [f"u:{user_id}", "c:chat-a"]})).scalar()
+            {"scopes": [f"u:{user_id}", "c:alice"]})).scalar()
         left["lexical_stats.scope"] = int(stats or 0)
     return left
 
@@ -111,8 +111,8 @@ async def test_erasing_a_user_leaves_nothing_derived_from_them_in_any_store(
     settings = make_settings(clean_db, llm_server.base_url, summary_threshold=2, **overrides)
     async with running_app(settings) as client:
         for text_ in ("Меня зовут Алиса.", "Я живу в Казани.", "Люблю кататься на лыжах."):
-            await say(client, "alice", "chat-a", text_)
-        await say(client, "bob", "chat-b", "Я Боб, живу в Перми.")
+            await say(client, "alice", "alice", text_)
+        await say(client, "bob", "bob", "Я Боб, живу в Перми.")
         sessions = [r[0] for r in await rows(db, "SELECT id FROM chat_sessions "
                                                  "WHERE user_id = 'alice'")]
         messages = [r[0] for r in await rows(db, "SELECT m.id FROM messages m JOIN chat_sessions "
@@ -141,7 +141,7 @@ async def test_while_the_vector_store_is_down_erasing_deletes_nothing_and_says_s
                              rag_embedder="local", data_dir=tmp_path,
                              qdrant_url="http://127.0.0.1:1")
     async with running_app(settings) as client:
-        await say(client, "alice", "chat-a", "Мой номер паспорта 1234 567890.")
+        await say(client, "alice", "alice", "Мой номер паспорта 1234 567890.")
 
         response = await client.delete("/v1/memory/users/alice")
         assert_error(response, 503, "vector_store_unavailable")

@@ -13,7 +13,7 @@ from tests.conftest import make_settings, running_app
 
 pytestmark = pytest.mark.asyncio
 
-MSG = {"user_id": "u", "chat_id": "c"}
+MSG = {"user_id": "u", "chat_id": "c", "chat_type": "private"}
 
 
 @pytest.fixture(params=["http", "openai"])

@@ -107,6 +107,10 @@ class FlakyStore:
         self._check()
         await self.inner.delete(scope)
 
+    async def delete_messages(self, message_ids: Sequence[int]) -> None:
+        self._check()
+        await self.inner.delete_messages(message_ids)
+
     async def count(self) -> int:
         return await self.inner.count()
 

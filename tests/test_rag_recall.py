@@ -90,15 +90,14 @@ async def test_recall_skips_what_the_short_term_window_already_shows(
         assert "В каком городе" not in block
 
 
-async def test_other_users_facts_never_appear_even_in_the_same_chat_scope(
+async def test_other_users_private_facts_never_appear_in_their_private_chats(
     rag_settings: Settings, fake_llm: FakeLLM
 ) -> None:
     async with running_app(rag_settings) as client:
-        await say(client, "bob", "group", "Мой пароль от вайфая: кактус-42.")
+        await say(client, "bob", "bob", "Мой пароль от вайфая: кактус-42.")
         for filler in ("раз", "два", "три"):
-            await say(client, "bob", "group", filler)
-        await start_over(client, "group")
-        await say(client, "carol", "group", "Какой пароль от вайфая?")
+            await say(client, "bob", "bob", filler)
+        await say(client, "carol", "carol", "Какой пароль от вайфая?")
         assert "кактус" not in whole_prompt(fake_llm)
         assert recalled_block(fake_llm) == ""
 
@@ -107,14 +106,17 @@ async def test_every_message_gets_a_metadata_row_with_scope_and_importance(
     rag_settings: Settings, db: AsyncEngine
 ) -> None:
     async with running_app(rag_settings) as client:
-        await say(client, "alice", "chat-a", "ок")
+        await say(client, "alice", "chat-a", "ок", chat_type="private")
         await say(client, "alice", "chat-a", "Мне 34 года, я работаю врачом в Новосибирске.")
+        await say(client, "alice", "-100", "Привет, группа!", chat_type="group")
         rows = await scalar(db, """
             SELECT json_agg(json_build_array(e.role, e.user_id, e.chat_id, e.importance,
                                              e.model IS NOT NULL) ORDER BY e.message_id)
             FROM embeddings e""")
+        # A group's messages are the group's memory, nobody's private memory.
         assert [r[:3] for r in rows] == [["user", "alice", "chat-a"],
-                                         ["assistant", "alice", "chat-a"]] * 2
+                                         ["assistant", "alice", "chat-a"]] * 2 + [
+            ["user", None, "-100"], ["assistant", None, "-100"]]
         assert rows[0][3] < 0.2  # "ок": one short word, nothing to remember
         assert rows[2][3] == 1.0  # a fact with a number, told by the user
         assert all(r[4] for r in rows)

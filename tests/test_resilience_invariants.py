@@ -38,7 +38,8 @@ async def load(client: httpx.AsyncClient) -> tuple[list[str], list[str]]:
             if rng.random() < 0.08:
                 reset = await client.post("/v1/chat/reset", json={"chat_id": f"chat-{c}"})
                 assert reset.status_code == 200
-            body = {"user_id": f"user-{c}", "chat_id": f"chat-{c}", "text": f"c{c} s{sender} m{n}"}
+            body = {"user_id": f"user-{c}", "chat_id": f"chat-{c}", "chat_type": "private",
+                    "text": f"c{c} s{sender} m{n}"}
             response = await client.post("/v1/chat/handle", json=body)
             (acked if response.status_code == 200 else failed).append(body["text"])
 

@@ -62,7 +62,8 @@ async def converse(
 ) -> None:
     for i in range(start, start + turns):
         response = await client.post(
-            "/v1/chat/handle", json={"user_id": "u", "chat_id": chat_id, "text": f"message {i}"}
+            "/v1/chat/handle", json={"user_id": "u", "chat_id": chat_id, "chat_type": "private",
+                  "text": f"message {i}"}
         )
         assert response.status_code == 200, response.text
         await drain_jobs(client)

@@ -19,6 +19,11 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+# The most preceding turns indexed with a message (RAG_CONTEXT_TURNS); erasing a message
+# re-indexes this many of the ones after it, whatever the setting was when they were indexed.
+CONTEXT_TURNS_MAX = 3
+
+
 class Settings(BaseSettings):
     """Every setting of the backend, the worker and the bot (see README's configuration table)."""
 
@@ -161,7 +166,7 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_]+$",
         description="PostgreSQL text search configuration of the lexical side.",
     )
-    rag_context_turns: int = Field(default=1, ge=0, le=3)
+    rag_context_turns: int = Field(default=1, ge=0, le=CONTEXT_TURNS_MAX)
     rag_timeout: float = Field(default=3.0, gt=0)
     rag_retry_seconds: float = Field(default=30.0, gt=0)
     rag_pgvector_fallback: Literal["qdrant", "disable"] = "qdrant"

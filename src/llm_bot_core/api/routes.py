@@ -44,7 +44,13 @@ async def handle(
 ) -> HandleResponse:
     """Answer a user's message using the chat's memory."""
     _check_length(body, services)
-    reply = await chat.handle(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
+    reply = await chat.handle(
+        user_id=body.user_id,
+        chat_id=body.chat_id,
+        text=body.text,
+        chat_type=body.chat_type,
+        user_name=body.user_name,
+    )
     response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
     return HandleResponse(text=reply.text)
 
@@ -58,7 +64,13 @@ async def handle(
 async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep) -> Response:
     """Answer like /v1/chat/handle, streaming the text as Server-Sent Events."""
     _check_length(body, services)
-    reply = await chat.stream(user_id=body.user_id, chat_id=body.chat_id, text=body.text)
+    reply = await chat.stream(
+        user_id=body.user_id,
+        chat_id=body.chat_id,
+        text=body.text,
+        chat_type=body.chat_type,
+        user_name=body.user_name,
+    )
     return await event_stream(reply)
 
 

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from llm_bot_core.db.models import ID_MAX_LEN
+from llm_bot_core.db.models import ID_MAX_LEN, NAME_MAX_LEN
 
 # PostgreSQL text cannot hold NUL: refuse it here (422) rather than fail in the database.
 NO_NUL = r"^[^\x00]*$"
@@ -57,9 +57,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ChatType = Literal["private", "group", "supergroup", "channel"]
+
+
 class HandleRequest(_Strict):
     user_id: Identifier = Field(examples=["12345"])
     chat_id: Identifier = Field(examples=["67890"])
+    chat_type: ChatType | None = Field(
+        default=None,
+        description="The chat's kind (Telegram's chat.type). Memory is scoped by it: a private "
+        "chat recalls what this user said in private chats, a group only what was said in "
+        "that group. Omitted: a chat whose chat_id equals the user_id is private, any other is "
+        "a group. A session keeps the kind it was opened with.",
+        examples=["private"],
+    )
+    user_name: (
+        Annotated[
+            str,
+            StringConstraints(
+                strip_whitespace=True, min_length=1, max_length=NAME_MAX_LEN, pattern=NO_NUL
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The sender's display name; group prompts label each turn with it.",
+        examples=["Alice"],
+    )
     text: str = Field(
         min_length=1,
         pattern=NO_NUL,

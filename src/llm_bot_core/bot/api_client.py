@@ -85,6 +85,21 @@ def _reset_may_retry(exc: BaseException) -> bool:
     return exc.retryable or (exc.code == "bad_backend_response" and exc.status in _GATEWAY_STATUS)
 
 
+def _chat_body(
+    user_id: int | str, chat_id: int | str, text: str, chat_type: str, user_name: str | None
+) -> dict[str, Any]:
+    """The body of /v1/chat/handle and /v1/chat/stream."""
+    body: dict[str, Any] = {
+        "user_id": str(user_id),
+        "chat_id": str(chat_id),
+        "text": text,
+        "chat_type": chat_type,
+    }
+    if user_name:
+        body["user_name"] = user_name
+    return body
+
+
 class BackendClient:
     """HTTP client of the backend API with retries on transient failures."""
 
@@ -106,10 +121,20 @@ class BackendClient:
         self._backoff = settings.backend_retry_backoff
 
     async def handle_chat(
-        self, *, user_id: int | str, chat_id: int | str, text: str, request_id: str | None = None
+        self,
+        *,
+        user_id: int | str,
+        chat_id: int | str,
+        text: str,
+        chat_type: str,
+        user_name: str | None = None,
+        request_id: str | None = None,
     ) -> str:
-        """The assistant's answer to `text` in this chat's memory."""
-        body = {"user_id": str(user_id), "chat_id": str(chat_id), "text": text}
+        """The assistant's answer to `text` in this chat's memory.
+
+        `chat_type` (Telegram's chat.type) scopes what the backend may recall; `user_name`
+        labels the sender's turns in a group."""
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name)
         data = await self._post("/v1/chat/handle", body, request_id, _handle_may_retry)
         answer = data.get("text")
         if not isinstance(answer, str):
@@ -117,14 +142,21 @@ class BackendClient:
         return answer
 
     async def stream_chat(
-        self, *, user_id: int | str, chat_id: int | str, text: str, request_id: str | None = None
+        self,
+        *,
+        user_id: int | str,
+        chat_id: int | str,
+        text: str,
+        chat_type: str,
+        user_name: str | None = None,
+        request_id: str | None = None,
     ) -> AsyncGenerator[str | Done, None]:
         """The answer as it is generated: text deltas, then Done with the whole text.
 
         Opening the stream is retried like `handle_chat`; once it is open the backend has the
         message, so nothing after that is repeated: a failure mid-answer is raised.
         """
-        body = {"user_id": str(user_id), "chat_id": str(chat_id), "text": text}
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name)
         request_id = request_id or str(uuid.uuid4())
         path = "/v1/chat/stream"
         response = await self._retrying(

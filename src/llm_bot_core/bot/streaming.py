@@ -163,6 +163,7 @@ async def stream_answer(
     gate: DraftGate,
     *,
     user_id: int,
+    user_name: str | None,
     request_id: str,
 ) -> str:
     """The backend's answer to `text`, shown as drafts while it is generated; its final text."""
@@ -170,7 +171,12 @@ async def stream_answer(
     indicator = AsyncExitStack()
     await indicator.enter_async_context(typing(bot, message, settings.typing_interval))
     events = backend.stream_chat(
-        user_id=user_id, chat_id=message.chat.id, text=text, request_id=request_id
+        user_id=user_id,
+        chat_id=message.chat.id,
+        text=text,
+        chat_type=message.chat.type,
+        user_name=user_name,
+        request_id=request_id,
     )
     so_far = ""
     try:

@@ -26,6 +26,9 @@ from sqlalchemy.dialects.postgresql import TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID_MAX_LEN = 128
+NAME_MAX_LEN = 256
+# Telegram's chat types. Only "private" is a private chat; the others share one memory per chat.
+CHAT_TYPES = ("private", "group", "supergroup", "channel")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -46,8 +49,13 @@ class ChatSession(Base):
     id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
     )
-    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    # The owner of a private chat's session. A group's session belongs to the chat: NULL, so
+    # that erasing whoever spoke first does not take the group's session with them.
+    user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     chat_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    chat_type: Mapped[str] = mapped_column(
+        String(16), nullable=False, server_default=text("'private'")
+    )
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
@@ -73,6 +81,10 @@ class ChatSession(Base):
             "(is_active AND closed_at IS NULL) OR (NOT is_active AND closed_at IS NOT NULL)",
             name="closed_at_matches_state",
         ),
+        CheckConstraint(
+            "chat_type IN ('private', 'group', 'supergroup', 'channel')", name="chat_type_known"
+        ),
+        CheckConstraint("chat_type <> 'private' OR user_id IS NOT NULL", name="private_has_owner"),
     )
 
 
@@ -89,11 +101,18 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Whose turn this is: the author of a user message, the user an assistant message answers
+    # (answers repeat what they answer, so erasing a user takes them too). `user_name` is the
+    # display name the client gave with the message; group prompts label turns with it.
+    user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    user_name: Mapped[str | None] = mapped_column(String(NAME_MAX_LEN))
 
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role_known"),
         # Serves the short-term window (last N of a session) and summary chunks (after id X).
         Index("ix_messages_session_id_id", "session_id", "id"),
+        # Erasing a user finds their messages in group sessions.
+        Index("ix_messages_user_id", "user_id"),
     )
 
 
@@ -136,8 +155,10 @@ class EmbeddingRecord(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
-    # Scope of the search (denormalized from chat_sessions so one index serves it), the
-    # embedding space the vector lives in, and the lexical side of hybrid search.
+    # Scope of the search (denormalized so one index serves it), the embedding space the
+    # vector lives in, and the lexical side of hybrid search. `user_id` is whose private memory
+    # the message is, set for private chats only: a group's messages are the chat's memory
+    # (found by `chat_id`) and must never turn up in a search of anyone's private memory.
     user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     chat_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     model: Mapped[str | None] = mapped_column(String(200))

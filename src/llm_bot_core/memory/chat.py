@@ -18,6 +18,7 @@ from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.prompt import build_prompt
+from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
 from llm_bot_core.metrics import metered_completion, metered_stream
 from llm_bot_core.rag.base import SemanticMemory
@@ -40,6 +41,8 @@ class _Turn:
 
     user: store.Appended
     prompt: list[ChatMessage]
+    user_id: str
+    """Who wrote the message: the answer is stored as answering them."""
 
 
 class ChatService:
@@ -63,9 +66,21 @@ class ChatService:
         self._settings = settings
         self._streams = BackgroundTasks(_log_failure)
 
-    async def handle(self, *, user_id: str, chat_id: str, text: str) -> Reply:
-        """Answer a user message; the user message is stored even if the model then fails."""
-        turn = await self._begin(user_id=user_id, chat_id=chat_id, text=text)
+    async def handle(
+        self,
+        *,
+        user_id: str,
+        chat_id: str,
+        text: str,
+        chat_type: str | None = None,
+        user_name: str | None = None,
+    ) -> Reply:
+        """Answer a user message; the user message is stored even if the model then fails.
+
+        `chat_type` None: the chat is private when its id is the user's id, else a group."""
+        turn = await self._begin(
+            user_id=user_id, chat_id=chat_id, text=text, chat_type=chat_type, user_name=user_name
+        )
         try:
             completion = await metered_completion(self._model, "chat", turn.prompt)
         finally:
@@ -75,7 +90,15 @@ class ChatService:
         answer = completion.text[: self._settings.max_reply_chars]
         return await self._finish(turn, answer, completion)
 
-    async def stream(self, *, user_id: str, chat_id: str, text: str) -> ReplyStream[Reply]:
+    async def stream(
+        self,
+        *,
+        user_id: str,
+        chat_id: str,
+        text: str,
+        chat_type: str | None = None,
+        user_name: str | None = None,
+    ) -> ReplyStream[Reply]:
         """Answer a user message as it is generated: deltas, then the stored Reply.
 
         The memory effects are those of `handle`. The generation does not depend on the reader:
@@ -83,7 +106,9 @@ class ChatService:
         whose client hung up). A model failure mid-answer stores no assistant message, so
         nothing half-written is kept; the user message stays, as after a failed `handle`.
         """
-        turn = await self._begin(user_id=user_id, chat_id=chat_id, text=text)
+        turn = await self._begin(
+            user_id=user_id, chat_id=chat_id, text=text, chat_type=chat_type, user_name=user_name
+        )
         reply: ReplyStream[Reply] = ReplyStream()
         self._streams.spawn(reply.produce(self._generate(turn, reply)), name="chat.stream")
         return reply
@@ -113,7 +138,15 @@ class ChatService:
         assert completion is not None  # a stream ends with its Completion or raises
         return await self._finish(turn, text.text, completion)
 
-    async def _begin(self, *, user_id: str, chat_id: str, text: str) -> _Turn:
+    async def _begin(
+        self,
+        *,
+        user_id: str,
+        chat_id: str,
+        text: str,
+        chat_type: str | None,
+        user_name: str | None,
+    ) -> _Turn:
         """Store the user message and build the prompt from the chat's memory."""
         settings = self._settings
         async with self._autocommit.connect() as conn:
@@ -123,18 +156,27 @@ class ChatService:
                 chat_id=chat_id,
                 content=text,
                 limit=max(settings.short_history_limit, 1),
+                chat_type=chat_type_of(chat_type, user_id=user_id, chat_id=chat_id),
+                user_name=user_name,
             )
         if settings.short_history_limit == 0:
             recent = recent[-1:]  # the window is off, but the model must see the question
 
+        # The session's kind decides, not this request's: a client cannot turn a group's
+        # session into a private one and pull someone's private memory into the group.
         facts = await self._semantic.recall(
             user_id=user_id,
             chat_id=chat_id,
+            private=user.private,
             session_id=user.session_id,
             query=text,
             exclude_message_ids=[m.id for m in recent],
         )
-        return _Turn(user, build_prompt(settings.system_prompt, summary, recent, facts))
+        system_prompt = settings.system_prompt
+        if not user.private:
+            system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
+            recent, facts = label_turns(recent), label_facts(facts)
+        return _Turn(user, build_prompt(system_prompt, summary, recent, facts), user_id)
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
         """Store the answer in the turn's session and queue its memory jobs."""
@@ -145,6 +187,7 @@ class ChatService:
                 role="assistant",
                 content=answer,
                 tokens=completion.completion_tokens,
+                user_id=turn.user_id,
             )
         if assistant is None:  # the session was deleted while the model was answering
             raise SessionGone(turn.user.session_id)

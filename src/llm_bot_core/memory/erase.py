@@ -3,12 +3,16 @@
 This is the one place that knows all those stores:
 
     store                                  erased by
-    vectors (pgvector table or Qdrant)     SemanticMemory.forget, first
-    chat_sessions                          the DELETE below
+    vectors (pgvector table or Qdrant)     SemanticMemory.forget / forget_messages, first
+    chat_sessions                          the DELETE below (a user's: their private chats)
     messages, conversation_summaries       ON DELETE CASCADE from chat_sessions
     embeddings (metadata and lexemes)      ON DELETE CASCADE from chat_sessions and messages
     lexical_stats                          the triggers on embeddings (migration 0003)
     rag_outbox                             ON DELETE CASCADE from messages
+
+A group's session belongs to the chat and stays; the user's messages in it (and the answers to
+them) are deleted one by one, with the summaries built from them, and the messages indexed with
+them as context are indexed again (see erase_user).
 
 Vectors go first: if their store is unreachable this raises and nothing is deleted, so a retry
 can finish the job; the reverse order could leave vectors nobody can find to delete. A new store
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from llm_bot_core.config import CONTEXT_TURNS_MAX
 from llm_bot_core.rag.base import Scope, SemanticMemory
 
 # The messages are counted in the statement's snapshot, i.e. before the cascade removes them.
@@ -33,7 +38,55 @@ SELECT (SELECT count(*) FROM gone),
        (SELECT count(*) FROM messages WHERE session_id IN (SELECT id FROM gone))
 """
 _DELETE_SESSION = text(_DELETE_SESSIONS.format(where="id = CAST(:value AS uuid)"))
+# A private chat's session has its user; a group's has none (migration 0005).
 _DELETE_SESSIONS_OF_USER = text(_DELETE_SESSIONS.format(where="user_id = :value"))
+
+# A user's messages in sessions that are not theirs: groups (and anyone else's chat). An
+# assistant message carries the user it answers: answers repeat what they answer.
+_ELSEWHERE = """
+    SELECT m.id, m.session_id FROM messages m JOIN chat_sessions s ON s.id = m.session_id
+    WHERE m.user_id = :value AND s.user_id IS DISTINCT FROM :value
+"""
+_DELETE_ELSEWHERE = text(
+    f"DELETE FROM messages WHERE id IN (SELECT id FROM ({_ELSEWHERE}) e) RETURNING id, session_id"
+)
+# Summaries are progressive, each version built on the previous one: every version from the
+# first that covered an erased message on carries what they said. Those go, and the counter is
+# recounted from the remaining watermark, so a later message re-summarizes without them.
+_FORGET_IN_SUMMARIES = text(
+    """
+    DELETE FROM conversation_summaries c
+    USING (SELECT session_id, min(message_id) AS first
+           FROM unnest(CAST(:ids AS bigint[]), CAST(:sessions AS uuid[])) x(message_id, session_id)
+           GROUP BY session_id) f
+    WHERE c.session_id = f.session_id AND c.last_message_id >= f.first
+    """
+)
+_RECOUNT = text(
+    """
+    UPDATE chat_sessions s SET messages_since_summary = (
+        SELECT count(*) FROM messages m WHERE m.session_id = s.id AND m.id > coalesce(
+            (SELECT max(last_message_id) FROM conversation_summaries c WHERE c.session_id = s.id),
+            0))
+    WHERE s.id = ANY(CAST(:sessions AS uuid[]))
+    """
+)
+# The messages after an erased one were indexed with it as context (RAG_CONTEXT_TURNS preceding
+# turns, at most CONTEXT_TURNS_MAX): they are queued to be indexed again without it.
+_REINDEX_FOLLOWERS = text(
+    f"""
+    INSERT INTO rag_outbox (message_id)
+    SELECT DISTINCT n.id
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:sessions AS uuid[])) x(message_id, session_id)
+    CROSS JOIN LATERAL (
+        SELECT id FROM messages m
+        WHERE m.session_id = x.session_id AND m.id > x.message_id
+          AND m.role IN ('user', 'assistant')
+        ORDER BY m.id LIMIT {CONTEXT_TURNS_MAX}) n
+    ON CONFLICT (message_id) DO UPDATE SET next_attempt_at = now(), attempts = 0
+    RETURNING message_id
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +110,28 @@ class EraseService:
             return await _delete_sessions(conn, _DELETE_SESSION, str(session_id))
 
     async def erase_user(self, user_id: str) -> Erased:
-        """Delete every session of a user with everything derived from them."""
+        """Delete a user's private sessions, and in every other chat their messages and the
+        answers to them, with everything derived from them; the groups and the other members'
+        messages stay."""
+        async with self._engine.connect() as conn:
+            elsewhere = [r[0] for r in await conn.execute(text(_ELSEWHERE), {"value": user_id})]
         await self._semantic.forget(Scope(user_id=user_id))
+        await self._semantic.forget_messages(elsewhere)
         async with self._engine.begin() as conn:
-            return await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
+            private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
+            # By author rather than by the ids read above, so a message that arrived meanwhile
+            # goes too (a vector written for it in between matches no row, so it is never shown).
+            erased = list(await conn.execute(_DELETE_ELSEWHERE, {"value": user_id}))
+            reindex: list[int] = []
+            if erased:
+                positions = {"ids": [r[0] for r in erased], "sessions": [r[1] for r in erased]}
+                await conn.execute(_FORGET_IN_SUMMARIES, positions)
+                reindex = [r[0] for r in await conn.execute(_REINDEX_FOLLOWERS, positions)]
+                await conn.execute(_RECOUNT, {"sessions": sorted(set(positions["sessions"]))})
+        if reindex:
+            # Now rather than at the next sweep; deferred, never lost, if the embedder is down.
+            await self._semantic.index_messages(reindex)
+        return Erased(sessions=private.sessions, messages=private.messages + len(erased))
 
 
 async def _delete_sessions(conn: AsyncConnection, statement: TextClause, value: str) -> Erased:

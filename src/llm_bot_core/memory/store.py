@@ -21,6 +21,9 @@ class StoredMessage:
     role: str
     content: str
     created_at: datetime | None = None
+    user_id: str | None = None
+    """The author of a user turn; the user answered, of an assistant turn."""
+    user_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,12 @@ class Appended:
     session_id: uuid.UUID
     message_id: int
     messages_since_summary: int
+    chat_type: str = "private"
+    """The kind of the session's chat, as fixed when the session was opened."""
+
+    @property
+    def private(self) -> bool:
+        return self.chat_type == "private"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,14 +54,17 @@ _APPEND_TO_SESSION = """
         WHERE id = $1
         RETURNING id, messages_since_summary
     )
-    INSERT INTO messages (session_id, role, content, tokens)
-    SELECT s.id, $2, $3, $4 FROM s
+    INSERT INTO messages (session_id, role, content, tokens, user_id)
+    SELECT s.id, $2, $3, $4, $5 FROM s
     RETURNING id, session_id, (SELECT messages_since_summary FROM s)
     """
 
+# A group's session belongs to the chat: it records no user.
 _OPEN_SESSION = text(
     """
-    INSERT INTO chat_sessions (user_id, chat_id) VALUES (:user_id, :chat_id)
+    INSERT INTO chat_sessions (user_id, chat_id, chat_type)
+    VALUES (CASE WHEN CAST(:chat_type AS varchar) = 'private' THEN CAST(:user_id AS varchar) END,
+            :chat_id, :chat_type)
     ON CONFLICT (chat_id) WHERE is_active DO NOTHING
     """
 )
@@ -67,8 +79,9 @@ _SUMMARY_OF = """
          ORDER BY version DESC LIMIT 1)"""
 _RECENT_OF = """
       (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
-                                                  'created_at', created_at) ORDER BY id), '[]')
-         FROM (SELECT id, role, content, created_at FROM messages
+                                                  'created_at', created_at, 'user_id', user_id,
+                                                  'user_name', user_name) ORDER BY id), '[]')
+         FROM (SELECT id, role, content, created_at, user_id, user_name FROM messages
                WHERE session_id = {session} ORDER BY id DESC LIMIT {limit}) recent)"""
 
 # $1 session id, $2 limit.
@@ -85,19 +98,19 @@ CONTEXT_SQL = (
 # matches only an active session, a message can never land in a session that /start closed a
 # moment earlier. The context reads run in the statement's snapshot, which does not contain the
 # row being inserted, so they fetch one message less and the caller appends the new one.
-# $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages.
+# $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages, $6 author, $7 name.
 _APPEND_WITH_CONTEXT = (
     """
     WITH s AS (
         UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
         WHERE chat_id = $1 AND is_active
-        RETURNING id, messages_since_summary
+        RETURNING id, messages_since_summary, chat_type
     ), m AS (
-        INSERT INTO messages (session_id, role, content, tokens)
-        SELECT s.id, $2, $3, $4 FROM s
+        INSERT INTO messages (session_id, role, content, tokens, user_id, user_name)
+        SELECT s.id, $2, $3, $4, $6, $7 FROM s
         RETURNING id, session_id, created_at
     )
-    SELECT m.id, m.session_id, s.messages_since_summary, m.created_at,"""
+    SELECT m.id, m.session_id, s.messages_since_summary, m.created_at, s.chat_type,"""
     + _SUMMARY_OF.format(session="m.session_id")
     + " AS summary,"
     + _RECENT_OF.format(session="m.session_id", limit="$5")
@@ -129,30 +142,70 @@ async def _fetchrow(conn: AsyncConnection, sql: str, *args: Any) -> Any:
 
 
 async def append_user_message_with_context(
-    conn: AsyncConnection, *, user_id: str, chat_id: str, content: str, limit: int
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    chat_id: str,
+    content: str,
+    limit: int,
+    chat_type: str = "private",
+    user_name: str | None = None,
 ) -> tuple[Appended, Summary | None, list[StoredMessage]]:
     """Store a user message (opening a session if needed) and read the prompt context in one
-    round trip: the latest summary and the last `limit` messages, the new one included."""
+    round trip: the latest summary and the last `limit` messages, the new one included.
+
+    `chat_type` is the kind a new session gets; an open session keeps the kind it has."""
     for _ in range(5):
         row = await _fetchrow(
-            conn, _APPEND_WITH_CONTEXT, chat_id, "user", content, None, max(limit - 1, 0)
+            conn,
+            _APPEND_WITH_CONTEXT,
+            chat_id,
+            "user",
+            content,
+            None,
+            max(limit - 1, 0),
+            user_id,
+            user_name,
         )
         if row is not None:
-            appended = Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
-            summary, recent = _context(row[4], row[5])
-            recent.append(StoredMessage(id=row[0], role="user", content=content, created_at=row[3]))
+            appended = Appended(
+                session_id=row[1],
+                message_id=row[0],
+                messages_since_summary=row[2],
+                chat_type=row[4],
+            )
+            summary, recent = _context(row[5], row[6])
+            recent.append(
+                StoredMessage(
+                    id=row[0],
+                    role="user",
+                    content=content,
+                    created_at=row[3],
+                    user_id=user_id,
+                    user_name=user_name,
+                )
+            )
             return appended, summary, recent[-limit:] if limit else []
         # No active session: open one. A concurrent request may win the race (the partial
         # unique index lets only one through); either way the retry finds the active session.
-        await conn.execute(_OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id})
+        await conn.execute(
+            _OPEN_SESSION, {"user_id": user_id, "chat_id": chat_id, "chat_type": chat_type}
+        )
     raise RuntimeError(f"could not open a session for chat {chat_id!r}")  # pragma: no cover
 
 
 async def append_message_to_session(
-    conn: AsyncConnection, *, session_id: uuid.UUID, role: str, content: str, tokens: int | None
+    conn: AsyncConnection,
+    *,
+    session_id: uuid.UUID,
+    role: str,
+    content: str,
+    tokens: int | None,
+    user_id: str | None = None,
 ) -> Appended | None:
-    """Store a message in a given session (the reply belongs to the session it answers)."""
-    row = await _fetchrow(conn, _APPEND_TO_SESSION, session_id, role, content, tokens)
+    """Store a message in a given session (the reply belongs to the session it answers);
+    `user_id` is the user it answers."""
+    row = await _fetchrow(conn, _APPEND_TO_SESSION, session_id, role, content, tokens, user_id)
     if row is None:  # the session was deleted meanwhile
         return None
     return Appended(session_id=row[1], message_id=row[0], messages_since_summary=row[2])
@@ -172,6 +225,8 @@ def _context(summary_value: Any, recent_value: Any) -> tuple[Summary | None, lis
             role=m["role"],
             content=m["content"],
             created_at=datetime.fromisoformat(m["created_at"]) if m.get("created_at") else None,
+            user_id=m.get("user_id"),
+            user_name=m.get("user_name"),
         )
         for m in recent_raw
     ]

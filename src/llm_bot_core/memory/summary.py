@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatMessage, ChatModel
+from llm_bot_core.memory.speakers import speaker
 from llm_bot_core.memory.store import StoredMessage, Summary
 from llm_bot_core.metrics import metered_completion
 
 log = logging.getLogger(__name__)
 
 SUMMARY_SYSTEM_PROMPT = (
-    "You maintain a running summary of a conversation between a user and an assistant. "
+    "You maintain a running summary of a conversation between a user and an assistant (or, in "
+    "a group chat, several people named in brackets: keep who said what). "
     "You get the previous summary (possibly empty) and the new messages. Write the updated "
     "summary in the language the user writes in: keep facts about the user (names, "
     "preferences, plans, dates), decisions, promises and open questions; drop small talk. "
@@ -30,9 +32,11 @@ _LATEST = text(
     "SELECT version, content, last_message_id FROM conversation_summaries "
     "WHERE session_id = :session_id ORDER BY version DESC LIMIT 1"
 )
+# In a group, the user turns are named by their speakers (see summary_prompt).
 _CHUNK = text(
-    "SELECT id, role, content FROM messages WHERE session_id = :session_id AND id > :after "
-    "ORDER BY id LIMIT :limit"
+    "SELECT m.id, m.role, m.content, m.user_id, m.user_name, s.chat_type <> 'private' "
+    "FROM messages m JOIN chat_sessions s ON s.id = m.session_id "
+    "WHERE m.session_id = :session_id AND m.id > :after ORDER BY m.id LIMIT :limit"
 )
 _PENDING = text("SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after")
 _LOCK_SESSION = text("SELECT id FROM chat_sessions WHERE id = :session_id FOR UPDATE")
@@ -56,9 +60,17 @@ class SummaryRun:
     pending_after: int
 
 
-def summary_prompt(previous: Summary | None, chunk: Sequence[StoredMessage]) -> list[ChatMessage]:
-    """The request that turns the previous summary and a chunk of messages into the next one."""
-    lines = [f"[{m.role}] {m.content}" for m in chunk]
+def summary_prompt(
+    previous: Summary | None, chunk: Sequence[StoredMessage], *, group: bool = False
+) -> list[ChatMessage]:
+    """The request that turns the previous summary and a chunk of messages into the next one.
+
+    In a group, user turns are named by their speakers, so the summary keeps who said what."""
+    lines = [
+        f"[{speaker(m.user_name, m.user_id) if group and m.role == 'user' else m.role}] "
+        f"{m.content}"
+        for m in chunk
+    ]
     previous_text = previous.content if previous else "(none yet)"
     body = f"Previous summary:\n{previous_text}\n\nNew messages:\n" + "\n".join(lines)
     return [
@@ -97,21 +109,27 @@ async def summarize_session(
                         current = latest[2] if latest else 0
                         await tx.execute(_RECOUNT, {"session_id": session_id, "after": current})
                 return SummaryRun(versions_written=written, pending_after=pending)
-            rows = await conn.execute(
-                _CHUNK,
-                {
-                    "session_id": session_id,
-                    "after": after,
-                    "limit": settings.summary_new_messages_limit,
-                },
+            rows = list(
+                await conn.execute(
+                    _CHUNK,
+                    {
+                        "session_id": session_id,
+                        "after": after,
+                        "limit": settings.summary_new_messages_limit,
+                    },
+                )
             )
-            chunk = [StoredMessage(id=r[0], role=r[1], content=r[2]) for r in rows]
+            group = bool(rows and rows[0][5])
+            chunk = [
+                StoredMessage(id=r[0], role=r[1], content=r[2], user_id=r[3], user_name=r[4])
+                for r in rows
+            ]
             await conn.rollback()  # no connection is held across the LLM call
 
         completion = await metered_completion(
             model,
             "summary",
-            summary_prompt(previous, chunk),
+            summary_prompt(previous, chunk, group=group),
             model=settings.effective_summary_model,
         )
         version = (previous.version if previous else 0) + 1

@@ -19,18 +19,50 @@ class VectorStoreUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Whose memory a search or a deletion covers; exactly one field is set."""
+    """Whose memory a search or a deletion covers.
+
+    - `user_id`: that user's private memory, what they said and were told in private chats
+      (only those carry a user id in the index); with `chat_id` too, that private chat's part.
+    - `chat_id` alone: a group's memory, what any member said there, and never a message of a
+      private chat, even of a chat id that was used for both.
+    - `session_id`: one session (deletion).
+    """
 
     user_id: str | None = None
     chat_id: str | None = None
     session_id: uuid.UUID | None = None
 
     def field(self) -> tuple[str, str]:
-        for name in ("user_id", "chat_id", "session_id"):
+        """The column and value that narrow a search most (what the stores index)."""
+        for name in ("session_id", "chat_id", "user_id"):
             value = getattr(self, name)
             if value is not None:
                 return name, str(value)
         raise ValueError("empty scope")
+
+    @property
+    def shared(self) -> bool:
+        """A group's memory: only messages no private chat owns."""
+        return self.chat_id is not None and self.user_id is None and self.session_id is None
+
+    def where(self, prefix: str = "") -> tuple[str, dict[str, object]]:
+        """The scope as an SQL condition on the scope columns (of `prefix`), and its parameters."""
+        conditions: list[str] = []
+        params: dict[str, object] = {}
+        if self.session_id is not None:
+            conditions.append(f"{prefix}session_id = CAST(:scope_session AS uuid)")
+            params["scope_session"] = str(self.session_id)
+        if self.chat_id is not None:
+            conditions.append(f"{prefix}chat_id = :scope_chat")
+            params["scope_chat"] = self.chat_id
+        if self.user_id is not None:
+            conditions.append(f"{prefix}user_id = :scope_user")
+            params["scope_user"] = self.user_id
+        elif self.shared:
+            conditions.append(f"{prefix}user_id IS NULL")
+        if not conditions:
+            raise ValueError("empty scope")
+        return " AND ".join(conditions), params
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +74,8 @@ class RecalledFact:
     content: str
     created_at: datetime | None
     score: float
+    user_name: str | None = None
+    """Who said it (display name, else user id), for a group prompt's speaker labels."""
 
 
 class SemanticMemory(Protocol):
@@ -57,11 +91,13 @@ class SemanticMemory(Protocol):
         *,
         user_id: str,
         chat_id: str,
+        private: bool,
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
     ) -> list[RecalledFact]:
-        """Top-K relevant past fragments; never raises (an outage means no recalled memory)."""
+        """Top-K relevant past fragments of the memory this chat may see (a private chat: the
+        user's private chats; a group: that group); never raises (an outage: nothing)."""
         ...
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
@@ -72,6 +108,10 @@ class SemanticMemory(Protocol):
         """Delete the vectors of a session or a user; raises VectorStoreUnavailable if the
         store is unreachable. The rows they were made from are the caller's (memory/erase.py).
         """
+        ...
+
+    async def forget_messages(self, message_ids: Sequence[int]) -> None:
+        """Delete the vectors of these messages; raises if the store is unreachable."""
         ...
 
     async def aclose(self) -> None: ...
@@ -88,6 +128,7 @@ class DisabledSemanticMemory:
         *,
         user_id: str,
         chat_id: str,
+        private: bool,
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
@@ -98,6 +139,9 @@ class DisabledSemanticMemory:
         return 0
 
     async def forget(self, scope: Scope) -> None:
+        return None
+
+    async def forget_messages(self, message_ids: Sequence[int]) -> None:
         return None
 
     async def aclose(self) -> None:

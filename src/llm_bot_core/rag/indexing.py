@@ -88,7 +88,8 @@ _CLAIM_DUE = text(
              ORDER BY message_id DESC LIMIT :window)),
         ranked AS (
             SELECT c.message_id,
-                   row_number() OVER (PARTITION BY s.user_id ORDER BY c.message_id) AS turn
+                   row_number() OVER (PARTITION BY coalesce(m.user_id, s.user_id)
+                                      ORDER BY c.message_id) AS turn
             FROM candidates c
             JOIN messages m ON m.id = c.message_id
             JOIN chat_sessions s ON s.id = m.session_id)
@@ -100,9 +101,13 @@ _CLAIM_DUE = text(
 # How many of the outbox's oldest and of its newest rows a due claim ranks.
 _CANDIDATE_WINDOW = 256
 
+# Whose private memory a message is: its author's (or, an assistant turn, the user answered),
+# in a private chat only. A group's messages belong to the chat's memory and to nobody's.
+_OWNER = "CASE WHEN s.chat_type = 'private' THEN coalesce(m.user_id, s.user_id) END"
+
 _READ = text(
-    """
-    SELECT m.id, m.session_id, m.role, m.content, m.created_at, s.user_id, s.chat_id,
+    f"""
+    SELECT m.id, m.session_id, m.role, m.content, m.created_at, {_OWNER}, s.chat_id,
            (SELECT coalesce(json_agg(json_build_array(p.role, p.content) ORDER BY p.id), '[]')
               FROM (SELECT id, role, content FROM messages p
                     WHERE p.session_id = m.session_id AND p.id < m.id
@@ -132,7 +137,7 @@ _UPSERT_METADATA = text(
     INSERT INTO embeddings (session_id, message_id, role, content, importance, created_at,
                             user_id, chat_id, model, lexemes)
     SELECT m.session_id, m.id, m.role, m.content, {_IMPORTANCE}, m.created_at,
-           s.user_id, s.chat_id, :model, to_tsvector(CAST(:cfg AS regconfig), x.indexed)
+           {_OWNER}, s.chat_id, :model, to_tsvector(CAST(:cfg AS regconfig), x.indexed)
     FROM unnest(CAST(:ids AS bigint[]), CAST(:texts AS text[])) AS x(message_id, indexed)
     JOIN messages m ON m.id = x.message_id
     JOIN chat_sessions s ON s.id = m.session_id

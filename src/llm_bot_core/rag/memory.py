@@ -150,12 +150,16 @@ class VectorSemanticMemory:
         *,
         user_id: str,
         chat_id: str,
+        private: bool,
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
     ) -> list[RecalledFact]:
-        scope = (
-            Scope(chat_id=chat_id) if self._settings.rag_scope == "chat" else Scope(user_id=user_id)
+        scope = recall_scope(
+            user_id=user_id,
+            chat_id=chat_id,
+            private=private,
+            per_chat=self._settings.rag_scope == "chat",
         )
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
@@ -170,6 +174,7 @@ class VectorSemanticMemory:
                 content=h.content,
                 created_at=h.created_at,
                 score=h.score,
+                user_name=h.user_name or h.user_id,
             )
             for h in hits
         ]
@@ -198,6 +203,21 @@ class VectorSemanticMemory:
         await self.ready()
         assert self._store is not None
         await self._store.delete(scope)
+
+    async def forget_messages(self, message_ids: Sequence[int]) -> None:
+        """Delete the vectors of these messages (their rows are deleted by the caller)."""
+        await self.ready()
+        assert self._store is not None
+        await self._store.delete_messages(message_ids)
+
+
+def recall_scope(*, user_id: str, chat_id: str, private: bool, per_chat: bool) -> Scope:
+    """What a chat may recall. A private chat: the user's private memory (RAG_SCOPE=chat: that
+    chat's part of it). A group: the group's own memory, whatever RAG_SCOPE says; never anyone's
+    private chats, whose answers would be read by every member."""
+    if not private:
+        return Scope(chat_id=chat_id)
+    return Scope(user_id=user_id, chat_id=chat_id) if per_chat else Scope(user_id=user_id)
 
 
 def _first(*values: float | None) -> float:

@@ -142,7 +142,7 @@ class PgVectorStore:
                 f"""CREATE TABLE {t} (
                       message_id bigint PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
                       session_id uuid NOT NULL,
-                      user_id varchar(128) NOT NULL,
+                      user_id varchar(128),
                       chat_id varchar(128) NOT NULL,
                       role varchar(16) NOT NULL,
                       created_at timestamptz NOT NULL,
@@ -212,14 +212,14 @@ class PgVectorStore:
     async def search(
         self, vector: list[float], scope: Scope, exclude: Sequence[int], limit: int
     ) -> list[tuple[int, float]]:
-        column, value = scope.field()
+        where, params = scope.where()
         t = self.table
         sql = text(
             f"""SELECT message_id, 1 - (embedding <=> CAST(:q AS halfvec)) AS similarity
                 FROM {t}
                 WHERE message_id = ANY(ARRAY(
                     SELECT message_id FROM {t}
-                    WHERE {column} = :value AND message_id <> ALL(CAST(:exclude AS bigint[]))
+                    WHERE {where} AND message_id <> ALL(CAST(:exclude AS bigint[]))
                     ORDER BY code <~> {t}_code(CAST(:q AS halfvec))
                     LIMIT :rerank))
                 ORDER BY similarity DESC LIMIT :limit"""
@@ -229,7 +229,7 @@ class PgVectorStore:
                 rows = await conn.execute(
                     sql,
                     {
-                        "value": value,
+                        **params,
                         "exclude": list(exclude),
                         "q": _vector_literal(vector),
                         "limit": limit,
@@ -241,11 +241,17 @@ class PgVectorStore:
             raise VectorStoreUnavailable(f"pgvector search: {exc!r}") from exc
 
     async def delete(self, scope: Scope) -> None:
-        column, value = scope.field()
-        cast = "CAST(:value AS uuid)" if column == "session_id" else ":value"
+        where, params = scope.where()
+        async with self._engine.begin() as conn:
+            await conn.execute(text(f"DELETE FROM {self.table} WHERE {where}"), params)
+
+    async def delete_messages(self, message_ids: Sequence[int]) -> None:
+        # The rows also go with their messages (ON DELETE CASCADE); this is for symmetry with
+        # stores outside the database, and for erasing vectors before the rows.
         async with self._engine.begin() as conn:
             await conn.execute(
-                text(f"DELETE FROM {self.table} WHERE {column} = {cast}"), {"value": value}
+                text(f"DELETE FROM {self.table} WHERE message_id = ANY(CAST(:ids AS bigint[]))"),
+                {"ids": list(message_ids)},
             )
 
     async def count(self) -> int:

@@ -100,11 +100,9 @@ class QdrantStore:
     ) -> list[tuple[int, float]]:
         from qdrant_client import models
 
-        column, value = scope.field()
-        flt = models.Filter(
-            must=[models.FieldCondition(key=column, match=models.MatchValue(value=value))],
-            must_not=[models.HasIdCondition(has_id=list(exclude))] if exclude else None,
-        )
+        flt = _filter(scope)
+        if exclude:
+            flt.must_not = [models.HasIdCondition(has_id=list(exclude))]
         try:
             # exact=True: a filtered HNSW search may return fewer than `limit` points.
             result = await self._client.query_points(
@@ -122,13 +120,25 @@ class QdrantStore:
     async def delete(self, scope: Scope) -> None:
         from qdrant_client import models
 
-        column, value = scope.field()
-        flt = models.Filter(
-            must=[models.FieldCondition(key=column, match=models.MatchValue(value=value))]
-        )
         try:
             await self._client.delete(
-                self.collection, points_selector=models.FilterSelector(filter=flt), wait=True
+                self.collection,
+                points_selector=models.FilterSelector(filter=_filter(scope)),
+                wait=True,
+            )
+        except Exception as exc:
+            raise VectorStoreUnavailable(f"qdrant delete: {exc!r}") from exc
+
+    async def delete_messages(self, message_ids: Sequence[int]) -> None:
+        from qdrant_client import models
+
+        if not message_ids:
+            return
+        try:
+            await self._client.delete(
+                self.collection,
+                points_selector=models.PointIdsList(points=list(message_ids)),
+                wait=True,
             )
         except Exception as exc:
             raise VectorStoreUnavailable(f"qdrant delete: {exc!r}") from exc
@@ -138,3 +148,20 @@ class QdrantStore:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _filter(scope: Scope) -> Any:
+    """The scope as a Qdrant filter: every scope column set must match; a group's memory also
+    excludes points that belong to someone's private memory."""
+    from qdrant_client import models
+
+    must: list[Any] = [
+        models.FieldCondition(key=name, match=models.MatchValue(value=str(value)))
+        for name in ("session_id", "chat_id", "user_id")
+        if (value := getattr(scope, name)) is not None
+    ]
+    if not must:
+        raise ValueError("empty scope")
+    if scope.shared:
+        must.append(models.IsEmptyCondition(is_empty=models.PayloadField(key="user_id")))
+    return models.Filter(must=must)

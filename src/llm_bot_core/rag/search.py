@@ -56,20 +56,22 @@ SELECT e.message_id,
        (SELECT sum(w.idf) FROM weights w WHERE e.lexemes @@ w.tq) * 2.2
        / (1 + 1.2 * (0.25 + 0.75 * length(e.lexemes) / greatest(c.avgdl, 1))) AS score
 FROM embeddings e, candidates c
-WHERE e.{column} = :value AND e.lexemes @@ c.tq
+WHERE {where} AND e.lexemes @@ c.tq
   AND e.message_id <> ALL(CAST(:exclude AS bigint[])) AND e.importance > 0
 ORDER BY score DESC
 LIMIT :limit
 """
 
-_HYDRATE = text(
-    """
+# The scope is checked again here, against the database: a vector store's copy of the scope
+# columns may lag behind it (Qdrant payloads written before a migration, until re-indexed), and
+# what reaches a prompt must be in scope by the rows themselves.
+_HYDRATE = """
     SELECT m.id, m.role, m.content, m.created_at,
-           length(to_tsvector(CAST(:cfg AS regconfig), m.content)) AS content_words
-    FROM messages m
-    WHERE m.id = ANY(CAST(:ids AS bigint[]))
-    """
-)
+           length(to_tsvector(CAST(:cfg AS regconfig), m.content)) AS content_words,
+           m.user_id, m.user_name
+    FROM messages m JOIN embeddings e ON e.message_id = m.id
+    WHERE m.id = ANY(CAST(:ids AS bigint[])) AND {where}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,9 @@ class Hit:
     """The fused rank score (higher is better); not comparable across queries."""
     dense: float | None
     """Cosine similarity to the query, when the dense side found it."""
+    user_id: str | None = None
+    """Who said it (a user turn) or was answered (an assistant turn)."""
+    user_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,7 @@ class Searcher:
         if not found:
             raise failures[0]
         dense, lexical = found.get("dense", []), found.get("lexical", [])
-        return await self._fuse(dense, lexical, options)
+        return await self._fuse(dense, lexical, scope, options)
 
     async def lexical(
         self, query: str, scope: Scope, exclude: Sequence[int], limit: int
@@ -136,14 +141,17 @@ class Searcher:
         column, value = scope.field()
         if column not in ("user_id", "chat_id"):
             raise ValueError("lexical search is scoped by user_id or chat_id")
-        sql = text(_BM25.format(column=column))
+        # The statistics of the narrowest scope column: a group's (or a private chat's)
+        # vocabulary, or a user's across their private chats.
+        where, params = scope.where("e.")
+        sql = text(_BM25.format(where=where))
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 sql,
                 {
+                    **params,
                     "cfg": self._cfg,
                     "query": query,
-                    "value": value,
                     "exclude": list(exclude),
                     "limit": limit,
                     "scope": f"{column[0]}:{value}",
@@ -156,6 +164,7 @@ class Searcher:
         self,
         dense: list[tuple[int, float]],
         lexical: list[tuple[int, float]],
+        scope: Scope,
         options: SearchOptions,
     ) -> list[Hit]:
         fused: dict[int, float] = {}
@@ -175,13 +184,17 @@ class Searcher:
         kept = kept[: options.limit * 4]
         if not kept:
             return []
+        where, params = scope.where("e.")
         async with self._engine.connect() as conn:
-            rows = {r[0]: r for r in await conn.execute(_HYDRATE, {"ids": kept, "cfg": self._cfg})}
+            found = await conn.execute(
+                text(_HYDRATE.format(where=where)), {**params, "ids": kept, "cfg": self._cfg}
+            )
+            rows = {r[0]: r for r in found}
         hits: list[Hit] = []
         seen: list[set[str]] = []
         for mid in kept:
             row = rows.get(mid)
-            if row is None:  # deleted since it was indexed
+            if row is None:  # deleted since it was indexed, or out of scope by now
                 continue
             if row[4] < MIN_CONTENT_WORDS:
                 # "Ого!", "Ок", "Понимаю.": short texts sit close to every short question in
@@ -200,6 +213,8 @@ class Searcher:
                     created_at=row[3],
                     score=fused[mid],
                     dense=cosine.get(mid),
+                    user_id=row[5],
+                    user_name=row[6],
                 )
             )
             if len(hits) == options.limit:

@@ -24,7 +24,8 @@ class Point:
     message_id: int
     vector: list[float]
     session_id: uuid.UUID
-    user_id: str
+    user_id: str | None
+    """Whose private memory the message is; None for a group's message (the chat's memory)."""
     chat_id: str
     role: str
     created_at: datetime
@@ -47,6 +48,10 @@ class VectorStore(Protocol):
 
     async def delete(self, scope: Scope) -> None:
         """Forget the vectors of a scope; the rows they came from are not the store's."""
+        ...
+
+    async def delete_messages(self, message_ids: Sequence[int]) -> None:
+        """Forget the vectors of these messages (a user's messages in groups, on erasure)."""
         ...
 
     async def count(self) -> int: ...

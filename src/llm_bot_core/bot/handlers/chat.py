@@ -47,17 +47,25 @@ async def answer_text(
 ) -> None:
     """Ask the backend and send its answer: streamed as drafts in private chats, otherwise
     with "typing…" meanwhile."""
-    user_id = message.from_user.id if message.from_user else message.chat.id
+    sender = message.from_user
+    # A channel post or an anonymous group admin has no user: the chat speaks for itself.
+    user_id = sender.id if sender else message.chat.id
+    user_name = (sender.full_name or sender.username) if sender else message.chat.title
     try:
         if settings.stream_replies and message.chat.type == ChatType.PRIVATE and drafts.open:
             answer = await stream_answer(
                 message, text, bot, backend, settings, drafts,
-                user_id=user_id, request_id=request_id,
+                user_id=user_id, user_name=user_name, request_id=request_id,
             )  # fmt: skip
         else:
             async with typing(bot, message, settings.typing_interval):
                 answer = await backend.handle_chat(
-                    user_id=user_id, chat_id=message.chat.id, text=text, request_id=request_id
+                    user_id=user_id,
+                    chat_id=message.chat.id,
+                    text=text,
+                    chat_type=message.chat.type,
+                    user_name=user_name,
+                    request_id=request_id,
                 )
     except (BackendError, BackendUnavailable) as exc:
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
