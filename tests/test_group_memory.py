@@ -84,11 +84,12 @@ async def test_group_messages_keep_their_authors_and_stay_out_of_members_private
         assert authors[:3] == [[ALICE, "Alice"], [BOB, "Bob"], [ALICE, "Alice"]]
         assert await scalar(db, "SELECT user_id FROM chat_sessions") is None
         # The model is told who said what, and who is asking.
-        assert turns(bobs_turn)[-1] == (
-            "user", "[Bob] У меня аллергия на арахис, живу на улице Ленина 5.")
-        assert turns(alices_turn)[-2:] == [
-            ("assistant", "Echo: [Bob] У меня аллергия на арахис, живу на улице Ленина 5."),
-            ("user", "[Alice] А я люблю кататься на велосипеде.")]
+        assert turns(bobs_turn)[-1][1].endswith(
+            "\n\n[Bob] У меня аллергия на арахис, живу на улице Ленина 5.")
+        role, last = turns(alices_turn)[-1]
+        assert role == "user"
+        assert "\nEcho: [Bob] У меня аллергия на арахис, живу на улице Ленина 5.\n\n" in last
+        assert last.endswith("\n\n[Alice] А я люблю кататься на велосипеде.")
         assert "group chat" in alices_turn[0]["content"]
         # The group's summary (every 4 messages) keeps who said what too.
         summarized = fake_llm.summary_requests[0]["messages"][-1]["content"]

@@ -205,7 +205,7 @@ async def test_every_prompt_a_conversation_sends_is_accepted_by_a_strict_server(
     settings = make_settings(clean_db, llm_server.base_url, short_history_limit=4,
                              summary_threshold=4)
     assert fake_llm.strict  # set by conftest for every test without the raw_prompts marker
-    chat = {"user_id": "u", "chat_id": "c"}
+    chat = {"user_id": "u", "chat_id": "c", "chat_type": "private"}
     async with running_app(settings) as client:
         for i in range(3):
             ok = await client.post("/v1/chat/handle", json={**chat, "text": f"question {i}"})
