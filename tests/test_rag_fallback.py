@@ -66,7 +66,7 @@ async def test_without_pgvector_and_fallback_disabled_rag_is_off_and_chat_works(
         async with running_app(settings) as client:
             assert isinstance(services(client).semantic, DisabledSemanticMemory)
             assert (await client.get("/health")).json()["rag"]["status"] == "disabled"
-            assert await say(client, "alice", "chat-a", "Привет") == "Echo: Привет"
+            assert await say(client, "alice", "alice", "Привет") == "Echo: Привет"
     assert any("semantic memory (RAG) is OFF" in r.getMessage() for r in caplog.records)
 
 

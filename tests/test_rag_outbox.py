@@ -155,7 +155,7 @@ async def test_unreachable_qdrant_server_bot_still_answers_and_keeps_the_queue(
                              rag_timeout=2.0, data_dir=tmp_path)
     async with running_app(settings) as client:
         assert services(client).semantic.enabled
-        reply = await say(client, "alice", "chat-a", "Мой любимый цвет — зелёный.")
+        reply = await say(client, "alice", "alice", "Мой любимый цвет — зелёный.")
         assert reply == "Echo: Мой любимый цвет — зелёный."
         assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 2
 
