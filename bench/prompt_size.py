@@ -103,7 +103,8 @@ async def replay(pairs: list[tuple[str, str]], limit: int | None, url: str) -> l
                     next_reply[0] = assistant
                     history.append({"role": "user", "content": user})
                     response = await client.post(
-                        "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": user}
+                        "/v1/chat/handle",
+                        json={"user_id": "u", "chat_id": "c", "chat_type": "private", "text": user},
                     )
                     response.raise_for_status()
                     sent = llm.fake.chat_requests[-1]["messages"]

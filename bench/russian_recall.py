@@ -54,7 +54,8 @@ async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | Non
 
         async def say(message: str) -> None:
             response = await client.post("/v1/chat/handle",
-                                         json={"user_id": user, "chat_id": chat, "text": message})
+                                         json={"user_id": user, "chat_id": chat,
+                                               "chat_type": "private", "text": message})
             response.raise_for_status()
             await jobs.drain()
 
