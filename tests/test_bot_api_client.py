@@ -135,7 +135,9 @@ async def test_reset_retries_transient_failures(scripted) -> None:
 async def test_only_retryable_codes_are_repeated(scripted, code: str) -> None:
     fake, url = scripted
     client = client_for(url)
-    for call in (client.handle_chat(user_id=1, chat_id=1, text="x"), client.reset_chat(chat_id=1)):
+    calls = (client.handle_chat(user_id=1, chat_id=1, text="x", chat_type="private"),
+             client.reset_chat(chat_id=1))
+    for call in calls:
         fake.requests.clear()
         fake.script = [error(code, ERROR_CODES[code].status)]
         with pytest.raises(BackendError) as caught:
