@@ -118,7 +118,8 @@ async def wait_for(db: AsyncEngine, sql: str, expected: object, timeout: float =
 
 async def say(client: httpx.AsyncClient, words: str) -> None:
     response = await client.post(
-        "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": words}
+        "/v1/chat/handle",
+        json={"user_id": "u", "chat_id": "c", "chat_type": "private", "text": words},
     )
     assert response.status_code == 200, response.text
 
