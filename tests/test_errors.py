@@ -67,7 +67,7 @@ async def test_nul_byte_in_a_path_id_is_the_clients_error_and_the_database_stays
     response = await app_client.delete("/v1/memory/users/%00")
     body = assert_error(response, 422, "validation_error")
     assert "0x00" in body["message"]  # PostgreSQL's reason, not a guess
-    message = {"user_id": "u", "chat_id": "c", "text": "x"}
+    message = {"user_id": "u", "chat_id": "c", "chat_type": "private", "text": "x"}
     ok = await app_client.post("/v1/chat/handle", json=message)
     assert ok.status_code == 200
     assert (await app_client.delete("/v1/memory/users/u")).json()["deleted_sessions"] == 1

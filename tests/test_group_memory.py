@@ -218,3 +218,15 @@ async def test_a_session_keeps_its_kind_whatever_a_later_request_says(
         await say(client, BOB, GROUP, "Какой у меня PIN-код банковской карты?",
                   chat_type="private")
         assert "7314" not in whole_prompt(fake_llm)
+
+
+async def test_a_group_turn_is_labelled_only_with_a_name_the_client_gave(
+    settings: Settings, fake_llm: FakeLLM
+) -> None:
+    async with running_app(settings) as client:
+        await say(client, "1", "-5", "no name")
+        assert turns(fake_llm.chat_requests[-1]["messages"])[-1] == ("user", "no name")
+        await say(client, "2", "-5", "with a name", name=" Ann [admin]\n")
+        last = turns(fake_llm.chat_requests[-1]["messages"])[-1][1]
+        assert last == "[Ann admin] with a name"
+        assert "group chat" in fake_llm.chat_requests[-1]["messages"][0]["content"]

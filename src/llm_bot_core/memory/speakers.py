@@ -10,9 +10,9 @@ from llm_bot_core.memory.store import StoredMessage
 from llm_bot_core.rag.base import RecalledFact
 
 GROUP_NOTE = (
-    "This is a group chat with several people. Each of their messages starts with the "
-    "speaker's name in square brackets; answer the person who wrote the last message, and do "
-    "not attribute one person's words to another."
+    "This is a group chat with several people. A message whose sender is known starts with "
+    "their name in square brackets; answer the person who wrote the last message, and do not "
+    "attribute one person's words to another."
 )
 
 _UNSAFE = re.compile(r"[\[\]\s]+")
@@ -26,18 +26,23 @@ def chat_type_of(chat_type: str | None, *, user_id: str, chat_id: str) -> str:
     return "private" if chat_id == user_id else "group"
 
 
-def speaker(user_name: str | None, user_id: str | None) -> str:
-    """A one-line label: the display name, else the user id."""
+def speaker(user_name: str | None) -> str | None:
+    """A one-line label from the display name the client gave; None without one (a user id
+    would be no name, and a client that sends none keeps its prompts as they were)."""
     name = _UNSAFE.sub(" ", user_name or "").strip()[:64]
-    return name or (f"user {user_id}" if user_id else "someone")
+    return name or None
+
+
+def labelled(content: str, user_name: str | None) -> str:
+    """ "[Name] content", or the content as it is when the speaker has no name."""
+    name = speaker(user_name)
+    return f"[{name}] {content}" if name else content
 
 
 def label_turns(recent: Sequence[StoredMessage]) -> list[StoredMessage]:
     """User turns of a group read "[Name] text", so the model knows who said what."""
     return [
-        dataclasses.replace(m, content=f"[{speaker(m.user_name, m.user_id)}] {m.content}")
-        if m.role == "user"
-        else m
+        dataclasses.replace(m, content=labelled(m.content, m.user_name)) if m.role == "user" else m
         for m in recent
     ]
 
@@ -45,8 +50,6 @@ def label_turns(recent: Sequence[StoredMessage]) -> list[StoredMessage]:
 def label_facts(facts: Sequence[RecalledFact]) -> list[RecalledFact]:
     """Recalled group messages carry their speaker's name the same way."""
     return [
-        dataclasses.replace(f, content=f"[{speaker(f.user_name, None)}] {f.content}")
-        if f.role == "user"
-        else f
+        dataclasses.replace(f, content=labelled(f.content, f.user_name)) if f.role == "user" else f
         for f in facts
     ]

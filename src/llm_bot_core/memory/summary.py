@@ -65,10 +65,10 @@ def summary_prompt(
 ) -> list[ChatMessage]:
     """The request that turns the previous summary and a chunk of messages into the next one.
 
-    In a group, user turns are named by their speakers, so the summary keeps who said what."""
+    In a group, user turns are named by their speakers (when the client gave their names), so
+    the summary keeps who said what."""
     lines = [
-        f"[{speaker(m.user_name, m.user_id) if group and m.role == 'user' else m.role}] "
-        f"{m.content}"
+        f"[{(speaker(m.user_name) if group and m.role == 'user' else None) or m.role}] {m.content}"
         for m in chunk
     ]
     previous_text = previous.content if previous else "(none yet)"

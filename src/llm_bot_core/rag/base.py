@@ -75,7 +75,7 @@ class RecalledFact:
     created_at: datetime | None
     score: float
     user_name: str | None = None
-    """Who said it (display name, else user id), for a group prompt's speaker labels."""
+    """Who said it (the display name the client gave), for a group prompt's speaker labels."""
 
 
 class SemanticMemory(Protocol):

@@ -174,7 +174,7 @@ class VectorSemanticMemory:
                 content=h.content,
                 created_at=h.created_at,
                 score=h.score,
-                user_name=h.user_name or h.user_id,
+                user_name=h.user_name,
             )
             for h in hits
         ]
