@@ -141,7 +141,12 @@ async def hostile_message(
     """One flood message, as ChatService.handle and InProcessJobs treat it."""
     session_id, user_msg = await say(engine, user, content)
     await memory.recall(
-        user_id=user, chat_id=user, session_id=session_id, query=content, exclude_message_ids=[]
+        user_id=user,
+        chat_id=user,
+        private=True,
+        session_id=session_id,
+        query=content,
+        exclude_message_ids=[],
     )
     indexing = [asyncio.create_task(memory.index_messages([user_msg]))]
     answer = f"Echo: {content}"[: memory._settings.max_reply_chars]
