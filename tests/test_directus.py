@@ -196,7 +196,8 @@ def conversation(directus: Directus, llm_server: FakeLLMServer) -> dict[str, str
         async with running_app(settings) as client:
             for text_ in ("Меня зовут Анна, я люблю горы.", GREETING):
                 response = await client.post("/v1/chat/handle", json={
-                    "user_id": "12345", "chat_id": "67890", "text": text_})
+                    "user_id": "12345", "chat_id": "67890", "chat_type": "private",
+                    "text": text_})
                 assert response.status_code == 200, response.text
 
     llm_server.fake.reset()
