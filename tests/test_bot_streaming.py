@@ -117,8 +117,9 @@ async def test_groups_and_stream_replies_off_use_typing_and_the_plain_endpoint(
         telegram.push_update({"message": telegram.message(
             "@test_llm_bot hello group", chat_id=group, user_id=5, chat_type="supergroup",
             entities=[{"type": "mention", "offset": 0, "length": 13}])})  # fmt: skip
+        # The fake model echoes the last turn, which in a group names its speaker.
         assert (await telegram.wait_for("sendMessage", chat_id=group))[0].plain_text == (
-            "Echo: hello group"
+            "Echo: [Alice] hello group"
         )
     off = make_bot_settings(telegram_server, backend.url, stream_replies=False)
     async with running_bot(off):
