@@ -26,7 +26,15 @@ from llm_bot_core.db.engine import normalize_url
 from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 
-TABLES = ("embeddings", "conversation_summaries", "messages", "chat_sessions", "lexical_stats")
+TABLES = (
+    "embeddings",
+    "conversation_summaries",
+    "messages",
+    "chat_sessions",
+    "lexical_stats",
+    "llm_usage",
+    "bot_users",
+)
 
 
 def unavailable(reason: str) -> None:
@@ -171,10 +179,10 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 class running_app:
     """The real app with its lifespan, behind an in-process httpx client."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
         from llm_bot_core.api.app import create_app
 
-        self.app = create_app(settings)
+        self.app = create_app(settings, **app_options)
         self._lifespan = self.app.router.lifespan_context(self.app)
         self.client: httpx.AsyncClient | None = None
 

@@ -15,6 +15,7 @@ from llm_bot_core.llm.openai_compat import OpenAIChatModel
 from llm_bot_core.memory.prompt import EARLIER_REPLY_MARKER, SUMMARY_HEADER
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
+from llm_bot_core.usage.ledger import UsageLedger
 from tests.conftest import drain_jobs, make_settings, running_app
 
 pytestmark = pytest.mark.asyncio
@@ -125,12 +126,21 @@ async def test_summary_covers_only_messages_after_watermark_in_chunks(
     session_id = await seed_session(db, 12)
     model = OpenAIChatModel(settings)
     engine = create_async_engine(clean_db)
+    ledger = UsageLedger(engine)
     try:
-        run = await summarize_session(engine, model, settings, session_id)
+        run = await summarize_session(engine, model, settings, session_id, ledger=ledger)
+        await ledger.aclose()
     finally:
         await engine.dispose()
         await model.aclose()
     assert (run.versions_written, run.pending_after) == (2, 2)
+    # Each summary call is accounted to the session's user and chat.
+    assert (
+        await fetch(
+            db, "SELECT user_id, chat_id, purpose, model, completion_tokens > 0 FROM llm_usage"
+        )
+        == [("u", "c", "summary", "test-model", True)] * 2
+    )
     assert await fetch(
         db, "SELECT version, last_message_id FROM conversation_summaries ORDER BY version"
     ) == [(1, 5), (2, 10)]
@@ -151,12 +161,17 @@ async def test_concurrent_summary_jobs_write_no_duplicate_version_and_leave_no_g
     fake_llm.latency = 0.05  # make the jobs overlap while each one waits for the model
     model = OpenAIChatModel(settings)
     engine = create_async_engine(clean_db)
+    ledger = UsageLedger(engine)
     try:
         runs = await asyncio.gather(
-            *(summarize_session(engine, model, settings, session_id) for _ in range(5))
+            *(
+                summarize_session(engine, model, settings, session_id, ledger=ledger)
+                for _ in range(5)
+            )
         )
         # And once more after they finished: nothing left to do, nothing written.
-        again = await summarize_session(engine, model, settings, session_id)
+        again = await summarize_session(engine, model, settings, session_id, ledger=ledger)
+        await ledger.aclose()
     finally:
         await engine.dispose()
         await model.aclose()
@@ -175,6 +190,7 @@ async def test_summary_of_deleted_session_stops_quietly(
     session_id = await seed_session(db, 4)
     model = OpenAIChatModel(settings)
     engine = create_async_engine(clean_db)
+    ledger = UsageLedger(engine)
     fake_llm.latency = 0.2
 
     async def delete_meanwhile() -> None:
@@ -184,7 +200,8 @@ async def test_summary_of_deleted_session_stops_quietly(
 
     try:
         run, _ = await asyncio.gather(
-            summarize_session(engine, model, settings, session_id), delete_meanwhile()
+            summarize_session(engine, model, settings, session_id, ledger=ledger),
+            delete_meanwhile(),
         )
     finally:
         await engine.dispose()

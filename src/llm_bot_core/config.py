@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -127,6 +129,23 @@ class Settings(BaseSettings):
     celery_queue: str = Field(default="llm_bot_core", min_length=1)
     summary_lock_seconds: int = Field(default=600, ge=10)
 
+    # --- usage and budgets --------------------------------------------------------------
+    user_daily_token_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens (prompt + completion, every call made for the user) a user may "
+        "spend per day; 0: no limit. Per-user overrides live in bot_users.",
+    )
+    bot_timezone: str = Field(
+        default="UTC", description="IANA zone whose midnight starts a new budget day."
+    )
+    usage_flush_interval_ms: int = Field(
+        default=200,
+        ge=0,
+        le=60_000,
+        description="Usage records are written in batches at most this long after the call.",
+    )
+
     # --- semantic memory (RAG) -----------------------------------------------------------
     rag_enabled: bool | None = Field(
         default=None, description="Unset: on when an embedder is available."
@@ -189,6 +208,25 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("bot_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"BOT_TIMEZONE {value!r} is not an IANA time zone") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.bot_timezone)
+
+    @property
+    def llm_is_openrouter(self) -> bool:
+        """OpenRouter reports a call's cost when the request asks for it."""
+        host = urlsplit(self.effective_llm_base_url).hostname or ""
+        return host == "openrouter.ai" or host.endswith(".openrouter.ai")
 
     @property
     def llm_configured(self) -> bool:

@@ -24,11 +24,17 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unauthorized": ErrorCode(401, "Missing or wrong bearer token (BACKEND_API_KEY)."),
     "not_found": ErrorCode(404, "No such endpoint."),
     "method_not_allowed": ErrorCode(405, "Method not allowed on this endpoint."),
+    "user_blocked": ErrorCode(403, "An operator blocked this user; nothing was stored."),
     "session_gone": ErrorCode(409, "The session was deleted while the answer was generated."),
     "payload_too_large": ErrorCode(413, "Body or text longer than the configured limit."),
     "unsupported_media_type": ErrorCode(415, "Send the body as application/json."),
     "validation_error": ErrorCode(
         422, "The request does not match the schema or holds a value that cannot be stored."
+    ),
+    "budget_exceeded": ErrorCode(
+        429,
+        "The user's daily token budget is spent; nothing was stored. Retry-After gives the "
+        "seconds until it resets (midnight in BOT_TIMEZONE).",
     ),
     "internal_error": ErrorCode(500, "Unexpected error; see the server log with the request id."),
     "llm_unavailable": ErrorCode(
@@ -73,3 +79,8 @@ class CoreError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body (Retry-After, say)."""
+        return {}

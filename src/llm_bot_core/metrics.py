@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -90,10 +90,25 @@ DB_POOL_OPEN = Gauge(
 )
 
 
+class UsageAccount(Protocol):
+    """Where a call's usage is accounted, bound to whom it was made for (usage/ledger.py)."""
+
+    def record(self, purpose: str, completion: Completion) -> None:
+        """Note the call; returns at once, never raises."""
+        ...
+
+
 async def metered_completion(
-    chat_model: ChatModel, purpose: str, messages: list[ChatMessage], /, **kwargs: Any
+    chat_model: ChatModel,
+    purpose: str,
+    messages: list[ChatMessage],
+    /,
+    *,
+    account: UsageAccount | None,
+    **kwargs: Any,
 ) -> Completion:
-    """`model.complete` with its latency, outcome and tokens recorded under `purpose`."""
+    """`model.complete` with its latency, outcome and tokens recorded under `purpose`, and its
+    usage noted in `account` (None only for calls nobody pays for)."""
     started = time.perf_counter()
     try:
         completion = await chat_model.complete(messages, **kwargs)
@@ -101,19 +116,30 @@ async def metered_completion(
         LLM_LATENCY.labels(purpose, exc.code).observe(time.perf_counter() - started)
         raise
     _record(purpose, started, completion)
+    if account is not None:
+        account.record(purpose, completion)
     return completion
 
 
 async def metered_stream(
-    chat_model: ChatModel, purpose: str, messages: list[ChatMessage], /, **kwargs: Any
+    chat_model: ChatModel,
+    purpose: str,
+    messages: list[ChatMessage],
+    /,
+    *,
+    account: UsageAccount | None,
+    **kwargs: Any,
 ) -> AsyncIterator[StreamItem]:
-    """`model.stream` with the metrics of `metered_completion` and the time to first delta."""
+    """`model.stream` with the metrics of `metered_completion` and the time to first delta;
+    the final Completion's usage is noted in `account`."""
     started = time.perf_counter()
     first = True
     try:
         async for item in chat_model.stream(messages, **kwargs):
             if isinstance(item, Completion):
                 _record(purpose, started, item)
+                if account is not None:
+                    account.record(purpose, item)
             elif first:
                 first = False
                 LLM_FIRST_TOKEN.labels(purpose).observe(time.perf_counter() - started)

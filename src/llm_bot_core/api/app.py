@@ -16,6 +16,7 @@ from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.limits import BodySizeLimit
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
+from llm_bot_core.api.usage_routes import usage
 from llm_bot_core.config import Settings, get_settings
 from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.db.migrate import upgrade_to_head_async
@@ -27,23 +28,34 @@ from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
+from llm_bot_core.usage.budget import Budgets
+from llm_bot_core.usage.ledger import Clock, UsageLedger, utc_now
 
 log = logging.getLogger(__name__)
 
 
 def build_jobs(
-    settings: Settings, engine: AsyncEngine, model: ChatModel, semantic: SemanticMemory
+    settings: Settings,
+    engine: AsyncEngine,
+    model: ChatModel,
+    semantic: SemanticMemory,
+    ledger: UsageLedger,
 ) -> JobQueue:
     """Celery when USE_CELERY_FOR_SUMMARY is set, otherwise asyncio tasks in this process."""
     if settings.use_celery_for_summary:
         from llm_bot_core.worker.dispatch import CeleryJobs
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
-    return InProcessJobs(engine, model, settings, semantic)
+    return InProcessJobs(engine, model, settings, semantic, ledger)
 
 
-def create_app(settings: Settings | None = None, *, model: ChatModel | None = None) -> FastAPI:
-    """The backend app; `model` lets tests hand in their own chat model."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    model: ChatModel | None = None,
+    clock: Clock = utc_now,
+) -> FastAPI:
+    """The backend app; `model` and `clock` let tests hand in their own."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -56,9 +68,22 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         if isinstance(chat_model, UnconfiguredChatModel):
             log.warning(UnconfiguredChatModel.MESSAGE)
         semantic = await build_semantic_memory(settings, engine)
-        jobs = build_jobs(settings, engine, chat_model, semantic)
+        ledger = UsageLedger(engine, interval=settings.usage_flush_interval_ms / 1000, clock=clock)
+        budgets = Budgets(
+            engine=engine,
+            ledger=ledger,
+            default_limit=settings.user_daily_token_limit,
+            zone=settings.zone,
+        )
+        jobs = build_jobs(settings, engine, chat_model, semantic, ledger)
         chat = ChatService(
-            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings
+            engine=engine,
+            model=chat_model,
+            semantic=semantic,
+            jobs=jobs,
+            settings=settings,
+            ledger=ledger,
+            budgets=budgets,
         )
         app.state.services = Services(
             settings=settings,
@@ -68,6 +93,8 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             jobs=jobs,
             chat=chat,
             erase=EraseService(engine=engine, semantic=semantic),
+            ledger=ledger,
+            budgets=budgets,
         )
         try:
             yield
@@ -75,6 +102,8 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             # Answers whose client went away are finished and stored first: they queue jobs.
             await chat.finish_within(settings.shutdown_grace_seconds)
             await jobs.shutdown(settings.shutdown_grace_seconds)
+            # After the summaries, whose calls are accounted too; before the engine goes.
+            await ledger.aclose()
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
@@ -90,6 +119,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(memory)
+    app.include_router(usage)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -17,6 +17,8 @@ from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.usage.budget import Budgets
+from llm_bot_core.usage.ledger import UsageLedger
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Services:
     jobs: JobQueue
     chat: ChatService
     erase: EraseService
+    ledger: UsageLedger
+    budgets: Budgets
 
 
 async def get_services(request: Request) -> Services:
@@ -52,6 +56,13 @@ async def get_erase_service(services: ServicesDep) -> EraseService:
 
 
 EraseServiceDep = Annotated[EraseService, Depends(get_erase_service)]
+
+
+async def get_budgets(services: ServicesDep) -> Budgets:
+    return services.budgets
+
+
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -37,17 +37,25 @@ def openapi_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(
         code=code, message=message, details=details, request_id=correlation_id.get()
     )
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 def respond(exc: CoreError) -> JSONResponse:
     """The one place an error becomes a response; 5xx are logged with the request id."""
-    return JSONResponse(described(exc).model_dump(exclude_none=True), status_code=exc.status)
+    return JSONResponse(
+        described(exc).model_dump(exclude_none=True),
+        status_code=exc.status,
+        headers=exc.headers or None,
+    )
 
 
 def described(exc: CoreError) -> ErrorResponse:

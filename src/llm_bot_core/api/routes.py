@@ -24,9 +24,11 @@ from llm_bot_core.api.sse import EVENTS_DESCRIPTION, EventStreamResponse, event_
 _errors = openapi_responses(
     "invalid_json",
     "unauthorized",
+    "user_blocked",
     "session_gone",
     "payload_too_large",
     "validation_error",
+    "budget_exceeded",
     "internal_error",
     "llm_unavailable",
     "llm_bad_response",

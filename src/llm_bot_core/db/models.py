@@ -194,6 +194,70 @@ class RagOutbox(Base):
     __table_args__ = (Index("ix_rag_outbox_next_attempt_at", "next_attempt_at"),)
 
 
+class LlmUsage(Base):
+    """One row per model call: who it was for, why, which model, its tokens and cost.
+
+    Written in batches after the reply (usage/ledger.py). `user_id` and `chat_id` are null for
+    calls nobody asked for (a group's summary) and after the user was erased (memory/erase.py
+    keeps the accounting, anonymised).
+    """
+
+    __tablename__ = "llm_usage"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    chat_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text("0")
+    )
+    # What the provider charged (OpenRouter, in credits = USD); null when it does not say.
+    cost: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        # The budget check of every request and GET /v1/usage/users/{id}: one user's calls since
+        # the start of their day, summed from the index alone.
+        Index(
+            "ix_llm_usage_user_id_created_at",
+            "user_id",
+            "created_at",
+            postgresql_include=["prompt_tokens", "completion_tokens"],
+        ),
+        # Per-day totals (the dashboard's tokens and cost per day by model and purpose).
+        Index("ix_llm_usage_created_at", "created_at"),
+        CheckConstraint(
+            "prompt_tokens >= 0 AND completion_tokens >= 0", name="tokens_not_negative"
+        ),
+    )
+
+
+class BotUser(Base):
+    """An operator's decisions about one user: a daily token limit of their own, or a ban.
+
+    A row appears when a user's first model call is accounted; operators edit it in the admin
+    panel. `daily_token_limit` null: USER_DAILY_TOKEN_LIMIT applies; 0: no limit.
+    """
+
+    __tablename__ = "bot_users"
+
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    daily_token_limit: Mapped[int | None] = mapped_column(Integer)
+    blocked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint(
+            "daily_token_limit IS NULL OR daily_token_limit >= 0", name="limit_not_negative"
+        ),
+    )
+
+
 class LexicalStat(Base):
     """Document frequencies of lexemes per search scope, kept by triggers on `embeddings` (0003).
 
@@ -215,3 +279,5 @@ messages = Message.__table__
 conversation_summaries = ConversationSummary.__table__
 embeddings = EmbeddingRecord.__table__
 rag_outbox = RagOutbox.__table__
+llm_usage = LlmUsage.__table__
+bot_users = BotUser.__table__

@@ -23,6 +23,14 @@ class Completion:
     completion_tokens: int | None
     model: str
     seconds: float
+    cost: float | None = None
+    """What the provider charged, when it says (OpenRouter with `usage: {include: true}`)."""
+
+
+def cost_of(usage: object) -> float | None:
+    """The cost a provider reported in a completion's `usage` (OpenRouter's `cost`), if any."""
+    cost = usage.get("cost") if isinstance(usage, dict) else None
+    return float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
 
 
 class LLMError(CoreError):

@@ -24,6 +24,7 @@ from llm_bot_core.llm.base import (
     LLMBadResponse,
     LLMUnavailable,
     StreamItem,
+    cost_of,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, backoff, stream_with_retries
 
@@ -59,6 +60,8 @@ class HttpChatModel:
         }
         if self._settings.llm_temperature is not None:
             payload["temperature"] = self._settings.llm_temperature
+        if self._settings.llm_is_openrouter:
+            payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
         return payload
 
     def _client(self) -> aiohttp.ClientSession:
@@ -192,10 +195,12 @@ def _completion(data: Any, model_name: str, seconds: float) -> Completion:
         ) from exc
     if not isinstance(text, str) or not text:
         raise LLMBadResponse(f"model {model_name} returned an empty answer")
+    usage = usage if isinstance(usage, dict) else {}
     return Completion(
         text=text,
-        prompt_tokens=usage.get("prompt_tokens") if isinstance(usage, dict) else None,
-        completion_tokens=usage.get("completion_tokens") if isinstance(usage, dict) else None,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
         model=data.get("model") or model_name,
         seconds=seconds,
+        cost=cost_of(usage),
     )

@@ -19,6 +19,7 @@ from llm_bot_core.llm.base import (
     LLMNotConfigured,
     LLMUnavailable,
     StreamItem,
+    cost_of,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
 
@@ -126,6 +127,8 @@ class OpenAIChatModel:
         }
         if self._settings.llm_temperature is not None:
             payload["temperature"] = self._settings.llm_temperature
+        if self._settings.llm_is_openrouter:
+            payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
         return payload
 
     async def aclose(self) -> None:
@@ -184,6 +187,7 @@ def _completion(body: Any, model_name: str, seconds: float) -> Completion:
         completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
         model=str(model),
         seconds=seconds,
+        cost=cost_of(usage),
     )
 
 

@@ -9,7 +9,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from llm_bot_core.llm.base import Completion, LLMBadResponse, LLMUnavailable, StreamItem
+from llm_bot_core.llm.base import (
+    Completion,
+    LLMBadResponse,
+    LLMUnavailable,
+    StreamItem,
+    cost_of,
+)
 
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
@@ -80,6 +86,7 @@ class ChunkReader:
             completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
             model=self.model,
             seconds=seconds,
+            cost=cost_of(self.usage),
         )
 
 

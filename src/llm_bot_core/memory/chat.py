@@ -22,6 +22,8 @@ from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, 
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
 from llm_bot_core.metrics import metered_completion, metered_stream
 from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.usage.budget import Budgets
+from llm_bot_core.usage.ledger import Account, UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class _Turn:
     prompt: list[ChatMessage]
     user_id: str
     """Who wrote the message: the answer is stored as answering them."""
+    account: Account
 
 
 class ChatService:
@@ -56,6 +59,8 @@ class ChatService:
         semantic: SemanticMemory,
         jobs: JobQueue,
         settings: Settings,
+        ledger: UsageLedger,
+        budgets: Budgets,
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -65,6 +70,8 @@ class ChatService:
         self._jobs = jobs
         self._settings = settings
         self._streams = BackgroundTasks(_log_failure)
+        self._ledger = ledger
+        self._budgets = budgets
 
     async def handle(
         self,
@@ -77,12 +84,15 @@ class ChatService:
     ) -> Reply:
         """Answer a user message; the user message is stored even if the model then fails.
 
-        `chat_type` None: the chat is private when its id is the user's id, else a group."""
+        `chat_type` None: the chat is private when its id is the user's id, else a group.
+        Raises UserBlocked or BudgetExceeded, storing nothing, when the user may not write."""
         turn = await self._begin(
             user_id=user_id, chat_id=chat_id, text=text, chat_type=chat_type, user_name=user_name
         )
         try:
-            completion = await metered_completion(self._model, "chat", turn.prompt)
+            completion = await metered_completion(
+                self._model, "chat", turn.prompt, account=turn.account
+            )
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
             # worth remembering even when the model failed to answer it.
@@ -124,7 +134,9 @@ class ChatService:
         started = time.perf_counter()
         try:
             # Read to the end even once MAX_REPLY_CHARS is reached: the usage chunk comes last.
-            async for item in metered_stream(self._model, "chat", turn.prompt):
+            async for item in metered_stream(
+                self._model, "chat", turn.prompt, account=turn.account
+            ):
                 if isinstance(item, Completion):
                     completion = item
                     continue
@@ -147,18 +159,31 @@ class ChatService:
         chat_type: str | None,
         user_name: str | None,
     ) -> _Turn:
-        """Store the user message and build the prompt from the chat's memory."""
+        """Store the user message and build the prompt from the chat's memory; refuse (storing
+        nothing) a blocked user or one whose day's budget is spent."""
         settings = self._settings
-        async with self._autocommit.connect() as conn:
-            user, summary, recent = await store.append_user_message_with_context(
-                conn,
-                user_id=user_id,
-                chat_id=chat_id,
-                content=text,
-                limit=max(settings.short_history_limit, 1),
-                chat_type=chat_type_of(chat_type, user_id=user_id, chat_id=chat_id),
-                user_name=user_name,
-            )
+        day_start, _ = self._budgets.window()
+        gate = store.Gate(
+            day_start=day_start,
+            default_limit=self._budgets.default_limit,
+            pending_tokens=self._budgets.pending_tokens(user_id, day_start),
+        )
+        try:
+            async with self._autocommit.connect() as conn:
+                user, summary, recent = await store.append_user_message_with_context(
+                    conn,
+                    user_id=user_id,
+                    chat_id=chat_id,
+                    content=text,
+                    limit=max(settings.short_history_limit, 1),
+                    chat_type=chat_type_of(chat_type, user_id=user_id, chat_id=chat_id),
+                    user_name=user_name,
+                    gate=gate,
+                )
+        except store.Refused as refused:
+            raise self._budgets.refusal(
+                blocked=refused.blocked, spent=refused.spent, limit=refused.limit
+            ) from None
         if settings.short_history_limit == 0:
             recent = recent[-1:]  # the window is off, but the model must see the question
 
@@ -176,7 +201,12 @@ class ChatService:
         if not user.private:
             system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
             recent, facts = label_turns(recent), label_facts(facts)
-        return _Turn(user, build_prompt(system_prompt, summary, recent, facts), user_id)
+        return _Turn(
+            user,
+            build_prompt(system_prompt, summary, recent, facts),
+            user_id,
+            self._ledger.account(user_id, chat_id),
+        )
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
         """Store the answer in the turn's session and queue its memory jobs."""

@@ -18,6 +18,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
+from llm_bot_core.usage.ledger import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class InProcessJobs:
         model: ChatModel,
         settings: Settings,
         semantic: SemanticMemory,
+        ledger: UsageLedger,
     ) -> None:
         self._engine = engine
+        self._ledger = ledger
         self._model = model
         self._settings = settings
         self._semantic = semantic
@@ -113,7 +116,7 @@ class InProcessJobs:
                     "summary",
                     queued_at,
                     lambda: summarize_session(
-                        self._engine, self._model, self._settings, session_id
+                        self._engine, self._model, self._settings, session_id, ledger=self._ledger
                     ),
                 )
         finally:

@@ -98,12 +98,30 @@ CONTEXT_SQL = (
 # matches only an active session, a message can never land in a session that /start closed a
 # moment earlier. The context reads run in the statement's snapshot, which does not contain the
 # row being inserted, so they fetch one message less and the caller appends the new one.
-# $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages, $6 author, $7 name.
+# The gate comes first: a blocked user, or one whose day's tokens (the table's and $10, this
+# process's not yet written) reach their limit, gets a row with no message and nothing stored.
+# Checking in the same statement bounds a budget's overshoot by the requests already in flight.
+# The sum runs only when a limit applies, on the index of (user_id, created_at).
+# $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages, $6 author (the user
+# the gate checks), $7 name, $8 start of the user's day, $9 USER_DAILY_TOKEN_LIMIT, $10 tokens
+# not yet in llm_usage.
 _APPEND_WITH_CONTEXT = (
     """
-    WITH s AS (
+    WITH gate AS (
+        SELECT coalesce(u.blocked, false) AS blocked,
+               coalesce(u.daily_token_limit, $9) AS token_limit
+        FROM (SELECT 1) AS one LEFT JOIN bot_users u ON u.user_id = $6
+    ), verdict AS (
+        SELECT blocked, token_limit,
+               CASE WHEN token_limit > 0 AND NOT blocked THEN $10::bigint + (
+                   SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM llm_usage
+                   WHERE user_id = $6 AND created_at >= $8)
+               ELSE 0 END AS spent
+        FROM gate
+    ), s AS (
         UPDATE chat_sessions SET messages_since_summary = messages_since_summary + 1
         WHERE chat_id = $1 AND is_active
+          AND (SELECT NOT blocked AND (token_limit = 0 OR spent < token_limit) FROM verdict)
         RETURNING id, messages_since_summary, chat_type
     ), m AS (
         INSERT INTO messages (session_id, role, content, tokens, user_id, user_name)
@@ -114,10 +132,29 @@ _APPEND_WITH_CONTEXT = (
     + _SUMMARY_OF.format(session="m.session_id")
     + " AS summary,"
     + _RECENT_OF.format(session="m.session_id", limit="$5")
-    + """ AS recent
-    FROM m CROSS JOIN s
+    + """ AS recent, v.blocked, v.spent, v.token_limit
+    FROM verdict v LEFT JOIN (m CROSS JOIN s) ON true
     """
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What the first statement checks before storing: the writer's ban and day's budget."""
+
+    day_start: datetime
+    default_limit: int
+    pending_tokens: int
+
+
+class Refused(Exception):
+    """The gate refused the message (blocked, or the budget is spent); nothing was stored."""
+
+    def __init__(self, *, blocked: bool, spent: int, limit: int) -> None:
+        super().__init__(f"refused: blocked={blocked} spent={spent} limit={limit}")
+        self.blocked = blocked
+        self.spent = spent
+        self.limit = limit
 
 
 async def _fetchrow(conn: AsyncConnection, sql: str, *args: Any) -> Any:
@@ -150,11 +187,13 @@ async def append_user_message_with_context(
     limit: int,
     chat_type: str = "private",
     user_name: str | None = None,
+    gate: Gate,
 ) -> tuple[Appended, Summary | None, list[StoredMessage]]:
     """Store a user message (opening a session if needed) and read the prompt context in one
     round trip: the latest summary and the last `limit` messages, the new one included.
 
-    `chat_type` is the kind a new session gets; an open session keeps the kind it has."""
+    `chat_type` is the kind a new session gets; an open session keeps the kind it has.
+    Raises Refused, storing nothing, when the gate does not let `user_id` write."""
     for _ in range(5):
         row = await _fetchrow(
             conn,
@@ -166,8 +205,14 @@ async def append_user_message_with_context(
             max(limit - 1, 0),
             user_id,
             user_name,
+            gate.day_start,
+            gate.default_limit,
+            gate.pending_tokens,
         )
-        if row is not None:
+        blocked, spent, token_limit = row[7], row[8], row[9]
+        if blocked or (token_limit > 0 and spent >= token_limit):
+            raise Refused(blocked=blocked, spent=int(spent), limit=int(token_limit))
+        if row[0] is not None:
             appended = Appended(
                 session_id=row[1],
                 message_id=row[0],

@@ -16,6 +16,7 @@ from llm_bot_core.llm.base import ChatMessage, ChatModel
 from llm_bot_core.memory.speakers import speaker
 from llm_bot_core.memory.store import StoredMessage, Summary
 from llm_bot_core.metrics import metered_completion
+from llm_bot_core.usage.ledger import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ _CHUNK = text(
     "FROM messages m JOIN chat_sessions s ON s.id = m.session_id "
     "WHERE m.session_id = :session_id AND m.id > :after ORDER BY m.id LIMIT :limit"
 )
+_OWNER = text("SELECT user_id, chat_id FROM chat_sessions WHERE id = :session_id")
 _PENDING = text("SELECT count(*) FROM messages WHERE session_id = :session_id AND id > :after")
 _LOCK_SESSION = text("SELECT id FROM chat_sessions WHERE id = :session_id FOR UPDATE")
 _INSERT = text(
@@ -80,7 +82,12 @@ def summary_prompt(
 
 
 async def summarize_session(
-    engine: AsyncEngine, model: ChatModel, settings: Settings, session_id: uuid.UUID
+    engine: AsyncEngine,
+    model: ChatModel,
+    settings: Settings,
+    session_id: uuid.UUID,
+    *,
+    ledger: UsageLedger,
 ) -> SummaryRun:
     """Write summary versions until fewer than SUMMARY_THRESHOLD messages remain unsummarized.
 
@@ -88,6 +95,12 @@ async def summarize_session(
     still the latest (unique session_id+version), so no message is summarized twice or skipped.
     """
     written = 0
+    async with engine.connect() as conn:
+        owner = (await conn.execute(_OWNER, {"session_id": session_id})).first()
+    if owner is None:
+        return SummaryRun(versions_written=0, pending_after=0)  # deleted before we started
+    # The summary is made for the session's user: it counts towards their day's budget.
+    account = ledger.account(owner[0], owner[1])
     while True:
         async with engine.connect() as conn:
             latest_row = (await conn.execute(_LATEST, {"session_id": session_id})).first()
@@ -130,6 +143,7 @@ async def summarize_session(
             model,
             "summary",
             summary_prompt(previous, chunk, group=group),
+            account=account,
             model=settings.effective_summary_model,
         )
         version = (previous.version if previous else 0) + 1

@@ -70,6 +70,10 @@ class FakeLLM:
     chunk_chars: int = 8
     chunk_delay: float = 0.0
     _stream_faults: list[tuple[int, str]] = field(default_factory=list)
+    usage: tuple[int, int] | None = None
+    """(prompt, completion) tokens every chat answer reports; None: counted from the words."""
+    cost: float | None = None
+    """When set, every chat answer reports this cost in `usage`, as OpenRouter does."""
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
@@ -93,6 +97,8 @@ class FakeLLM:
         self.embeddings_down = False
         self.strict = False
         self.prompt_violations.clear()
+        self.usage = None
+        self.cost = None
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -143,8 +149,9 @@ class FakeLLM:
             return web.json_response({"error": {"message": text, "code": status}}, status=status)
         content = self.reply(messages)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        usage = self._usage(prompt_tokens, content)
         if body.get("stream"):
-            return await self._stream(request, body, content, prompt_tokens)
+            return await self._stream(request, body, content, usage)
         return web.json_response(
             {
                 "id": f"chatcmpl-{len(self.requests)}",
@@ -158,16 +165,26 @@ class FakeLLM:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(content.split()),
-                    "total_tokens": prompt_tokens + len(content.split()),
-                },
+                "usage": usage,
             }
         )
 
+    def _usage(self, prompt_tokens: int, content: str) -> dict[str, Any]:
+        """What an answer reports it used: counted words, or the tokens and cost set above."""
+        completion_tokens = len(content.split())
+        if self.usage is not None:
+            prompt_tokens, completion_tokens = self.usage
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if self.cost is not None:
+            usage["cost"] = self.cost
+        return usage
+
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], content: str, prompt_tokens: int
+        self, request: web.Request, body: dict[str, Any], content: str, usage: dict[str, Any]
     ) -> web.StreamResponse:
         """`chat.completion.chunk` events as OpenAI sends them, the usage chunk, `[DONE]`."""
         fault = self._stream_faults.pop(0) if self._stream_faults else None
@@ -216,12 +233,6 @@ class FakeLLM:
             frame({"choices": [{"index": 0, "delta": {"content": piece}}]})
         frame({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            completion_tokens = len(content.split())
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
             frame({"choices": [], "usage": usage})
         pending.append(b"data: [DONE]\n\n")
         await flush()

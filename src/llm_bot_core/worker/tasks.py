@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import Settings, get_settings
@@ -22,6 +27,7 @@ from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
+from llm_bot_core.usage.ledger import UsageLedger
 from llm_bot_core.worker.app import INDEX_TASK, SUMMARIZE_TASK, celery_app
 from llm_bot_core.worker.dispatch import summary_lock_key
 
@@ -40,6 +46,7 @@ class _Runtime:
     model: ChatModel
     semantic: SemanticMemory
     redis: redis.Redis
+    ledger: UsageLedger
 
 
 _runtime: _Runtime | None = None
@@ -61,6 +68,7 @@ def runtime() -> _Runtime:
             model=build_chat_model(settings),
             semantic=semantic,
             redis=redis.Redis.from_url(settings.celery_broker_url),
+            ledger=UsageLedger(engine, interval=settings.usage_flush_interval_ms / 1000),
         )
     return _runtime
 
@@ -78,6 +86,14 @@ def _build_in_solo_worker(sender: Any = None, **_: Any) -> None:
     pool_cls = getattr(sender, "pool_cls", None)
     if getattr(pool_cls, "__module__", "") == "celery.concurrency.solo":
         runtime()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _flush_usage(**_: Any) -> None:
+    # Tasks flush their own records; this catches any a failed flush kept for a retry.
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime.loop.run_until_complete(_runtime.ledger.aclose())
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -100,10 +116,13 @@ def summarize_session_task(session_id: str, queued_at: float | None = None) -> i
             timed_job(
                 "summary",
                 queued_at,
-                lambda: summarize_session(rt.engine, rt.model, rt.settings, sid),
+                lambda: summarize_session(rt.engine, rt.model, rt.settings, sid, ledger=rt.ledger),
             )
         )
     finally:
+        # Between tasks this process's loop does not run, so the ledger's timer would not
+        # fire: the task writes its usage before it is acknowledged.
+        run(rt.ledger.flush())
         # Let the next message queue a new job (the dedupe key only avoids piling up duplicates).
         try:
             rt.redis.delete(summary_lock_key(session_id))

@@ -1,0 +1,1 @@
+"""Usage accounting of model calls, daily token budgets and operators' bans."""
