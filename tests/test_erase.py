@@ -118,10 +118,14 @@ async def test_erasing_a_user_leaves_nothing_derived_from_them_in_any_store(
         messages = [r[0] for r in await rows(db, "SELECT m.id FROM messages m JOIN chat_sessions "
                                                  "s ON s.id = m.session_id "
                                                  "WHERE s.user_id = 'alice'")]
+        await services(client).ledger.flush()  # the usage rows, written as they would be soon
         before = await rows_left_of(db, "alice", sessions, messages)
         assert before["conversation_summaries.session_id"] > 0
         assert before["embeddings.message_id"] == len(messages) == 6
         assert before["lexical_stats.scope"] > 0
+        assert before["llm_usage.user_id"] > 0
+        assert before["bot_users.user_id"] == 1
+        spent = await scalar(db, "SELECT sum(prompt_tokens + completion_tokens) FROM llm_usage")
 
         response = await client.delete("/v1/memory/users/alice")
         assert response.json() == {"status": "ok", "deleted_sessions": 1, "deleted_messages": 6}
@@ -131,6 +135,11 @@ async def test_erasing_a_user_leaves_nothing_derived_from_them_in_any_store(
         assert await vectors_of(client, Scope(user_id="alice")) == 0
         assert await vectors_of(client, Scope(user_id="bob")) == 2
         assert await scalar(db, "SELECT count(*) FROM lexical_stats WHERE scope = 'u:bob'") > 0
+        # The accounting stays, anonymised: the day's totals do not change.
+        assert await scalar(
+            db, "SELECT sum(prompt_tokens + completion_tokens) FROM llm_usage"
+        ) == spent
+        assert await scalar(db, "SELECT count(*) FROM llm_usage WHERE chat_id = 'chat-a'") == 0
 
 
 async def test_while_the_vector_store_is_down_erasing_deletes_nothing_and_says_so(

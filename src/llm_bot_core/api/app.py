@@ -92,7 +92,7 @@ def create_app(
             semantic=semantic,
             jobs=jobs,
             chat=chat,
-            erase=EraseService(engine=engine, semantic=semantic),
+            erase=EraseService(engine=engine, semantic=semantic, ledger=ledger),
             ledger=ledger,
             budgets=budgets,
         )

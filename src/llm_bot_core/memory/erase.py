@@ -9,6 +9,8 @@ This is the one place that knows all those stores:
     embeddings (metadata and lexemes)      ON DELETE CASCADE from chat_sessions and messages
     lexical_stats                          the triggers on embeddings (migration 0003)
     rag_outbox                             ON DELETE CASCADE from messages
+    llm_usage                              kept, anonymised (erase_user)
+    bot_users                              the DELETE in erase_user
 
 A group's session belongs to the chat and stays; the user's messages in it (and the answers to
 them) are deleted one by one, with the summaries built from them, and the messages indexed with
@@ -18,6 +20,12 @@ Vectors go first: if their store is unreachable this raises and nothing is delet
 can finish the job; the reverse order could leave vectors nobody can find to delete. A new store
 keyed by the user rather than by a session (facts, say) gets its DELETE in `erase_user`, inside
 the same transaction as the sessions.
+
+Usage rows hold no content, only what a call cost; the operator's accounting (tokens and cost per
+day, model and purpose) must not change when a user leaves, so erasing a user keeps their rows
+and removes who they were: user_id and chat_id become null. Their bot_users row (an operator's
+limit or ban) goes: after erasure nothing links the bot to that person; an operator who wants a
+ban to outlive the erasure blocks the id again.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.config import CONTEXT_TURNS_MAX
 from llm_bot_core.rag.base import Scope, SemanticMemory
+from llm_bot_core.usage.ledger import UsageLedger
 
 # The messages are counted in the statement's snapshot, i.e. before the cascade removes them.
 _DELETE_SESSIONS = """
@@ -40,6 +49,10 @@ SELECT (SELECT count(*) FROM gone),
 _DELETE_SESSION = text(_DELETE_SESSIONS.format(where="id = CAST(:value AS uuid)"))
 # A private chat's session has its user; a group's has none (migration 0005).
 _DELETE_SESSIONS_OF_USER = text(_DELETE_SESSIONS.format(where="user_id = :value"))
+_ANONYMISE_USAGE = text(
+    "UPDATE llm_usage SET user_id = NULL, chat_id = NULL WHERE user_id = :value"
+)
+_FORGET_USER = text("DELETE FROM bot_users WHERE user_id = :value")
 
 # A user's messages in sessions that are not theirs: groups (and anyone else's chat). An
 # assistant message carries the user it answers: answers repeat what they answer.
@@ -99,9 +112,12 @@ class EraseService:
     """Deletes a session's or a user's data; raises VectorStoreUnavailable (deleting nothing)
     while the vector store is unreachable."""
 
-    def __init__(self, *, engine: AsyncEngine, semantic: SemanticMemory) -> None:
+    def __init__(
+        self, *, engine: AsyncEngine, semantic: SemanticMemory, ledger: UsageLedger
+    ) -> None:
         self._engine = engine
         self._semantic = semantic
+        self._ledger = ledger
 
     async def erase_session(self, session_id: uuid.UUID) -> Erased:
         """Delete one session with its messages, summaries and everything indexed from them."""
@@ -117,8 +133,12 @@ class EraseService:
             elsewhere = [r[0] for r in await conn.execute(text(_ELSEWHERE), {"value": user_id})]
         await self._semantic.forget(Scope(user_id=user_id))
         await self._semantic.forget_messages(elsewhere)
+        # Records still waiting in this process's ledger are anonymised with the rest.
+        await self._ledger.flush()
         async with self._engine.begin() as conn:
             private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
+            await conn.execute(_ANONYMISE_USAGE, {"value": user_id})
+            await conn.execute(_FORGET_USER, {"value": user_id})
             # By author rather than by the ids read above, so a message that arrived meanwhile
             # goes too (a vector written for it in between matches no row, so it is never shown).
             erased = list(await conn.execute(_DELETE_ELSEWHERE, {"value": user_id}))
