@@ -1,4 +1,5 @@
-"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`) and `/v1/chat/reset`."""
+"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`), `/v1/chat/reset` and
+`GET /v1/usage/users/{id}`."""
 
 from __future__ import annotations
 
@@ -29,12 +30,21 @@ T = TypeVar("T")
 class BackendError(Exception):
     """The backend answered with its error shape (or something unreadable)."""
 
-    def __init__(self, status: int, code: str, message: str, request_id: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.request_id = request_id
+        # Seconds the backend says to wait (budget_exceeded: until the user's day resets).
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -193,6 +203,24 @@ class BackendClient:
         )
         return int(data.get("reset_sessions", 0))
 
+    async def usage(self, *, user_id: int | str, request_id: str | None = None) -> dict[str, Any]:
+        """The user's usage today and their daily limit, as GET /v1/usage/users/{id} gives it."""
+        path = f"/v1/usage/users/{user_id}"
+        request_id = request_id or str(uuid.uuid4())
+        try:
+            response = await self._client.get(path, headers={"X-Request-ID": request_id})
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(
+                f"backend {path}: {type(exc).__name__} {exc}".strip(), maybe_processed=False
+            ) from exc
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.is_success and isinstance(data, dict):
+            return data
+        raise _error_of(response, request_id)
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -289,6 +317,7 @@ def _error_of(response: httpx.Response, request_id: str) -> BackendError:
             str(data.get("code", "unknown")),
             str(data.get("message", "")),
             data.get("request_id"),
+            retry_after=_seconds(response.headers.get("Retry-After")),
         )
     return BackendError(
         response.status_code,
@@ -313,3 +342,10 @@ async def _server_sent_events(response: httpx.Response) -> AsyncIterator[tuple[s
                 raise BackendError(502, "bad_backend_response", data[:200]) from exc
             yield event, decoded if isinstance(decoded, dict) else {}
             event, data = "message", ""
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(float(value), 0.0) if value else None
+    except ValueError:
+        return None  # an HTTP date; the backend sends seconds

@@ -24,6 +24,7 @@ from llm_bot_core.bot.middlewares import (
     RequestIdMiddleware,
     RetryAfterMiddleware,
 )
+from llm_bot_core.bot.notices import Notices
 from llm_bot_core.bot.streaming import DraftGate
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,12 @@ log = logging.getLogger(__name__)
 COMMANDS = {
     "en": [
         BotCommand(command="start", description="Start a new conversation"),
+        BotCommand(command="usage", description="Today's usage and the daily limit"),
         BotCommand(command="help", description="What I can do"),
     ],
     "ru": [
         BotCommand(command="start", description="Начать новый диалог"),
+        BotCommand(command="usage", description="Расход за сегодня и дневной лимит"),
         BotCommand(command="help", description="Что я умею"),
     ],
 }
@@ -50,9 +53,11 @@ def create_bot(settings: BotSettings) -> Bot:
 
 
 def create_dispatcher(settings: BotSettings, backend: BackendClient) -> Dispatcher:
-    """The Dispatcher with its routers; handlers get `backend`, `settings`, `drafts` and `lang`
-    from it."""
-    dispatcher = Dispatcher(settings=settings, backend=backend, drafts=DraftGate())
+    """The Dispatcher with its routers; handlers get `backend`, `settings`, `drafts`, `notices`
+    and `lang` from it."""
+    dispatcher = Dispatcher(
+        settings=settings, backend=backend, drafts=DraftGate(), notices=Notices()
+    )
     dispatcher.update.outer_middleware(RequestIdMiddleware())
     dispatcher.update.outer_middleware(LanguageMiddleware())
     router = create_router()

@@ -20,11 +20,13 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "help": {
         "ru": "Я отвечаю на текстовые сообщения и помню контекст разговора.\n\n"
         "/start — начать диалог заново (забыть текущий разговор)\n"
+        "/usage — расход за сегодня и дневной лимит\n"
         "/help — эта справка\n\n"
         "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
         "сообщение.",
         "en": "I answer text messages and remember the conversation.\n\n"
         "/start — start over (forget the current conversation)\n"
+        "/usage — today's usage and your daily limit\n"
         "/help — this help\n\n"
         "In groups I answer when mentioned (@{username}) or when you reply to my message.",
     },
@@ -62,6 +64,34 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "too_long": {
         "ru": "Сообщение слишком длинное. Сократите его, пожалуйста.",
         "en": "The message is too long. Please shorten it.",
+    },
+    "budget_exceeded": {
+        "ru": "На сегодня ваш лимит исчерпан. Напишите мне снова через {wait} — "
+        "с радостью продолжу разговор.",
+        "en": "You have used up today's limit. You can write to me again in {wait} — "
+        "I'll be glad to continue.",
+    },
+    "user_blocked": {
+        "ru": "Извините, администратор ограничил вам доступ к этому боту.",
+        "en": "Sorry, the administrator has restricted your access to this bot.",
+    },
+    "usage": {
+        "ru": "Сегодня: {tokens} токенов ({prompt} в запросах, {completion} в ответах), "
+        "обращений к модели: {calls}.\n{limit}{cost}\nНовый день начнётся через {wait}.",
+        "en": "Today: {tokens} tokens ({prompt} in prompts, {completion} in answers), "
+        "{calls} model calls.\n{limit}{cost}\nA new day starts in {wait}.",
+    },
+    "usage_limit": {
+        "ru": "Лимит: {limit} токенов в день, осталось {left}.",
+        "en": "Limit: {limit} tokens a day, {left} left.",
+    },
+    "usage_no_limit": {
+        "ru": "Дневного лимита нет.",
+        "en": "No daily limit.",
+    },
+    "usage_cost": {
+        "ru": "\nСтоимость: ${cost:.4f}.",
+        "en": "\nCost: ${cost:.4f}.",
     },
     "error": {
         "ru": "Что-то пошло не так. Попробуйте ещё раз.",

@@ -12,6 +12,7 @@ from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnav
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, send_answer, typing
 from llm_bot_core.bot.handlers.filters import Addressed
+from llm_bot_core.bot.notices import REFUSALS, Notices, duration
 from llm_bot_core.bot.streaming import DraftGate, stream_answer
 from llm_bot_core.bot.texts import Lang, t
 
@@ -31,6 +32,10 @@ def error_text(exc: BackendError | BackendUnavailable, language: Lang) -> str:
     """A short message in the user's language for a backend failure."""
     if isinstance(exc, BackendUnavailable):
         return t("backend_timeout" if exc.timed_out else "backend_unavailable", language)
+    if exc.code == "budget_exceeded":
+        return t("budget_exceeded", language, wait=duration(exc.retry_after or 0, language))
+    if exc.code == "user_blocked":
+        return t("user_blocked", language)
     fallback = "backend_unavailable" if exc.retryable else "error"
     return t(_ERROR_KEYS.get(exc.code, fallback), language)
 
@@ -44,9 +49,11 @@ async def answer_text(
     request_id: str,
     lang: Lang,
     drafts: DraftGate,
+    notices: Notices,
 ) -> None:
     """Ask the backend and send its answer: streamed as drafts in private chats, otherwise
-    with "typing…" meanwhile."""
+    with "typing…" meanwhile. A user the backend refuses (over budget, blocked) is told once,
+    then silence."""
     sender = message.from_user
     # A channel post or an anonymous group admin has no user: the chat speaks for itself.
     user_id = sender.id if sender else message.chat.id
@@ -68,9 +75,15 @@ async def answer_text(
                     request_id=request_id,
                 )
     except (BackendError, BackendUnavailable) as exc:
+        if isinstance(exc, BackendError) and exc.code in REFUSALS:
+            log.info("backend refused user %s: %s", user_id, exc.code)
+            if notices.first(user_id, exc.code, exc.retry_after):
+                await reply(message, error_text(exc, lang))
+            return
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
         await reply(message, error_text(exc, lang))
         return
+    notices.clear(user_id)
     if not answer.strip():
         await reply(message, t("error", lang))
         return
