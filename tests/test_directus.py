@@ -600,6 +600,56 @@ def test_operator_edits_the_database_would_refuse_get_a_readable_answer(
     assert rows == [(2,)]
 
 
+# --- usage, limits and bans ---------------------------------------------------------------------
+
+
+def test_operator_blocks_and_limits_a_user_viewer_only_reads_and_the_backend_obeys(
+    directus: Directus, users: None, conversation: dict[str, str], llm_server: FakeLLMServer
+) -> None:
+    with directus.login(VIEWER) as viewer:
+        usage = viewer.get("/items/llm_usage", params={"filter[user_id][_eq]": "12345"})
+        assert usage.status_code == 200, usage.text
+        assert {u["purpose"] for u in usage.json()["data"]} == {"chat"}
+        assert viewer.get("/items/bot_users/12345").status_code == 200
+        assert viewer.patch("/items/bot_users/12345", json={"blocked": True}).status_code == 403
+    with directus.login(OPERATOR) as op:
+        row = op.get("/items/llm_usage", params={"limit": "1"}).json()["data"][0]
+        assert op.patch(f"/items/llm_usage/{row['id']}", json={"cost": 0}).status_code == 403
+        negative = op.patch("/items/bot_users/12345", json={"daily_token_limit": -5})
+        assert negative.status_code == 400, negative.text
+        assert "limit" in negative.json()["errors"][0]["message"]
+        blocked = op.patch("/items/bot_users/12345", json={"blocked": True})
+        assert blocked.status_code == 200, blocked.text
+        # A user who never wrote can be limited in advance.
+        ahead = op.post("/items/bot_users", json={"user_id": "555", "daily_token_limit": 1})
+        assert ahead.status_code == 200, ahead.text
+
+    async def ask(user_id: str) -> httpx.Response:
+        settings = make_settings(directus.database_url, llm_server.base_url)
+        async with running_app(settings) as client:
+            return await client.post("/v1/chat/handle", json={
+                "user_id": user_id, "chat_id": user_id, "text": "hello"})
+
+    try:
+        refused = asyncio.run(ask("12345"))
+        assert refused.status_code == 403 and refused.json()["code"] == "user_blocked"
+        assert asyncio.run(ask("555")).status_code == 200
+        limited = asyncio.run(ask("555"))
+        assert limited.status_code == 429 and limited.json()["code"] == "budget_exceeded"
+    finally:
+        asyncio.run(_execute(directus.database_url,
+                             "UPDATE bot_users SET blocked = false WHERE user_id = '12345'"))
+
+
+async def _execute(url: str, sql: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+    finally:
+        await engine.dispose()
+
+
 # --- the browser ---------------------------------------------------------------------------------
 
 

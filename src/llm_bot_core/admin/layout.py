@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SPEC_TABLES = ("chat_sessions", "messages", "conversation_summaries", "embeddings")
+# Usage accounting (read-only everywhere) and operators' per-user limits and bans.
+USAGE_TABLES = ("llm_usage", "bot_users")
 
 # Fixed ids make "is it already there?" a lookup by id, immune to renames in the UI.
 OPERATOR_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0001"
@@ -41,6 +43,18 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
         "display_template": "{{role}}: {{content}}",
         "sort": 4,
     },
+    "llm_usage": {
+        "icon": "receipt_long",
+        "note": "One row per model call: user, chat, purpose, model, tokens and cost.",
+        "display_template": "{{purpose}} · {{model}} · {{user_id}}",
+        "sort": 5,
+    },
+    "bot_users": {
+        "icon": "manage_accounts",
+        "note": "Per-user daily token limits and bans; a row appears with a user's first call.",
+        "display_template": "{{user_id}}",
+        "sort": 6,
+    },
 }
 
 # Columns the backend maintains: read-only in the app. Only there: a permission limited to some
@@ -54,6 +68,20 @@ READ_ONLY: dict[str, frozenset[str]] = {
         {"id", "session_id", "version", "created_at", "last_message_id"}
     ),
     "embeddings": frozenset({"id", "session_id", "message_id", "created_at"}),
+    "llm_usage": frozenset(
+        {
+            "id",
+            "created_at",
+            "user_id",
+            "chat_id",
+            "purpose",
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+        }
+    ),
+    "bot_users": frozenset({"created_at"}),
 }
 
 SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
@@ -119,6 +147,34 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "content": {"interface": "input-multiline"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
+    "llm_usage": {
+        "created_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "bot_users": {
+        "user_id": {"sort": 1, "width": "half", "note": "The Telegram user id."},
+        "blocked": {
+            "sort": 2,
+            "width": "half",
+            "interface": "boolean",
+            "display": "boolean",
+            "note": "The backend answers 403 user_blocked; the bot tells the user once.",
+        },
+        "daily_token_limit": {
+            "sort": 3,
+            "width": "half",
+            "note": "Tokens a day. Empty: USER_DAILY_TOKEN_LIMIT applies; 0: no limit.",
+            # The database's CHECK would refuse it too, but Directus reports that as a 500.
+            "validation": {
+                "_or": [
+                    {"daily_token_limit": {"_null": True}},
+                    {"daily_token_limit": {"_gte": 0}},
+                ]
+            },
+            "validation_message": "The limit is empty (the default), 0 (none) or positive.",
+        },
+        "note": {"sort": 4, "interface": "input-multiline"},
+        "created_at": {"sort": 5, "display": "datetime", "display_options": {"relative": True}},
+    },
 }
 
 
@@ -161,9 +217,21 @@ LIST_COLUMNS: dict[str, list[str]] = {
     "messages": ["role", "content", "session_id", "tokens", "created_at"],
     "conversation_summaries": ["session_id", "version", "content", "last_message_id", "created_at"],
     "embeddings": ["role", "content", "importance", "session_id", "created_at"],
+    "llm_usage": [
+        "created_at",
+        "user_id",
+        "purpose",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    ],
+    "bot_users": ["user_id", "blocked", "daily_token_limit", "note", "created_at"],
 }
 
-EDITABLE_BY_OPERATOR = ("messages", "chat_sessions")
+EDITABLE_BY_OPERATOR = ("messages", "chat_sessions", "bot_users")
+# Operators may also add a row: limit or block a user before their first message.
+CREATABLE_BY_OPERATOR = ("bot_users",)
 
 
 @dataclass(frozen=True)
@@ -180,10 +248,15 @@ OPERATOR = Access(
     OPERATOR_POLICY_ID,
     "Operator",
     "support_agent",
-    "Reads all dialogue data; fixes or deletes messages and sessions.",
+    "Reads all dialogue data and usage; fixes or deletes messages and sessions; sets users' "
+    "daily limits and bans.",
 )
 VIEWER = Access(
-    VIEWER_ROLE_ID, VIEWER_POLICY_ID, "Viewer", "visibility", "Read-only access to dialogue data."
+    VIEWER_ROLE_ID,
+    VIEWER_POLICY_ID,
+    "Viewer",
+    "visibility",
+    "Read-only access to dialogue data and usage.",
 )
 
 # Who may write what beyond the policies' collection rights. Directus 12 without a license

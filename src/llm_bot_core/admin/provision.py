@@ -19,6 +19,7 @@ import httpx
 from llm_bot_core.admin.guard import GuardProvisioner, ProvisioningError, checked, data, differs
 from llm_bot_core.admin.layout import (
     COLLECTIONS,
+    CREATABLE_BY_OPERATOR,
     EDITABLE_BY_OPERATOR,
     FIELD_META,
     LIST_COLUMNS,
@@ -27,6 +28,7 @@ from llm_bot_core.admin.layout import (
     READ_ONLY,
     RELATIONS,
     SPEC_TABLES,
+    USAGE_TABLES,
     VIEWER,
     VIEWER_ROLE_ID,
     Access,
@@ -43,7 +45,7 @@ class Provisioner:
     """Brings a running Directus to the desired state; `run()` returns the changes it made."""
 
     client: httpx.Client
-    tables: tuple[str, ...] = SPEC_TABLES
+    tables: tuple[str, ...] = SPEC_TABLES + USAGE_TABLES
     changes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -245,6 +247,9 @@ class Provisioner:
             if table in columns:
                 wanted[(table, "update")] = ["*"]
                 wanted[(table, "delete")] = ["*"]
+        for table in CREATABLE_BY_OPERATOR:
+            if table in columns:
+                wanted[(table, "create")] = ["*"]
         return wanted
 
     def _access(
