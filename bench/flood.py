@@ -83,7 +83,12 @@ async def say(engine: AsyncEngine, user: str, content: str) -> tuple[Any, int]:
     """Store a user message the way the chat use case does; returns (session id, message id)."""
     async with engine.connect() as conn:
         appended, _, _ = await store.append_user_message_with_context(
-            conn, user_id=user, chat_id=user, content=content, limit=2
+            conn,
+            user_id=user,
+            chat_id=user,
+            content=content,
+            limit=2,
+            gate=store.Gate.no_limit(user),
         )
         await conn.commit()
     return appended.session_id, appended.message_id

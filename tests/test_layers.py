@@ -13,11 +13,13 @@ PACKAGE = Path(llm_bot_core.__file__).parent
 
 # Packages a package must never import, even inside a function: each would point back up.
 FORBIDDEN = {
-    "rag": {"memory", "api", "worker", "bot", "cli"},
-    "llm": {"memory", "rag", "api", "worker", "bot", "cli", "db"},
-    "db": {"memory", "rag", "llm", "api", "worker", "bot", "cli"},
+    "rag": {"memory", "api", "worker", "bot", "cli", "usage"},
+    "llm": {"memory", "rag", "api", "worker", "bot", "cli", "db", "usage"},
+    "db": {"memory", "rag", "llm", "api", "worker", "bot", "cli", "usage"},
     "memory": {"api", "worker", "bot", "cli"},
-    "bot": {"api", "memory", "rag", "worker", "db", "llm", "cli"},
+    # The ledger and budgets sit below the use cases that account their calls there.
+    "usage": {"memory", "rag", "api", "worker", "bot", "cli"},
+    "bot": {"api", "memory", "rag", "worker", "db", "llm", "cli", "usage"},
 }
 
 

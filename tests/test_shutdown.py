@@ -123,6 +123,16 @@ async def counts(data_dir: Path) -> dict[str, int]:
     return {"messages": row[0], "outbox": row[1], "embeddings": row[2], "leased": row[3]}
 
 
+async def chat_calls_accounted(data_dir: Path) -> int:
+    engine = create_async_engine(embedded_url(data_dir), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text(
+                "SELECT count(*) FROM llm_usage WHERE purpose = 'chat'"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 async def flood(url: str) -> None:
     async def chat(c: int) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -149,7 +159,8 @@ async def test_sigterm_after_a_flood_exits_within_the_grace_and_the_outbox_redoe
 ) -> None:
     # A summary that would talk to the LLM for 40 s must not hold the exit past the grace.
     fake_llm.summary_latency = 40
-    first = Backend(data_dir, llm_server.base_url)
+    # Usage records wait in memory for a minute: only the shutdown can have written them.
+    first = Backend(data_dir, llm_server.base_url, USAGE_FLUSH_INTERVAL_MS="60000")
     await flood(first.url)
     at_sigterm = await counts(data_dir)
     took = stop(first)
@@ -166,6 +177,7 @@ async def test_sigterm_after_a_flood_exits_within_the_grace_and_the_outbox_redoe
     try:
         after = await counts(data_dir)
         assert after["messages"] == 2 * CHATS * MESSAGES_PER_CHAT
+        assert await chat_calls_accounted(data_dir) == CHATS * MESSAGES_PER_CHAT
         deadline = time.monotonic() + 60
         while (now := await counts(data_dir))["outbox"] > 0:
             assert time.monotonic() < deadline, (at_sigterm, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -145,6 +145,11 @@ class Gate:
     day_start: datetime
     default_limit: int
     pending_tokens: int
+
+    @classmethod
+    def no_limit(cls, user_id: str) -> Gate:
+        """Only an operator's ban or limit applies (benchmarks and tools storing directly)."""
+        return cls(user_id, datetime.now(UTC), default_limit=0, pending_tokens=0)
 
 
 class Refused(Exception):
