@@ -137,6 +137,9 @@ _APPEND_WITH_CONTEXT = (
     """
 )
 
+# bench/usage_gate.py EXPLAINs it on a filled database.
+APPEND_WITH_CONTEXT_SQL = _APPEND_WITH_CONTEXT
+
 
 @dataclass(frozen=True, slots=True)
 class Gate:
