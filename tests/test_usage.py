@@ -199,3 +199,28 @@ async def test_a_blocked_user_is_refused_and_nothing_is_stored(
     assert await scalar(db, "SELECT count(*) FROM chat_sessions WHERE user_id = 'mallory'") == 0
     assert await scalar(db, "SELECT count(*) FROM llm_usage WHERE user_id = 'mallory'") == 0
     assert len(fake_llm.chat_requests) == 1
+
+
+@pytest.mark.parametrize("client_kind", ["openai", "http"])
+async def test_a_streamed_answer_is_accounted_and_the_stream_refuses_over_budget(
+    client_kind: str,
+    clean_db: str,
+    db: AsyncEngine,
+    llm_server: FakeLLMServer,
+    fake_llm: FakeLLM,
+) -> None:
+    settings = make_settings(
+        clean_db, llm_server.base_url, user_daily_token_limit=50, llm_client=client_kind
+    )
+    fake_llm.usage, fake_llm.cost = (40, 15), 0.0007
+    async with running_app(settings) as client:
+        body = {"user_id": "alice", "chat_id": "chat-a", "text": "stream it"}
+        first = await client.post("/v1/chat/stream", json=body)
+        assert first.status_code == 200 and "event: done" in first.text
+        refused = await client.post("/v1/chat/stream", json={**body, "text": "again"})
+        assert_error(refused, 429, "budget_exceeded")
+        assert int(refused.headers["Retry-After"]) > 0
+    assert await rows(
+        db, "SELECT purpose, prompt_tokens, completion_tokens, cost FROM llm_usage"
+    ) == [("chat", 40, 15, 0.0007)]
+    assert await scalar(db, "SELECT count(*) FROM messages") == 2
