@@ -203,11 +203,14 @@ async def test_summary_of_deleted_session_stops_quietly(
             summarize_session(engine, model, settings, session_id, ledger=ledger),
             delete_meanwhile(),
         )
+        await ledger.aclose()
     finally:
         await engine.dispose()
         await model.aclose()
     assert run.versions_written == 0
     assert await fetch(db, "SELECT count(*) FROM conversation_summaries") == [(0,)]
+    # The call was made, and paid for, although its summary was not kept.
+    assert await fetch(db, "SELECT user_id, purpose FROM llm_usage") == [("u", "summary")]
 
 
 async def seed_session(db: AsyncEngine, count: int) -> uuid.UUID:
