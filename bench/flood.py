@@ -88,7 +88,7 @@ async def say(engine: AsyncEngine, user: str, content: str) -> tuple[Any, int]:
             chat_id=user,
             content=content,
             limit=2,
-            gate=store.Gate.no_limit(user),
+            gate=store.Gate.no_limit(),
         )
         await conn.commit()
     return appended.session_id, appended.message_id

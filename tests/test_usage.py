@@ -30,9 +30,9 @@ class Clock:
 
 
 async def ask(client: httpx.AsyncClient, user: str, chat: str, message: str) -> httpx.Response:
-    return await client.post(
-        "/v1/chat/handle", json={"user_id": user, "chat_id": chat, "text": message}
-    )
+    """A message in the user's private chat with the bot (its id need not be the user's here)."""
+    body = {"user_id": user, "chat_id": chat, "chat_type": "private", "text": message}
+    return await client.post("/v1/chat/handle", json=body)
 
 
 async def set_user(db: AsyncEngine, user: str, **columns: Any) -> None:
@@ -214,7 +214,7 @@ async def test_a_streamed_answer_is_accounted_and_the_stream_refuses_over_budget
     )
     fake_llm.usage, fake_llm.cost = (40, 15), 0.0007
     async with running_app(settings) as client:
-        body = {"user_id": "alice", "chat_id": "chat-a", "text": "stream it"}
+        body = {"user_id": "alice", "chat_id": "chat-a", "chat_type": "private", "text": "hi"}
         first = await client.post("/v1/chat/stream", json=body)
         assert first.status_code == 200 and "event: done" in first.text
         refused = await client.post("/v1/chat/stream", json={**body, "text": "again"})

@@ -150,9 +150,9 @@ class Gate:
     pending_tokens: int
 
     @classmethod
-    def no_limit(cls, user_id: str) -> Gate:
+    def no_limit(cls) -> Gate:
         """Only an operator's ban or limit applies (benchmarks and tools storing directly)."""
-        return cls(user_id, datetime.now(UTC), default_limit=0, pending_tokens=0)
+        return cls(datetime.now(UTC), default_limit=0, pending_tokens=0)
 
 
 class Refused(Exception):
