@@ -35,11 +35,11 @@ def build_jobs(
     settings: Settings, engine: AsyncEngine, model: ChatModel, semantic: SemanticMemory
 ) -> JobQueue:
     """Celery when USE_CELERY_FOR_SUMMARY is set, otherwise asyncio tasks in this process."""
-    if settings.use_celery_for_summary:
+    if settings.worker.use_celery_for_summary:
         from llm_bot_core.worker.dispatch import CeleryJobs
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
-    return InProcessJobs(engine, model, settings, semantic)
+    return InProcessJobs(engine, model, settings.memory, semantic)
 
 
 def create_app(settings: Settings | None = None, *, model: ChatModel | None = None) -> FastAPI:
@@ -48,17 +48,19 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = resolve_database_url(settings)
-        if settings.migrate_on_start:
+        url = resolve_database_url(settings.storage)
+        if settings.storage.migrate_on_start:
             await upgrade_to_head_async(url)
-        engine = create_engine(url, settings)
-        chat_model = model or build_chat_model(settings)
+        engine = create_engine(url, settings.storage)
+        chat_model = model or build_chat_model(settings.llm)
         if isinstance(chat_model, UnconfiguredChatModel):
             log.warning(UnconfiguredChatModel.MESSAGE)
-        semantic = await build_semantic_memory(settings, engine)
+        semantic = await build_semantic_memory(
+            settings.rag, engine, data_dir=settings.storage.data_dir
+        )
         jobs = build_jobs(settings, engine, chat_model, semantic)
         chat = ChatService(
-            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings
+            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings.memory
         )
         app.state.services = Services(
             settings=settings,
@@ -73,8 +75,8 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             yield
         finally:
             # Answers whose client went away are finished and stored first: they queue jobs.
-            await chat.finish_within(settings.shutdown_grace_seconds)
-            await jobs.shutdown(settings.shutdown_grace_seconds)
+            await chat.finish_within(settings.server.shutdown_grace_seconds)
+            await jobs.shutdown(settings.server.shutdown_grace_seconds)
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
@@ -91,7 +93,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     app.include_router(v1)
     app.include_router(memory)
     app.include_router(system)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

@@ -51,16 +51,20 @@ def runtime() -> _Runtime:
     if _runtime is None or _runtime.pid != os.getpid():
         settings = get_settings()
         loop = asyncio.new_event_loop()
-        engine = create_engine(resolve_database_url(settings), settings)
-        semantic = loop.run_until_complete(build_semantic_memory(settings, engine, sweeper=False))
+        engine = create_engine(resolve_database_url(settings.storage), settings.storage)
+        semantic = loop.run_until_complete(
+            build_semantic_memory(
+                settings.rag, engine, data_dir=settings.storage.data_dir, sweeper=False
+            )
+        )
         _runtime = _Runtime(
             pid=os.getpid(),
             loop=loop,
             settings=settings,
             engine=engine,
-            model=build_chat_model(settings),
+            model=build_chat_model(settings.llm),
             semantic=semantic,
-            redis=redis.Redis.from_url(settings.celery_broker_url),
+            redis=redis.Redis.from_url(settings.worker.celery_broker_url),
         )
     return _runtime
 
@@ -100,7 +104,7 @@ def summarize_session_task(session_id: str, queued_at: float | None = None) -> i
             timed_job(
                 "summary",
                 queued_at,
-                lambda: summarize_session(rt.engine, rt.model, rt.settings, sid),
+                lambda: summarize_session(rt.engine, rt.model, rt.settings.memory, sid),
             )
         )
     finally:
