@@ -141,7 +141,7 @@ async def searching_user(
 
 
 async def hostile_message(
-    engine: AsyncEngine, memory: VectorSemanticMemory, user: str, content: str
+    engine: AsyncEngine, memory: VectorSemanticMemory, user: str, content: str, max_chars: int
 ) -> None:
     """One flood message, as ChatService.handle and InProcessJobs treat it."""
     session_id, user_msg = await say(engine, user, content)
@@ -154,7 +154,7 @@ async def hostile_message(
         exclude_message_ids=[],
     )
     indexing = [asyncio.create_task(memory.index_messages([user_msg]))]
-    answer = f"Echo: {content}"[: memory._settings.max_reply_chars]
+    answer = f"Echo: {content}"[:max_chars]
     indexing.append(
         asyncio.create_task(memory.index_messages([await reply(engine, session_id, answer)]))
     )
@@ -193,8 +193,10 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
         rag_embedder="local", local_embedding_model="e5", db_pool_size=8,
     )  # fmt: skip
-    engine = create_engine(database_url, settings)
-    memory = await build_semantic_memory(settings, engine, sweeper=False)
+    engine = create_engine(database_url, settings.storage)
+    memory = await build_semantic_memory(
+        settings.rag, engine, data_dir=settings.storage.data_dir, sweeper=False
+    )
     if not isinstance(memory, VectorSemanticMemory):
         raise SystemExit("semantic memory did not start (see the log)")
     users = [f"user-{i}" for i in range(args.users)]
@@ -204,7 +206,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         quiet = await phase(memory, users, seconds=args.quiet_seconds)
         hostile = f"hostile-{r}"
         texts = [flood_text(args.chars, seed=r * 100 + i) for i in range(args.messages)]
-        flood = asyncio.gather(*(hostile_message(engine, memory, hostile, t) for t in texts))
+        cap = settings.memory.max_reply_chars
+        flood = asyncio.gather(*(hostile_message(engine, memory, hostile, t, cap) for t in texts))
         loud = await phase(memory, users, seconds=None, flood=flood)
         rounds.append({
             "quiet": quiet, "flood": loud,

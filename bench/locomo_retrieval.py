@@ -251,8 +251,10 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         qdrant_path=workdir / "qdrant" if args.store == "qdrant-local" else None,
         db_pool_size=4,
     )
-    engine = create_engine(database_url, settings)
-    memory = await build_semantic_memory(settings, engine, sweeper=False)
+    engine = create_engine(database_url, settings.storage)
+    memory = await build_semantic_memory(
+        settings.rag, engine, data_dir=settings.storage.data_dir, sweeper=False
+    )
     if not isinstance(memory, VectorSemanticMemory):
         raise SystemExit("semantic memory did not start (see the log)")
     indexer, _ = await memory.ready()
@@ -271,7 +273,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         "data": str(args.data),
         "embedder": memory._embedder.name,
         "store": memory.description,
-        "settings": {"lexical_weight": settings.rag_lexical_weight,
+        "settings": {"lexical_weight": settings.rag.rag_lexical_weight,
                      "context_turns": args.context_turns,
                      "min_score": "off (ranking measured)"},
         "conversations": len(data),

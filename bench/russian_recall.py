@@ -78,7 +78,7 @@ async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | Non
         description = getattr(app.state.services.semantic, "description", "off")
     total = len(data["questions"])
     return {"questions": total, "recall": round(found / total, 4), "found": found,
-            "semantic_memory": description, "top_k": settings.rag_top_k, "misses": misses}
+            "semantic_memory": description, "top_k": settings.rag.rag_top_k, "misses": misses}
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ async def test_run_serves_the_backend_and_the_bot_answers_through_it(
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": str(settings.database_url),
+        "DATABASE_URL": str(settings.storage.database_url),
         "LLM_BASE_URL": llm_server.base_url,
         "OPENROUTER_MODEL": "test-model",
         "RAG_ENABLED": "false",

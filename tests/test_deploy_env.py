@@ -16,6 +16,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 import llm_bot_core
+from llm_bot_core.config import Settings, setting_fields
 from tests.deploy_support import ENV_EXAMPLE, RAG_COMPOSE, ROOT, load_project, variables_in
 
 README = ROOT / "README.md"
@@ -45,9 +46,13 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
 
 
 def settings_variables() -> dict[str, object]:
-    """Variable name -> default, over all settings classes."""
+    """Variable name -> default, over all settings classes (the backend's, group by group)."""
     variables: dict[str, object] = {}
     for cls in settings_classes():
+        if cls is Settings:  # its fields are the groups; their fields are the variables
+            for name, _, _, info in setting_fields():
+                variables[name] = info.get_default(call_default_factory=True)
+            continue
         for field, info in cls.model_fields.items():
             variables[env_name(cls, field)] = info.get_default(call_default_factory=True)
     return variables
@@ -132,3 +137,21 @@ def test_readme_configuration_table_lists_the_same_variables() -> None:
     assert sorted(set(in_readme)) == sorted(set(in_example)), (
         f"only in README: {sorted(set(in_readme) - set(in_example))}; "
         f"only in .env.example: {sorted(set(in_example) - set(in_readme))}")
+
+
+def test_readme_configuration_table_groups_variables_as_the_settings_do() -> None:
+    """Each sub-table headed `settings.<group>` lists exactly that group's variables."""
+    table = README.read_text().split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
+    listed: dict[str, set[str]] = {}
+    group = None
+    for line in table.splitlines():
+        if heading := re.match(r"^\*\*.*?`settings\.([a-z]+)`", line):
+            group = heading.group(1)
+        elif line.startswith("**"):
+            group = None  # a part that is not a Settings group (the bot's, compose's)
+        elif (row := re.match(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|", line)) and group:
+            listed.setdefault(group, set()).add(row.group(1))
+    expected: dict[str, set[str]] = {}
+    for name, group_name, _, _ in setting_fields():
+        expected.setdefault(group_name, set()).add(name)
+    assert listed == expected

@@ -93,7 +93,8 @@ def publish_failures() -> float:
 async def test_with_the_broker_down_each_failed_publish_is_counted_and_asked_again(
     settings: Settings,
 ) -> None:
-    down = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
+    worker = settings.worker.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
+    down = settings.model_copy(update={"worker": worker})
     jobs = CeleryJobs(down)
     session = uuid.uuid4()
     before = publish_failures()

@@ -90,7 +90,7 @@ async def test_nul_byte_in_a_path_id_is_the_clients_error_and_the_database_stays
 async def test_database_bug_is_internal_error_with_request_id_in_body_and_log(
     settings: Settings, db: AsyncEngine, break_sql: str, repair_sql: str
 ) -> None:
-    url = str(settings.database_url)
+    url = str(settings.storage.database_url)
     async with running_app(settings) as client:
         await _admin(url, break_sql)
         try:

@@ -188,7 +188,7 @@ async def test_strict_fake_rejects_what_a_strict_template_server_rejects(
     ]
     # Through the real client the rejection is a bad response, which is not retried.
     model = OpenAIChatModel(make_settings("postgresql://unused/db", llm_server.base_url,
-                                          llm_max_retries=2))
+                                          llm_max_retries=2).llm)
     try:
         with pytest.raises(LLMBadResponse):
             await model.complete(bad)

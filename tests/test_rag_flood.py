@@ -119,7 +119,7 @@ async def test_other_users_new_message_is_claimed_in_the_first_batch_despite_a_b
     if not await has_pgvector(clean_db):
         overrides["qdrant_path"] = tmp_path / "qdrant"
     memory = await build_semantic_memory(
-        make_settings(clean_db, None, **overrides), db, sweeper=False
+        make_settings(clean_db, None, **overrides).rag, db, data_dir=tmp_path, sweeper=False
     )
     assert isinstance(memory, VectorSemanticMemory)
     try:

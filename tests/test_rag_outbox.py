@@ -194,7 +194,7 @@ async def test_repeated_indexing_and_reindex_create_no_duplicates(
         assert await semantic.index_messages(ids) == 0
         store = semantic._store
         assert await store.count() == 4
-        if settings.qdrant_path is None:  # Qdrant local allows one process: the app holds it
+        if settings.rag.qdrant_path is None:  # Qdrant local allows one process: the app holds it
             report = await reindex(settings, services(client).engine)
             assert (report.queued, report.indexed, report.pending) == (4, 4, 0)
         else:
@@ -218,7 +218,9 @@ async def test_changing_the_embedding_model_builds_a_separate_collection(
                            local_embedding_model="e5", **overrides)
     engine = create_async_engine(clean_db)
     try:
-        memory = await build_semantic_memory(second, engine, sweeper=False)
+        memory = await build_semantic_memory(
+            second.rag, engine, data_dir=second.storage.data_dir, sweeper=False
+        )
         assert isinstance(memory, VectorSemanticMemory)
         assert memory._store is not None and memory._store.description not in old
         # The new space starts empty with every message queued again; the old one is untouched.

@@ -49,7 +49,7 @@ async def rag_settings(
 
 @pytest.fixture
 def store_kind(rag_settings: Settings) -> Iterator[type]:
-    yield QdrantStore if rag_settings.qdrant_path else PgVectorStore
+    yield QdrantStore if rag_settings.rag.qdrant_path else PgVectorStore
 
 
 async def test_fact_from_a_previous_session_is_recalled_with_its_date(
@@ -126,7 +126,9 @@ async def test_every_message_gets_a_metadata_row_with_scope_and_importance(
 async def test_chat_scope_keeps_a_users_memory_inside_the_chat_it_was_told_in(
     rag_settings: Settings, fake_llm: FakeLLM
 ) -> None:
-    per_chat = rag_settings.model_copy(update={"rag_scope": "chat"})
+    per_chat = rag_settings.model_copy(
+        update={"rag": rag_settings.rag.model_copy(update={"rag_scope": "chat"})}
+    )
     async with running_app(per_chat) as client:
         await say(client, "alice", "work-chat", "Код от офисной двери — 4711.")
         for filler in ("раз", "два", "три"):

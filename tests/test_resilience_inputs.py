@@ -93,7 +93,7 @@ async def test_streamed_body_without_length_is_cut_off_at_the_limit(
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
     # Refused after the limit, not after 50 MB.
-    assert sent[0] <= settings.max_body_bytes + 2 * 64 * 1024
+    assert sent[0] <= settings.server.max_body_bytes + 2 * 64 * 1024
 
 
 @contextlib.asynccontextmanager

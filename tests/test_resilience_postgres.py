@@ -193,7 +193,9 @@ async def test_fatal_read_on_an_idle_pooled_connection_is_a_503_then_the_pool_re
     # pool before the driver sees the socket close, the driver refuses any statement with an
     # InternalClientError. That request must get the documented 503 (it once got a 500), and
     # the broken connection must not go back into the pool.
-    one = settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    one = settings.model_copy(update={
+        "storage": settings.storage.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    })
     async with running_app(one) as client:
         first = await client.post(
             "/v1/chat/handle", json={"user_id": "u", "chat_id": "c", "text": "hi"}
@@ -223,7 +225,7 @@ async def test_fatal_read_on_an_idle_pooled_connection_is_a_503_then_the_pool_re
         assert again.status_code == 200, again.text
         assert again.json()["text"] == "Echo: back"
 
-    check = create_async_engine(str(settings.database_url), poolclass=NullPool)
+    check = create_async_engine(str(settings.storage.database_url), poolclass=NullPool)
     try:
         async with check.connect() as conn:
             rows = await conn.execute(text("SELECT content FROM messages ORDER BY id"))

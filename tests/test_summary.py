@@ -95,7 +95,8 @@ async def test_three_thresholds_of_messages_make_three_versions_and_prompt_uses_
     prompt = fake_llm.chat_requests[-1]["messages"]
     assert prompt[0] == {
         "role": "system",
-        "content": f"{summary_settings.system_prompt}\n\n{SUMMARY_HEADER}\n{summaries[-1][2]}",
+        "content": (f"{summary_settings.memory.system_prompt}\n\n{SUMMARY_HEADER}\n"
+                    f"{summaries[-1][2]}"),
     }
     # The window the model saw ends with the new user message (its reply was stored after).
     recent = await fetch(
@@ -124,11 +125,11 @@ async def test_summary_covers_only_messages_after_watermark_in_chunks(
         clean_db, llm_server.base_url, summary_threshold=3, summary_new_messages_limit=5
     )
     session_id = await seed_session(db, 12)
-    model = OpenAIChatModel(settings)
+    model = OpenAIChatModel(settings.llm)
     engine = create_async_engine(clean_db)
     ledger = UsageLedger(engine)
     try:
-        run = await summarize_session(engine, model, settings, session_id, ledger=ledger)
+        run = await summarize_session(engine, model, settings.memory, session_id, ledger=ledger)
         await ledger.aclose()
     finally:
         await engine.dispose()
@@ -159,18 +160,18 @@ async def test_concurrent_summary_jobs_write_no_duplicate_version_and_leave_no_g
     )
     session_id = await seed_session(db, 17)
     fake_llm.latency = 0.05  # make the jobs overlap while each one waits for the model
-    model = OpenAIChatModel(settings)
+    model = OpenAIChatModel(settings.llm)
     engine = create_async_engine(clean_db)
     ledger = UsageLedger(engine)
     try:
         runs = await asyncio.gather(
             *(
-                summarize_session(engine, model, settings, session_id, ledger=ledger)
+                summarize_session(engine, model, settings.memory, session_id, ledger=ledger)
                 for _ in range(5)
             )
         )
         # And once more after they finished: nothing left to do, nothing written.
-        again = await summarize_session(engine, model, settings, session_id, ledger=ledger)
+        again = await summarize_session(engine, model, settings.memory, session_id, ledger=ledger)
         await ledger.aclose()
     finally:
         await engine.dispose()
@@ -188,7 +189,7 @@ async def test_summary_of_deleted_session_stops_quietly(
 ) -> None:
     settings = make_settings(clean_db, llm_server.base_url, summary_threshold=2)
     session_id = await seed_session(db, 4)
-    model = OpenAIChatModel(settings)
+    model = OpenAIChatModel(settings.llm)
     engine = create_async_engine(clean_db)
     ledger = UsageLedger(engine)
     fake_llm.latency = 0.2
@@ -200,7 +201,7 @@ async def test_summary_of_deleted_session_stops_quietly(
 
     try:
         run, _ = await asyncio.gather(
-            summarize_session(engine, model, settings, session_id, ledger=ledger),
+            summarize_session(engine, model, settings.memory, session_id, ledger=ledger),
             delete_meanwhile(),
         )
         await ledger.aclose()

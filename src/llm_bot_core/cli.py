@@ -20,7 +20,7 @@ log = logging.getLogger("llm_bot_core")
 def _database_url(settings: Settings) -> str:
     from llm_bot_core.db.engine import resolve_database_url
 
-    url = resolve_database_url(settings)
+    url = resolve_database_url(settings.storage)
     # Children (uvicorn workers, Celery pool processes) join the same server instead of
     # starting their own embedded one.
     os.environ["DATABASE_URL"] = url
@@ -45,7 +45,7 @@ def _shared_metrics_dir() -> None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    workers = args.workers or settings.backend_workers
+    workers = args.workers or settings.server.backend_workers
     if workers > 1:
         _shared_metrics_dir()
 
@@ -56,8 +56,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     url = _database_url(settings)
     upgrade_to_head(url)
     os.environ["MIGRATE_ON_START"] = "false"  # done once here, not in every worker
-    host = args.host or settings.host
-    port = args.port or settings.port
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
     _announce(settings, host, port)
     uvicorn.run(
         "llm_bot_core.api.app:create_app",
@@ -68,7 +68,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         access_log=args.access_log,
         # Without it uvicorn waits for every open request, however long its LLM call takes.
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=settings.server.shutdown_grace_seconds,
         loop="uvloop",
         http="httptools",
     )
@@ -82,7 +82,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        start_http_server(args.metrics_port, addr=settings.host, registry=registry)
+        start_http_server(args.metrics_port, addr=settings.server.host, registry=registry)
 
     from llm_bot_core.worker.app import celery_app
 
@@ -90,11 +90,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     argv = [
         "worker",
         "--loglevel",
-        settings.log_level,
+        settings.server.log_level,
         "--concurrency",
         str(args.concurrency),
         "--queues",
-        settings.celery_queue,
+        settings.worker.celery_queue,
         "--without-gossip",
         "--without-mingle",
     ]
@@ -118,7 +118,7 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     upgrade_to_head(url)
 
     async def _run() -> int:
-        engine = create_engine(url, settings)
+        engine = create_engine(url, settings.storage)
         try:
             report = await reindex(settings, engine, batch=args.batch)
         except RuntimeError as exc:
@@ -148,8 +148,8 @@ def cmd_admin(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _announce(settings: Settings, host: str, port: int) -> None:
-    if settings.llm_configured:
-        log.info("LLM: %s at %s", settings.openrouter_model, settings.effective_llm_base_url)
+    if settings.llm.configured:
+        log.info("LLM: %s at %s", settings.llm.chat_model, settings.llm.effective_base_url)
     else:
         log.warning(
             "No LLM configured: the backend runs and stores messages, but /v1/chat/handle answers "
@@ -229,10 +229,10 @@ def _start_bot_beside(
             log.info("BOT_TOKEN is not set: starting the backend without the Telegram bot")
             return None
         raise
-    host = args.host or settings.host
+    host = args.host or settings.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    env = {**os.environ, "BACKEND_URL": f"http://{host}:{args.port or settings.port}"}
+    env = {**os.environ, "BACKEND_URL": f"http://{host}:{args.port or settings.server.port}"}
     log.info("starting the Telegram bot (backend %s)", env["BACKEND_URL"])
     return subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", "bot"], env=env)
 
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # pydantic's message names the offending variable
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.server.log_level, settings.server.log_format)
     return COMMANDS[args.command](settings, args)
 
 

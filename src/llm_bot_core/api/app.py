@@ -42,11 +42,11 @@ def build_jobs(
     ledger: UsageLedger,
 ) -> JobQueue:
     """Celery when USE_CELERY_FOR_SUMMARY is set, otherwise asyncio tasks in this process."""
-    if settings.use_celery_for_summary:
+    if settings.worker.use_celery_for_summary:
         from llm_bot_core.worker.dispatch import CeleryJobs
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
-    return InProcessJobs(engine, model, settings, semantic, ledger)
+    return InProcessJobs(engine, model, settings.memory, semantic, ledger)
 
 
 def create_app(
@@ -60,20 +60,25 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        url = resolve_database_url(settings)
-        if settings.migrate_on_start:
+        url = resolve_database_url(settings.storage)
+        if settings.storage.migrate_on_start:
             await upgrade_to_head_async(url)
-        engine = create_engine(url, settings)
-        chat_model = model or build_chat_model(settings)
+        engine = create_engine(url, settings.storage)
+        chat_model = model or build_chat_model(settings.llm)
         if isinstance(chat_model, UnconfiguredChatModel):
             log.warning(UnconfiguredChatModel.MESSAGE)
-        semantic = await build_semantic_memory(settings, engine)
-        ledger = UsageLedger(engine, interval=settings.usage_flush_interval_ms / 1000, clock=clock)
+        semantic = await build_semantic_memory(
+            settings.rag, engine, data_dir=settings.storage.data_dir
+        )
+        usage_settings = settings.usage
+        ledger = UsageLedger(
+            engine, interval=usage_settings.usage_flush_interval_ms / 1000, clock=clock
+        )
         budgets = Budgets(
             engine=engine,
             ledger=ledger,
-            default_limit=settings.user_daily_token_limit,
-            zone=settings.zone,
+            default_limit=usage_settings.user_daily_token_limit,
+            zone=usage_settings.zone,
         )
         jobs = build_jobs(settings, engine, chat_model, semantic, ledger)
         chat = ChatService(
@@ -81,7 +86,7 @@ def create_app(
             model=chat_model,
             semantic=semantic,
             jobs=jobs,
-            settings=settings,
+            settings=settings.memory,
             ledger=ledger,
             budgets=budgets,
         )
@@ -100,8 +105,8 @@ def create_app(
             yield
         finally:
             # Answers whose client went away are finished and stored first: they queue jobs.
-            await chat.finish_within(settings.shutdown_grace_seconds)
-            await jobs.shutdown(settings.shutdown_grace_seconds)
+            await chat.finish_within(settings.server.shutdown_grace_seconds)
+            await jobs.shutdown(settings.server.shutdown_grace_seconds)
             # After the summaries, whose calls are accounted too; before the engine goes.
             await ledger.aclose()
             await semantic.aclose()
@@ -121,7 +126,7 @@ def create_app(
     app.include_router(memory)
     app.include_router(usage)
     app.include_router(system)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

@@ -72,7 +72,7 @@ async def require_api_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """When BACKEND_API_KEY is set, /v1/* needs `Authorization: Bearer <key>`."""
-    expected = services.settings.backend_api_key
+    expected = services.settings.server.backend_api_key
     if expected is None or not expected.get_secret_value():
         return
     given = credentials.credentials if credentials else ""

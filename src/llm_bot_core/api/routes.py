@@ -77,10 +77,10 @@ async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDe
 
 
 def _check_length(body: HandleRequest, services: ServicesDep) -> None:
-    if len(body.text) > services.settings.max_message_chars:
+    if len(body.text) > services.settings.server.max_message_chars:
         raise ApiError(
             "payload_too_large",
-            f"text is longer than {services.settings.max_message_chars} characters "
+            f"text is longer than {services.settings.server.max_message_chars} characters "
             "(MAX_MESSAGE_CHARS)",
         )
 
@@ -118,9 +118,9 @@ async def health(services: ServicesDep) -> JSONResponse:
     settings = services.settings
     llm = (
         ComponentHealth(
-            status="ok", detail=f"{settings.openrouter_model} at {settings.effective_llm_base_url}"
+            status="ok", detail=f"{settings.llm.chat_model} at {settings.llm.effective_base_url}"
         )
-        if settings.llm_configured
+        if settings.llm.configured
         else ComponentHealth(
             status="not_configured", detail="set OPENROUTER_API_KEY or LLM_BASE_URL"
         )

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import StorageSettings
 from llm_bot_core.db.embedded import start_embedded_postgres
 from llm_bot_core.db.errors import DatabaseUnavailable
 from llm_bot_core.metrics import instrument_pool
@@ -28,14 +28,14 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def resolve_database_url(settings: Settings) -> str:
+def resolve_database_url(settings: StorageSettings) -> str:
     """DATABASE_URL when set, otherwise the embedded server under DATA_DIR (started on demand)."""
     if settings.database_url:
         return normalize_url(settings.database_url)
     return start_embedded_postgres(settings.data_dir)
 
 
-def create_engine(url: str, settings: Settings) -> AsyncEngine:
+def create_engine(url: str, settings: StorageSettings) -> AsyncEngine:
     engine = create_async_engine(
         normalize_url(url),
         pool_size=settings.db_pool_size,

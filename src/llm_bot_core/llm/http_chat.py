@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import LLMSettings
 from llm_bot_core.llm.base import (
     ChatMessage,
     Completion,
@@ -34,11 +34,11 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 class HttpChatModel:
     """ChatModel speaking the OpenAI chat-completions protocol over one pooled aiohttp session."""
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: LLMSettings, session: aiohttp.ClientSession | None = None) -> None:
         self._settings = settings
-        self._url = settings.effective_llm_base_url.rstrip("/") + "/chat/completions"
+        self._url = settings.effective_base_url.rstrip("/") + "/chat/completions"
         self._headers = {
-            "Authorization": f"Bearer {settings.effective_llm_api_key}",
+            "Authorization": f"Bearer {settings.effective_api_key}",
             "Content-Type": "application/json",
             "Accept": "application/json",
             "X-Title": "LLM Bot Core",
@@ -60,7 +60,7 @@ class HttpChatModel:
         }
         if self._settings.llm_temperature is not None:
             payload["temperature"] = self._settings.llm_temperature
-        if self._settings.llm_is_openrouter:
+        if self._settings.is_openrouter:
             payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
         return payload
 
@@ -81,7 +81,7 @@ class HttpChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
     ) -> Completion:
-        model_name = model or self._settings.openrouter_model
+        model_name = model or self._settings.chat_model
         body = orjson.dumps(self._payload(messages, model_name, max_tokens))
         started = time.perf_counter()
         data = await self._post_with_retries(body)
@@ -95,7 +95,7 @@ class HttpChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
     ) -> AsyncIterator[StreamItem]:
-        model_name = model or self._settings.openrouter_model
+        model_name = model or self._settings.chat_model
         payload = self._payload(messages, model_name, max_tokens)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}

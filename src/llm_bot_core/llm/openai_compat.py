@@ -9,7 +9,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import LLMSettings
 from llm_bot_core.llm.base import (
     ChatMessage,
     ChatModel,
@@ -24,11 +24,11 @@ from llm_bot_core.llm.base import (
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
 
 
-def build_openai_client(settings: Settings) -> AsyncOpenAI:
+def build_openai_client(settings: LLMSettings) -> AsyncOpenAI:
     """One client per process; the aiohttp transport sustains more requests/s than httpx."""
     return AsyncOpenAI(
-        api_key=settings.effective_llm_api_key,
-        base_url=settings.effective_llm_base_url,
+        api_key=settings.effective_api_key,
+        base_url=settings.effective_base_url,
         timeout=settings.llm_timeout,
         # The SDK retries connection errors, 408, 409, 429 and 5xx with exponential backoff
         # and honours Retry-After; other 4xx are not retried.
@@ -41,7 +41,7 @@ def build_openai_client(settings: Settings) -> AsyncOpenAI:
 class OpenAIChatModel:
     """ChatModel backed by the official openai SDK."""
 
-    def __init__(self, settings: Settings, client: AsyncOpenAI | None = None) -> None:
+    def __init__(self, settings: LLMSettings, client: AsyncOpenAI | None = None) -> None:
         self._settings = settings
         self._client = client if client is not None else build_openai_client(settings)
 
@@ -52,7 +52,7 @@ class OpenAIChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
     ) -> Completion:
-        model_name = model or self._settings.openrouter_model
+        model_name = model or self._settings.chat_model
         started = time.perf_counter()
         try:
             # The SDK's own transport, retries and errors, but not `chat.completions.create`:
@@ -82,7 +82,7 @@ class OpenAIChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
     ) -> AsyncIterator[StreamItem]:
-        model_name = model or self._settings.openrouter_model
+        model_name = model or self._settings.chat_model
         payload = self._payload(messages, model_name, max_tokens)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
@@ -127,7 +127,7 @@ class OpenAIChatModel:
         }
         if self._settings.llm_temperature is not None:
             payload["temperature"] = self._settings.llm_temperature
-        if self._settings.llm_is_openrouter:
+        if self._settings.is_openrouter:
             payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
         return payload
 
@@ -208,9 +208,9 @@ def _describe(exc: openai.APIError) -> str:
     return f"{prefix}: {type(exc).__name__}"
 
 
-def build_chat_model(settings: Settings) -> ChatModel:
+def build_chat_model(settings: LLMSettings) -> ChatModel:
     """The configured chat model, or a stand-in that explains what to configure."""
-    if not settings.llm_configured:
+    if not settings.configured:
         return UnconfiguredChatModel()
     model: ChatModel
     if settings.llm_client == "openai":
@@ -222,5 +222,5 @@ def build_chat_model(settings: Settings) -> ChatModel:
     if settings.llm_fallback_models:
         from llm_bot_core.llm.fallback import FallbackChatModel
 
-        model = FallbackChatModel(model, settings.openrouter_model, settings.llm_fallback_models)
+        model = FallbackChatModel(model, settings.chat_model, settings.llm_fallback_models)
     return model

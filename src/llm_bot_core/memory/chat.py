@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.background import BackgroundTasks
-from llm_bot_core.config import Settings
+from llm_bot_core.config import MemorySettings
 from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
@@ -58,7 +58,7 @@ class ChatService:
         model: ChatModel,
         semantic: SemanticMemory,
         jobs: JobQueue,
-        settings: Settings,
+        settings: MemorySettings,
         ledger: UsageLedger,
         budgets: Budgets,
     ) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.background import BackgroundTasks
-from llm_bot_core.config import Settings
+from llm_bot_core.config import MemorySettings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
@@ -68,7 +68,7 @@ class InProcessJobs:
         self,
         engine: AsyncEngine,
         model: ChatModel,
-        settings: Settings,
+        settings: MemorySettings,
         semantic: SemanticMemory,
         ledger: UsageLedger,
     ) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import MemorySettings
 from llm_bot_core.llm.base import ChatMessage, ChatModel
 from llm_bot_core.memory.speakers import speaker
 from llm_bot_core.memory.store import StoredMessage, Summary
@@ -84,7 +84,7 @@ def summary_prompt(
 async def summarize_session(
     engine: AsyncEngine,
     model: ChatModel,
-    settings: Settings,
+    settings: MemorySettings,
     session_id: uuid.UUID,
     *,
     ledger: UsageLedger,
@@ -144,7 +144,7 @@ async def summarize_session(
             "summary",
             summary_prompt(previous, chunk, group=group),
             account=account,
-            model=settings.effective_summary_model,
+            model=settings.summary_model,
         )
         version = (previous.version if previous else 0) + 1
         watermark = chunk[-1].id

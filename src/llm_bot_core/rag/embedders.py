@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 from openai import AsyncOpenAI
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import RagSettings
 from llm_bot_core.rag.model_thread import ModelThread
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class OpenAIEmbedder:
         await self._client.close()
 
 
-def build_embedder(settings: Settings) -> Embedder | None:
+def build_embedder(settings: RagSettings) -> Embedder | None:
     """The configured embedder, or None when none is available (RAG then stays off)."""
     choice = settings.rag_embedder
     remote = settings.embeddings_base_url is not None or settings.openai_api_key is not None

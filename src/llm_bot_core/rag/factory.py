@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import RagSettings
 from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
 from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, build_embedder
 from llm_bot_core.rag.indexing import Labels
@@ -21,14 +22,16 @@ log = logging.getLogger(__name__)
 
 
 async def build_semantic_memory(
-    settings: Settings,
+    settings: RagSettings,
     engine: AsyncEngine,
     *,
+    data_dir: Path,
     sweeper: bool = True,
     labels: Labels | None = None,
 ) -> SemanticMemory:
     """RAG_ENABLED decides; unset, semantic memory is on whenever an embedder is available.
 
+    `data_dir` (DATA_DIR) holds the local Qdrant the pgvector fallback opens.
     `sweeper` starts the outbox retry loop in this process (the backend; not the Celery worker,
     whose event loop only runs during a task).
     """
@@ -38,7 +41,7 @@ async def build_semantic_memory(
     embedder = build_embedder(settings)
     if embedder is None:
         return DisabledSemanticMemory()
-    open_store = await choose_store(settings, engine)
+    open_store = await choose_store(settings, engine, data_dir)
     if open_store is None:
         await embedder.aclose()
         return DisabledSemanticMemory()
@@ -54,7 +57,9 @@ async def build_semantic_memory(
     return memory
 
 
-async def choose_store(settings: Settings, engine: AsyncEngine) -> StoreFactory | None:
+async def choose_store(
+    settings: RagSettings, engine: AsyncEngine, data_dir: Path
+) -> StoreFactory | None:
     """QDRANT_URL, else QDRANT_PATH, else pgvector; without pgvector, RAG_PGVECTOR_FALLBACK."""
     api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     if settings.qdrant_url:
@@ -66,7 +71,7 @@ async def choose_store(settings: Settings, engine: AsyncEngine) -> StoreFactory 
         return _pgvector(engine)
     where = make_url(str(engine.url)).render_as_string(hide_password=True)
     if settings.rag_pgvector_fallback == "qdrant" and _qdrant_installed():
-        path = settings.data_dir / "qdrant"
+        path = data_dir / "qdrant"
         log.warning(
             "pgvector is not available in %s (%s). Semantic memory falls back to Qdrant local "
             "mode under %s (single process). Install pgvector on the server, or set QDRANT_URL, "

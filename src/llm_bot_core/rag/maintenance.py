@@ -35,7 +35,9 @@ async def reindex(settings: Settings, engine: AsyncEngine, *, batch: int = 256) 
     """
     from llm_bot_core.rag.factory import build_semantic_memory
 
-    memory = await build_semantic_memory(settings, engine, sweeper=False)
+    memory = await build_semantic_memory(
+        settings.rag, engine, data_dir=settings.storage.data_dir, sweeper=False
+    )
     if not isinstance(memory, VectorSemanticMemory):
         await memory.aclose()
         raise RuntimeError("semantic memory is off (see the warnings above): nothing to reindex")

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import RagSettings
 from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.indexing import Indexer, Labels
@@ -38,7 +38,7 @@ class VectorSemanticMemory:
         engine: AsyncEngine,
         embedder: Embedder,
         open_store: StoreFactory,
-        settings: Settings,
+        settings: RagSettings,
         *,
         labels: Labels | None = None,
     ) -> None:

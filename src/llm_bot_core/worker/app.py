@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from celery import Celery
 
-from llm_bot_core.config import Settings, get_settings
+from llm_bot_core.config import WorkerSettings, get_settings
 
 SUMMARIZE_TASK = "memory.summarize_session"
 INDEX_TASK = "rag.index_messages"
 BROKER_SOCKET_TIMEOUT = 5.0
 
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+def create_celery(settings: WorkerSettings | None = None) -> Celery:
+    settings = settings or get_settings().worker
     app = Celery("llm_bot_core", broker=settings.celery_broker_url)
     app.conf.update(
         task_default_queue=settings.celery_queue,

@@ -44,9 +44,9 @@ class CeleryJobs:
 
         self._settings = settings
         self._index_enabled = index_enabled
-        self._celery = celery or create_celery(settings)
+        self._celery = celery or create_celery(settings.worker)
         self._redis = aioredis.Redis.from_url(
-            settings.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
+            settings.worker.celery_broker_url, socket_timeout=2, socket_connect_timeout=2
         )
         self._tasks = BackgroundTasks(on_failure=_publish_failed)
         self._closing = False
@@ -62,7 +62,7 @@ class CeleryJobs:
         if self._closing:
             return
         last = self._asked.get(session_id)
-        if last is not None and last < pending < last + self._settings.summary_threshold:
+        if last is not None and last < pending < last + self._settings.memory.summary_threshold:
             return
         self._asked[session_id] = pending
         self._asked.move_to_end(session_id)
@@ -82,7 +82,8 @@ class CeleryJobs:
         key = summary_lock_key(session_id)
         try:
             # At most one queued job per session; the key expires in case a worker dies with it.
-            if not await self._redis.set(key, "1", nx=True, ex=self._settings.summary_lock_seconds):
+            lock_seconds = self._settings.worker.summary_lock_seconds
+            if not await self._redis.set(key, "1", nx=True, ex=lock_seconds):
                 return
         except Exception:
             self._asked.pop(session_id, None)  # the next message must try again

@@ -58,17 +58,21 @@ def runtime() -> _Runtime:
     if _runtime is None or _runtime.pid != os.getpid():
         settings = get_settings()
         loop = asyncio.new_event_loop()
-        engine = create_engine(resolve_database_url(settings), settings)
-        semantic = loop.run_until_complete(build_semantic_memory(settings, engine, sweeper=False))
+        engine = create_engine(resolve_database_url(settings.storage), settings.storage)
+        semantic = loop.run_until_complete(
+            build_semantic_memory(
+                settings.rag, engine, data_dir=settings.storage.data_dir, sweeper=False
+            )
+        )
         _runtime = _Runtime(
             pid=os.getpid(),
             loop=loop,
             settings=settings,
             engine=engine,
-            model=build_chat_model(settings),
+            model=build_chat_model(settings.llm),
             semantic=semantic,
-            redis=redis.Redis.from_url(settings.celery_broker_url),
-            ledger=UsageLedger(engine, interval=settings.usage_flush_interval_ms / 1000),
+            redis=redis.Redis.from_url(settings.worker.celery_broker_url),
+            ledger=UsageLedger(engine, interval=settings.usage.usage_flush_interval_ms / 1000),
         )
     return _runtime
 
@@ -116,7 +120,9 @@ def summarize_session_task(session_id: str, queued_at: float | None = None) -> i
             timed_job(
                 "summary",
                 queued_at,
-                lambda: summarize_session(rt.engine, rt.model, rt.settings, sid, ledger=rt.ledger),
+                lambda: summarize_session(
+                    rt.engine, rt.model, rt.settings.memory, sid, ledger=rt.ledger
+                ),
             )
         )
     finally:
