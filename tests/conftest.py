@@ -26,7 +26,15 @@ from llm_bot_core.db.engine import normalize_url
 from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 
-TABLES = ("embeddings", "conversation_summaries", "messages", "chat_sessions", "lexical_stats")
+TABLES = (
+    "embeddings",
+    "conversation_summaries",
+    "messages",
+    "chat_sessions",
+    "lexical_stats",
+    "facts",
+    "fact_extraction",
+)
 
 
 def unavailable(reason: str) -> None:

@@ -211,6 +211,34 @@ class MemorySettings(_Group):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_reply_chars: int = Field(default=16000, ge=100)
 
+    # --- user facts (memory/facts.py, memory/extraction.py) -------------------------------
+    facts_every: int = Field(
+        default=6,
+        ge=0,
+        le=200,
+        description="Extract facts about the user every N of their messages; 0 turns it off.",
+    )
+    facts_model: str | None = Field(
+        default=None,
+        description="Model of fact extraction; default SUMMARY_MODEL, then the chat model.",
+    )
+    profile_tokens: int = Field(
+        default=300,
+        ge=0,
+        le=8000,
+        description="Budget of the user's profile (current facts) in the system message.",
+    )
+    facts_in_groups: bool = Field(
+        default=False,
+        description="Show facts learned in private chats in group chats too; off: a group's "
+        "prompt holds only what the speaker said in that group.",
+    )
+
+    @property
+    def effective_facts_model(self) -> str | None:
+        """None: the chat client's own chat model, as for summaries."""
+        return self.facts_model or self.summary_model
+
 
 class WorkerSettings(_Group):
     """Celery: whether summaries go through it, and the broker and queue they go to."""
@@ -424,6 +452,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {describe_errors(exc)}") from exc
+
+    @property
+    def effective_facts_model(self) -> str:
+        return self.facts_model or self.effective_summary_model
 
 
 @lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
+from llm_bot_core.api.facts_routes import facts
 from llm_bot_core.api.limits import BodySizeLimit
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
@@ -23,6 +24,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
+from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             jobs=jobs,
             chat=chat,
             erase=EraseService(engine=engine, semantic=semantic),
+            facts=FactService(engine),
         )
         try:
             yield
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
     install_error_handlers(app)
     app.include_router(v1)
     app.include_router(memory)
+    app.include_router(facts)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestMetrics)

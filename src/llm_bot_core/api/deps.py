@@ -15,6 +15,7 @@ from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
+from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.rag.base import SemanticMemory
 
@@ -30,6 +31,7 @@ class Services:
     jobs: JobQueue
     chat: ChatService
     erase: EraseService
+    facts: FactService
 
 
 async def get_services(request: Request) -> Services:
@@ -52,6 +54,13 @@ async def get_erase_service(services: ServicesDep) -> EraseService:
 
 
 EraseServiceDep = Annotated[EraseService, Depends(get_erase_service)]
+
+
+async def get_fact_service(services: ServicesDep) -> FactService:
+    return services.facts
+
+
+FactServiceDep = Annotated[FactService, Depends(get_fact_service)]
 
 _bearer = HTTPBearer(auto_error=False)
 
