@@ -50,6 +50,7 @@ class OpenAIChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
         started = time.perf_counter()
@@ -61,7 +62,7 @@ class OpenAIChatModel:
             # model cost about 0.4 ms of CPU per call, and we read four fields of it.
             response: Any = await self._client.post(
                 "/chat/completions",
-                body=self._payload(messages, model_name, max_tokens),
+                body=self._payload(messages, model_name, max_tokens, response_format),
                 cast_to=object,
             )
         except openai.APIError as exc:
@@ -117,7 +118,11 @@ class OpenAIChatModel:
         )
 
     def _payload(
-        self, messages: list[ChatMessage], model_name: str, max_tokens: int | None
+        self,
+        messages: list[ChatMessage],
+        model_name: str,
+        max_tokens: int | None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model_name,
@@ -126,6 +131,8 @@ class OpenAIChatModel:
         }
         if self._settings.llm_temperature is not None:
             payload["temperature"] = self._settings.llm_temperature
+        if response_format is not None:
+            payload["response_format"] = response_format
         return payload
 
     async def aclose(self) -> None:
@@ -146,6 +153,7 @@ class UnconfiguredChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         raise LLMNotConfigured(self.MESSAGE)
 

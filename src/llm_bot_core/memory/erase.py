@@ -9,15 +9,18 @@ This is the one place that knows all those stores:
     embeddings (metadata and lexemes)      ON DELETE CASCADE from chat_sessions and messages
     lexical_stats                          the triggers on embeddings (migration 0003)
     rag_outbox                             ON DELETE CASCADE from messages
+    facts                                  the DELETEs below: derived from erased messages
+                                           (source_message_ids), or all of an erased user's
+    fact_extraction (watermarks, costs)    erase_user's DELETE
 
 A group's session belongs to the chat and stays; the user's messages in it (and the answers to
 them) are deleted one by one, with the summaries built from them, and the messages indexed with
 them as context are indexed again (see erase_user).
 
 Vectors go first: if their store is unreachable this raises and nothing is deleted, so a retry
-can finish the job; the reverse order could leave vectors nobody can find to delete. A new store
-keyed by the user rather than by a session (facts, say) gets its DELETE in `erase_user`, inside
-the same transaction as the sessions.
+can finish the job; the reverse order could leave vectors nobody can find to delete. A store keyed
+by the user rather than by a session (facts) gets its DELETE in `erase_user`, inside the same
+transaction as the sessions.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.config import CONTEXT_TURNS_MAX
+from llm_bot_core.memory.facts import lock_user_facts
 from llm_bot_core.rag.base import Scope, SemanticMemory
 
 # The messages are counted in the statement's snapshot, i.e. before the cascade removes them.
@@ -40,6 +44,16 @@ SELECT (SELECT count(*) FROM gone),
 _DELETE_SESSION = text(_DELETE_SESSIONS.format(where="id = CAST(:value AS uuid)"))
 # A private chat's session has its user; a group's has none (migration 0005).
 _DELETE_SESSIONS_OF_USER = text(_DELETE_SESSIONS.format(where="user_id = :value"))
+# Facts extracted from a session's messages go with them (a fact also drawn from a message of
+# another session goes too: it carries what the erased message said).
+# The row locks make a concurrent extraction (which key-share locks its batch's messages) either
+# commit first, so the DELETE after this sees its facts, or wait and find the messages gone.
+_LOCK_MESSAGES_OF_SESSION = text(
+    "SELECT id FROM messages WHERE session_id = CAST(:value AS uuid) FOR UPDATE"
+)
+_DELETE_FACTS_FROM = text("DELETE FROM facts WHERE source_message_ids && CAST(:ids AS bigint[])")
+_DELETE_FACTS_OF_USER = text("DELETE FROM facts WHERE user_id = :value")
+_DELETE_EXTRACTION_OF_USER = text("DELETE FROM fact_extraction WHERE user_id = :value")
 
 # A user's messages in sessions that are not theirs: groups (and anyone else's chat). An
 # assistant message carries the user it answers: answers repeat what they answer.
@@ -107,17 +121,22 @@ class EraseService:
         """Delete one session with its messages, summaries and everything indexed from them."""
         await self._semantic.forget(Scope(session_id=session_id))
         async with self._engine.begin() as conn:
+            locked = await conn.execute(_LOCK_MESSAGES_OF_SESSION, {"value": str(session_id)})
+            await conn.execute(_DELETE_FACTS_FROM, {"ids": [r[0] for r in locked]})
             return await _delete_sessions(conn, _DELETE_SESSION, str(session_id))
 
     async def erase_user(self, user_id: str) -> Erased:
         """Delete a user's private sessions, and in every other chat their messages and the
-        answers to them, with everything derived from them; the groups and the other members'
-        messages stay."""
+        answers to them, with everything derived from them (their facts too); the groups and
+        the other members' messages stay."""
         async with self._engine.connect() as conn:
             elsewhere = [r[0] for r in await conn.execute(text(_ELSEWHERE), {"value": user_id})]
         await self._semantic.forget(Scope(user_id=user_id))
         await self._semantic.forget_messages(elsewhere)
         async with self._engine.begin() as conn:
+            await lock_user_facts(conn, user_id)  # an extraction in flight commits first
+            await conn.execute(_DELETE_FACTS_OF_USER, {"value": user_id})
+            await conn.execute(_DELETE_EXTRACTION_OF_USER, {"value": user_id})
             private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
             # By author rather than by the ids read above, so a message that arrived meanwhile
             # goes too (a vector written for it in between matches no row, so it is never shown).

@@ -17,6 +17,10 @@ from llm_bot_core.memory.store import StoredMessage, Summary
 from llm_bot_core.rag.base import RecalledFact
 
 PROFILE_HEADER = "What you know about the user (most important first):"
+# In a group the profile is the current speaker's: the author of the last message.
+GROUP_PROFILE_HEADER = (
+    "What you know about the person who wrote the last message (most important first):"
+)
 SUMMARY_HEADER = "Summary of the earlier conversation:"
 RECALL_HEADER = (
     "[Recalled memory: fragments of earlier conversations with this user that may be relevant. "
