@@ -177,3 +177,17 @@ async def test_in_a_group_the_profile_holds_only_what_the_speaker_said_there(
     async with running_app(shared) as client:
         await say(client, ALICE, "-100", "Hello again")
         assert "asthma" in whole_prompt(fake_llm)
+
+
+async def test_the_facts_api_is_documented_in_openapi_with_its_404(
+    app_client: httpx.AsyncClient,
+) -> None:
+    spec = (await app_client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    listing = paths["/v1/memory/users/{user_id}/facts"]
+    assert set(listing) == {"get", "post"}
+    one = paths["/v1/memory/users/{user_id}/facts/{fact_id}"]
+    assert set(one) == {"patch", "delete"}
+    for operation in one.values():
+        assert operation["responses"]["404"]["description"] == "fact_not_found"
+        assert operation["summary"] and operation["description"]
