@@ -111,21 +111,26 @@ class InProcessJobs:
 
     def extract_facts(self, user_id: str, chat_id: str) -> None:
         key = (user_id, chat_id)
-        if key in self._extracting:
+        if self._closing or key in self._extracting:
             return
         self._extracting.add(key)
         self._tasks.spawn(self._extract(key, time.time()), f"extract facts {user_id}")
 
     async def _extract(self, key: tuple[str, str], queued_at: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # always run as a task of its own (spawn)
+        self._waiting.add(task)  # cancelled at shutdown while waiting: the watermark keeps it
         try:
             # Shares the summaries' slots: both are LLM calls off the reply path.
             async with self._summary_slots:
+                self._waiting.discard(task)
                 await timed_job(
                     "facts",
                     queued_at,
                     lambda: extract_facts(self._engine, self._model, self._settings, *key),
                 )
         finally:
+            self._waiting.discard(task)
             self._extracting.discard(key)
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:

@@ -81,6 +81,8 @@ class CeleryJobs:
 
         # No dedupe key: a trigger comes once per FACTS_EVERY user messages, and a duplicate
         # job finds the batch done (the watermark moved) before it calls the model.
+        if self._closing:
+            return
         self._tasks.spawn(self.publish(EXTRACT_FACTS_TASK, [user_id, chat_id]), "facts")
 
     async def _summarize(self, session_id: uuid.UUID) -> None:
