@@ -191,3 +191,24 @@ async def test_the_facts_api_is_documented_in_openapi_with_its_404(
     for operation in one.values():
         assert operation["responses"]["404"]["description"] == "fact_not_found"
         assert operation["summary"] and operation["description"]
+
+
+async def test_an_edit_in_the_admin_panel_is_what_recall_matches_from_then_on(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine
+) -> None:
+    from sqlalchemy import text
+
+    settings = make_settings(clean_db, llm_server.base_url, profile_tokens=0)
+    async with running_app(settings) as client:
+        fact = await add(client, ALICE, "Drives a green tractor")
+        async with db.begin() as conn:  # as Directus writes it: the content alone
+            await conn.execute(
+                text("UPDATE facts SET content = 'Rides a red bicycle' WHERE id = :id"),
+                {"id": fact["id"]},
+            )
+        assert await scalar(db, "SELECT lexemes IS NULL FROM facts") is True
+        await say(client, ALICE, ALICE, "Where is my tractor?")
+        assert "tractor" not in recalled_block(fake_llm)
+        await say(client, ALICE, ALICE, "Where is my bicycle?")
+        assert "Rides a red bicycle" in recalled_block(fake_llm)
+        assert PROFILE_HEADER not in system_message(fake_llm)  # a budget of 0: no profile

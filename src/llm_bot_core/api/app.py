@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             jobs=jobs,
             chat=chat,
             erase=EraseService(engine=engine, semantic=semantic),
-            facts=FactService(engine),
+            facts=FactService(engine, fts_config=settings.rag_fts_config),
         )
         try:
             yield

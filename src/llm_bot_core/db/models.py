@@ -240,6 +240,9 @@ class Fact(Base):
     superseded_by: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("facts.id", ondelete="SET NULL")
     )
+    # The content's lexemes under RAG_FTS_CONFIG, written with it by the app; an edit elsewhere
+    # (Directus) resets them to NULL (trigger, migration 0005) and readers compute them instead.
+    lexemes: Mapped[str | None] = mapped_column(TSVECTOR)
 
     __table_args__ = (
         CheckConstraint("source IN ('extracted', 'user', 'operator')", name="source_known"),

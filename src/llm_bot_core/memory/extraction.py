@@ -141,7 +141,8 @@ _SIMILAR = text(
     )
     SELECT f.id, f.content FROM facts f CROSS JOIN q
     WHERE f.user_id = :user_id AND f.superseded_at IS NULL
-    ORDER BY coalesce(ts_rank(to_tsvector(CAST(:cfg AS regconfig), f.content), q.q), 0) DESC,
+    ORDER BY coalesce(ts_rank(coalesce(f.lexemes, to_tsvector(CAST(:cfg AS regconfig), f.content)),
+                              q.q), 0) DESC,
              f.created_at DESC, f.id DESC
     LIMIT :limit
     """
@@ -233,7 +234,17 @@ async def extract_facts(
                 alive = await conn.execute(_KEEP_MESSAGES, {"ids": [m for m, _ in batch]})
                 present = {r[0] for r in alive}
                 batch_left = [(m, c) for m, c in batch if m in present]
-                await _apply(conn, run, user_id, chat_id, batch, batch_left, known, operations)
+                await _apply(
+                    conn,
+                    run,
+                    user_id,
+                    chat_id,
+                    batch,
+                    batch_left,
+                    known,
+                    operations,
+                    settings.rag_fts_config,
+                )
             await conn.execute(
                 _ADVANCE,
                 {
@@ -312,6 +323,7 @@ async def _apply(
     present: Sequence[tuple[int, str]],
     known: Sequence[Known],
     operations: Sequence[Operation],
+    fts_config: str,
 ) -> None:
     # Facts learned in a private chat (a Telegram private chat's id is the user's id) carry no
     # chat; a group's carry it, so the group's prompt can show only those.
@@ -342,6 +354,7 @@ async def _apply(
             content,
             source="extracted",
             importance=importance,
+            fts_config=fts_config,
             chat_id=scope,
             message_ids=sources,
         )

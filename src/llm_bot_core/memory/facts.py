@@ -24,9 +24,6 @@ from llm_bot_core.rag.base import RecalledFact
 Source = Literal["extracted", "user", "operator"]
 # The importance of a fact the user or an operator wrote: above anything extraction guesses.
 WRITTEN_IMPORTANCE = 1.0
-# Facts scanned per request for the profile and lexical recall; a profile budget of a few
-# hundred tokens holds a few dozen of them.
-PROFILE_SCAN_LIMIT = 500
 RELATED_LIMIT = 3
 # Two wordings whose word sets overlap this much (Jaccard) are one fact.
 NEAR_DUPLICATE = 0.8
@@ -80,24 +77,36 @@ def is_duplicate(candidate: str, known: Sequence[str]) -> bool:
 # --- the profile, on the request path --------------------------------------------------------
 
 # $1 user, $2 every chat's facts (private chat, or FACTS_IN_GROUPS), $3 this chat, $4 text search
-# configuration, $5 the user's message. Ranked by importance then recency; `rank` is the
-# message's lexical match, computed from the current rows so an edit or a deletion counts at once.
-# The message's lexemes are ORed in the 'simple' configuration, which leaves them as stemmed.
+# configuration, $5 the user's message, $6 the budget in tokens. The profile is the longest prefix
+# of the ranking (importance, then recency) within the budget, each line costing what
+# `approx_tokens(profile_line(...))` says: `- ` + content + ` (since YYYY-MM-DD)` is 21 characters
+# more than the content. Past the budget, the facts that share lexemes with the message (ORed in
+# the 'simple' configuration, which leaves them as stemmed), best `ts_rank` first. Lexemes are
+# the stored ones, or computed from the content after an edit outside the app, so an edit or a
+# deletion counts at once. Only what the prompt shows leaves the database.
 PROFILE_SQL = f"""
     WITH f AS (
-        SELECT id, content, created_at, importance FROM facts
+        SELECT id, content, created_at, lexemes,
+               sum((length(content) + 21) / 4 + 1)
+                   OVER (ORDER BY importance DESC, created_at DESC, id DESC) AS used
+        FROM facts
         WHERE user_id = $1 AND superseded_at IS NULL AND ($2 OR chat_id = $3)
-        ORDER BY importance DESC, created_at DESC, id DESC LIMIT {PROFILE_SCAN_LIMIT}
     ), q AS (
         SELECT to_tsquery('simple', nullif(string_agg(quote_literal(l), ' | '), '')) AS q
         FROM unnest(tsvector_to_array(to_tsvector(CAST($4 AS regconfig), $5))) l
     )
-    SELECT coalesce(json_agg(json_build_array(
-               f.id, f.content, f.created_at,
-               coalesce(ts_rank(to_tsvector(CAST($4 AS regconfig), f.content), q.q)
-                        * (to_tsvector(CAST($4 AS regconfig), f.content) @@ q.q)::int, 0))
-           ORDER BY f.importance DESC, f.created_at DESC, f.id DESC), '[]')
-    FROM f CROSS JOIN q
+    SELECT
+      (SELECT coalesce(json_agg(json_build_array(id, content, created_at) ORDER BY used), '[]')
+         FROM f WHERE used <= $6) AS profile,
+      (SELECT coalesce(json_agg(json_build_array(id, content, created_at, rank)
+                                ORDER BY rank DESC), '[]')
+         FROM (SELECT f.id, f.content, f.created_at, ts_rank(v.v, q.q) AS rank
+               FROM f CROSS JOIN q
+               CROSS JOIN LATERAL (SELECT coalesce(f.lexemes,
+                                                   to_tsvector(CAST($4 AS regconfig), f.content))
+                                   AS v) v
+               WHERE f.used > $6 AND v.v @@ q.q
+               ORDER BY rank DESC LIMIT {RELATED_LIMIT}) r) AS related
 """
 
 
@@ -113,25 +122,19 @@ async def read_profile(
 ) -> Profile:
     """The user's current facts within `budget` tokens, and the best lexical matches of the
     message among the rest (one statement)."""
-    row = await fetchrow(conn, PROFILE_SQL, user_id, all_chats, chat_id, fts_config, message)
-    found: list[Any] = _json(row[0]) or []
-    lines: list[str] = []
-    rest: list[Any] = []
-    used = 0
-    for item in found:
-        line = profile_line(item[1], _when(item[2]))
-        cost = approx_tokens(line)
-        if not rest and used + cost <= budget:
-            lines.append(line)
-            used += cost
-        else:
-            rest.append(item)
-    matching = sorted((i for i in rest if i[3] > 0), key=lambda i: -i[3])[:RELATED_LIMIT]
+    row = await fetchrow(
+        conn, PROFILE_SQL, user_id, all_chats, chat_id, fts_config, message, budget
+    )
+    lines = [profile_line(i[1], _when(i[2])) for i in _json(row[0]) or []]
     related = [
         RecalledFact(
-            message_id=-i[0], role="user", content=i[1], created_at=_when(i[2]), score=float(i[3])
+            message_id=-i[0],
+            role="user",
+            content=i[1],
+            created_at=_when(i[2]),
+            score=float(i[3]),
         )
-        for i in matching
+        for i in _json(row[1]) or []
     ]
     return Profile(lines=lines, related=related)
 
@@ -163,9 +166,10 @@ _CURRENT_CONTENTS = text(
 )
 _INSERT = text(
     f"""
-    INSERT INTO facts (user_id, content, source, importance, chat_id, source_message_ids)
+    INSERT INTO facts (user_id, content, source, importance, chat_id, source_message_ids,
+                       lexemes)
     VALUES (:user_id, :content, :source, :importance, :chat_id,
-            CAST(:message_ids AS bigint[]))
+            CAST(:message_ids AS bigint[]), to_tsvector(CAST(:cfg AS regconfig), :content))
     RETURNING {_COLUMNS}
     """
 )
@@ -193,8 +197,9 @@ _DELETE_WITH_HISTORY = text(
 class FactService:
     """Reading and editing a user's facts (the API, the bot's commands, tests)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, fts_config: str) -> None:
         self._engine = engine
+        self._cfg = fts_config
 
     async def list(self, user_id: str, *, history: bool = False) -> list[FactRecord]:
         """Current facts, oldest first; with `history` the superseded versions too."""
@@ -213,7 +218,12 @@ class FactService:
                 if is_duplicate(content, [fact.content]):
                     return fact
             return await insert_fact(
-                conn, user_id, content, source=source, importance=WRITTEN_IMPORTANCE
+                conn,
+                user_id,
+                content,
+                source=source,
+                importance=WRITTEN_IMPORTANCE,
+                fts_config=self._cfg,
             )
 
     async def replace(
@@ -230,6 +240,7 @@ class FactService:
                 content,
                 source=source,
                 importance=max(old[1], WRITTEN_IMPORTANCE),
+                fts_config=self._cfg,
                 chat_id=old[2],
             )
             await supersede(conn, user_id, fact_id, successor=new.id)
@@ -261,6 +272,7 @@ async def insert_fact(
     *,
     source: Source,
     importance: float,
+    fts_config: str,
     chat_id: str | None = None,
     message_ids: Sequence[int] = (),
 ) -> FactRecord:
@@ -274,6 +286,7 @@ async def insert_fact(
                 "importance": min(max(importance, 0.0), 1.0),
                 "chat_id": chat_id,
                 "message_ids": list(message_ids),
+                "cfg": fts_config,
             },
         )
     ).one()

@@ -42,6 +42,7 @@ def upgrade() -> None:
         ),
         sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("superseded_by", sa.BigInteger(), nullable=True),
+        sa.Column("lexemes", postgresql.TSVECTOR(), nullable=True),
         sa.CheckConstraint(
             "source IN ('extracted', 'user', 'operator')", name=op.f("ck_facts_source_known")
         ),
@@ -72,6 +73,26 @@ def upgrade() -> None:
         ["source_message_ids"],
         postgresql_using="gin",
     )
+    # The app writes `lexemes` with the content under RAG_FTS_CONFIG, which the database does
+    # not know; an edit that changes the content alone (an operator in Directus) clears them,
+    # so readers compute them from the content instead of matching stale ones.
+    op.execute(
+        """
+        CREATE FUNCTION facts_lexemes_follow_content() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.content IS DISTINCT FROM OLD.content
+               AND NEW.lexemes IS NOT DISTINCT FROM OLD.lexemes THEN
+                NEW.lexemes := NULL;
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER facts_lexemes_follow_content BEFORE UPDATE ON facts "
+        "FOR EACH ROW EXECUTE FUNCTION facts_lexemes_follow_content()"
+    )
     op.create_table(
         "fact_extraction",
         sa.Column("user_id", sa.String(128), nullable=False),
@@ -90,6 +111,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("fact_extraction")
+    op.execute("DROP TRIGGER IF EXISTS facts_lexemes_follow_content ON facts")
+    op.execute("DROP FUNCTION IF EXISTS facts_lexemes_follow_content()")
     op.drop_index("ix_facts_source_message_ids", table_name="facts")
     op.drop_index("ix_facts_user_id_current", table_name="facts")
     op.drop_table("facts")
