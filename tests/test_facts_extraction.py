@@ -199,3 +199,27 @@ async def test_erasing_a_session_or_the_user_takes_the_facts_drawn_from_it_out_o
         await say(client, ALICE, ALICE, "Who am I?")
         prompt = whole_prompt(fake_llm)
         assert "Barbossa" not in prompt and "rooibos" not in prompt and "Volvo" not in prompt
+
+
+async def test_in_a_group_facts_are_learned_for_that_group_without_showing_private_ones(
+    every_two: Settings, fake_llm: FakeLLM, db: AsyncEngine
+) -> None:
+    async with running_app(every_two) as client:
+        private = await client.post(
+            f"/v1/memory/users/{ALICE}/facts", json={"content": "Diagnosis is asthma"}
+        )
+        assert private.status_code == 201
+        await seed_in(client, "-100", ["My dog is Barbossa.", "Hi all!", "Anyone here?"])
+        assert await rows(db, "SELECT content, chat_id FROM facts ORDER BY id") == [
+            ("Diagnosis is asthma", None),
+            ("Dog is Barbossa", "-100"),
+        ]
+        prompt = whole_prompt(fake_llm)
+        assert "Dog is Barbossa" in prompt and "asthma" not in prompt
+    # The extraction request of the group's batch did not carry the private fact either.
+    assert all("asthma" not in str(r["messages"]) for r in fake_llm.fact_requests)
+
+
+async def seed_in(client: httpx.AsyncClient, chat: str, texts: list[str]) -> None:
+    for words in texts:
+        await say(client, ALICE, chat, words)

@@ -131,8 +131,8 @@ _BATCH = text(
     """
 )
 # Current facts by lexical similarity to the batch, then the newest: what the model must see
-# to tell a correction or a repeat from a new fact. Facts from every chat of the user: a
-# correction in a group may concern a fact learned in private.
+# to tell a correction or a repeat from a new fact. In a group, with FACTS_IN_GROUPS=false, only
+# the facts learned there: private facts must not be copied into what the group's prompt shows.
 _SIMILAR = text(
     """
     WITH q AS (
@@ -140,7 +140,7 @@ _SIMILAR = text(
         FROM unnest(tsvector_to_array(to_tsvector(CAST(:cfg AS regconfig), :batch))) l
     )
     SELECT f.id, f.content FROM facts f CROSS JOIN q
-    WHERE f.user_id = :user_id AND f.superseded_at IS NULL
+    WHERE f.user_id = :user_id AND f.superseded_at IS NULL AND (:all_chats OR f.chat_id = :chat_id)
     ORDER BY coalesce(ts_rank(coalesce(f.lexemes, to_tsvector(CAST(:cfg AS regconfig), f.content)),
                               q.q), 0) DESC,
              f.created_at DESC, f.id DESC
@@ -214,7 +214,7 @@ async def extract_facts(
             if len(batch) < every:
                 await conn.rollback()
                 return run
-            known = await _similar(conn, settings, user_id, batch)
+            known = await _similar(conn, settings, user_id, chat_id, batch)
             await conn.rollback()  # no connection is held across the LLM call
 
         operations, completions = await _ask(model, settings, extraction_prompt(known, batch))
@@ -274,7 +274,11 @@ async def extract_facts(
 
 
 async def _similar(
-    conn: AsyncConnection, settings: Settings, user_id: str, batch: Sequence[tuple[int, str]]
+    conn: AsyncConnection,
+    settings: Settings,
+    user_id: str,
+    chat_id: str,
+    batch: Sequence[tuple[int, str]],
 ) -> list[Known]:
     rows = await conn.execute(
         _SIMILAR,
@@ -282,6 +286,8 @@ async def _similar(
             "cfg": settings.rag_fts_config,
             "batch": "\n".join(c for _, c in batch),
             "user_id": user_id,
+            "all_chats": chat_id == user_id or settings.facts_in_groups,
+            "chat_id": chat_id,
             "limit": SIMILAR_FACTS,
         },
     )
