@@ -198,13 +198,10 @@ async def extract_facts(
     every = settings.facts_every
     if not every:
         return run
+    key = {"user_id": user_id, "chat_id": chat_id}
     while True:
-        async with engine.begin() as conn:
-            await conn.execute(_ENSURE, {"user_id": user_id, "chat_id": chat_id})
         async with engine.connect() as conn:
-            after = (
-                await conn.execute(_WATERMARK, {"user_id": user_id, "chat_id": chat_id})
-            ).scalar_one()
+            after = (await conn.execute(_WATERMARK, key)).scalar_one_or_none() or 0
             batch = [
                 (r[0], r[1])
                 for r in await conn.execute(
@@ -222,10 +219,16 @@ async def extract_facts(
             # The user's lock first, as erasure takes it: whichever comes second sees the
             # other's result (erased facts, or facts to erase).
             await lock_user_facts(conn, user_id)
-            current = (
-                await conn.execute(_LOCK_WATERMARK, {"user_id": user_id, "chat_id": chat_id})
-            ).scalar_one_or_none()
+            await conn.execute(_ENSURE, key)
+            current = (await conn.execute(_LOCK_WATERMARK, key)).scalar_one()
+            spent = {
+                "calls": len(completions),
+                "prompt": sum(c.prompt_tokens or 0 for c in completions),
+                "completion": sum(c.completion_tokens or 0 for c in completions),
+            }
             if current != after:
+                # Another job did this batch; what this one paid is still the user's cost.
+                await conn.execute(_ADVANCE, {**key, **spent, "watermark": current, "skipped": 0})
                 log.info(
                     "facts of %s in %s: batch after %s done by another job", user_id, chat_id, after
                 )
@@ -248,12 +251,9 @@ async def extract_facts(
             await conn.execute(
                 _ADVANCE,
                 {
-                    "user_id": user_id,
-                    "chat_id": chat_id,
+                    **key,
+                    **spent,
                     "watermark": batch[-1][0],
-                    "calls": len(completions),
-                    "prompt": sum(c.prompt_tokens or 0 for c in completions),
-                    "completion": sum(c.completion_tokens or 0 for c in completions),
                     "skipped": int(operations is None),
                 },
             )
