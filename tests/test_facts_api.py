@@ -212,3 +212,14 @@ async def test_an_edit_in_the_admin_panel_is_what_recall_matches_from_then_on(
         await say(client, ALICE, ALICE, "Where is my bicycle?")
         assert "Rides a red bicycle" in recalled_block(fake_llm)
         assert PROFILE_HEADER not in system_message(fake_llm)  # a budget of 0: no profile
+
+
+async def test_a_streamed_answer_gets_the_same_profile(
+    app_client: httpx.AsyncClient, fake_llm: FakeLLM
+) -> None:
+    await add(app_client, ALICE, "Allergic to peanuts")
+    response = await app_client.post(
+        "/v1/chat/stream", json={"user_id": ALICE, "chat_id": ALICE, "text": "What can I eat?"}
+    )
+    assert response.status_code == 200, response.text
+    assert "- Allergic to peanuts (since " in system_message(fake_llm)
