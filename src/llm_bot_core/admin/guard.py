@@ -119,4 +119,6 @@ class GuardProvisioner:
             checked(self.client, "DELETE", f"/presets/{preset['id']}")
             scope = f"role {preset['role']}" if preset["role"] else "everyone"
             kind = f"bookmark {preset['bookmark']!r}" if preset["bookmark"] else "default view"
-            self.changes.append(f"removed a shared {kind} of {preset['collection']} (for {scope})")
+            self.changes.append(
+                f"removed a shared {kind} of {preset['collection']} (for {scope})"
+            )

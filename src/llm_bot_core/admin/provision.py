@@ -347,6 +347,7 @@ class Provisioner:
         return data(response)
 
 
+
 def provision(base_url: str, email: str, password: str) -> list[str]:
     """Log in as the admin and provision; returns the changes made (empty when up to date)."""
     provisioner = Provisioner.login(base_url, email, password)
