@@ -226,3 +226,23 @@ async def test_in_a_group_facts_are_learned_for_that_group_without_showing_priva
 async def seed_in(client: httpx.AsyncClient, chat: str, texts: list[str]) -> None:
     for words in texts:
         await say(client, ALICE, chat, words)
+
+
+async def test_in_a_group_each_speakers_facts_are_their_own(
+    every_two: Settings, fake_llm: FakeLLM, db: AsyncEngine
+) -> None:
+    async with running_app(every_two) as client:
+        for user, words in (
+            (ALICE, "My dog is Barbossa."),
+            ("2002", "My cat is Tom."),
+            (ALICE, "Nice to meet you."),
+            ("2002", "Same here."),
+            (ALICE, "Who has pets?"),
+            ("2002", "Me."),
+        ):
+            await say(client, user, "-100", words)
+        found = await rows(db, "SELECT user_id, content, chat_id FROM facts ORDER BY user_id")
+        assert found == [(ALICE, "Dog is Barbossa", "-100"), ("2002", "Cat is Tom", "-100")]
+        await say(client, "2002", "-100", "What do you know about me?")
+        prompt = whole_prompt(fake_llm)
+        assert "Cat is Tom" in prompt and "Dog is Barbossa" not in system_message(fake_llm)

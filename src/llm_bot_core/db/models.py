@@ -241,7 +241,7 @@ class Fact(Base):
         BigInteger, ForeignKey("facts.id", ondelete="SET NULL")
     )
     # The content's lexemes under RAG_FTS_CONFIG, written with it by the app; an edit elsewhere
-    # (Directus) resets them to NULL (trigger, migration 0005) and readers compute them instead.
+    # (Directus) resets them to NULL (trigger, migration 0006) and readers compute them instead.
     lexemes: Mapped[str | None] = mapped_column(TSVECTOR)
 
     __table_args__ = (

@@ -111,6 +111,18 @@ class ExtractionRun:
     ignored: list[str] = field(default_factory=list)
 
 
+# The other authors of a group chat with user messages past their watermark (a private chat has
+# one author). Only sessions of the group: their messages carry authors.
+_GROUP_AUTHORS = text(
+    """
+    SELECT m.user_id FROM messages m JOIN chat_sessions s ON s.id = m.session_id
+    LEFT JOIN fact_extraction w ON w.user_id = m.user_id AND w.chat_id = s.chat_id
+    WHERE s.chat_id = :chat_id AND s.chat_type <> 'private' AND m.role = 'user'
+      AND m.user_id IS NOT NULL AND m.user_id <> :user_id
+      AND m.id > coalesce(w.last_message_id, 0)
+    GROUP BY m.user_id ORDER BY min(m.id)
+    """
+)
 _ENSURE = text(
     "INSERT INTO fact_extraction (user_id, chat_id) VALUES (:user_id, :chat_id) "
     "ON CONFLICT DO NOTHING"
@@ -122,11 +134,13 @@ _LOCK_WATERMARK = text(
     "SELECT last_message_id FROM fact_extraction "
     "WHERE user_id = :user_id AND chat_id = :chat_id FOR UPDATE"
 )
-# The user's messages in this chat after the watermark, oldest first.
+# The user's own messages (their author, migration 0005) in this chat after the watermark, oldest
+# first, with whether the chat is private (its sessions' kind).
 _BATCH = text(
     """
-    SELECT m.id, m.content FROM messages m JOIN chat_sessions s ON s.id = m.session_id
-    WHERE s.user_id = :user_id AND s.chat_id = :chat_id AND m.role = 'user' AND m.id > :after
+    SELECT m.id, m.content, s.chat_type = 'private' FROM messages m
+    JOIN chat_sessions s ON s.id = m.session_id
+    WHERE m.user_id = :user_id AND s.chat_id = :chat_id AND m.role = 'user' AND m.id > :after
     ORDER BY m.id LIMIT :limit
     """
 )
@@ -190,28 +204,50 @@ def parse_operations(answer: str) -> list[Operation]:
 async def extract_facts(
     engine: AsyncEngine, model: ChatModel, settings: Settings, user_id: str, chat_id: str
 ) -> ExtractionRun:
-    """Extract facts from every full batch of the user's messages in a chat past the watermark.
+    """Extract facts from every full batch of the user's messages in a chat past the watermark,
+    and in a group of every other member's with a full batch too.
 
     Idempotent and safe to run concurrently (see the module docstring).
     """
     run = ExtractionRun()
-    every = settings.facts_every
-    if not every:
+    if not settings.facts_every:
         return run
+    # A group's message counter is the chat's, so the trigger lands on whoever spoke at that
+    # moment: the job serves every member who has a full batch waiting.
+    async with engine.connect() as conn:
+        others = [
+            r[0]
+            for r in await conn.execute(_GROUP_AUTHORS, {"chat_id": chat_id, "user_id": user_id})
+        ]
+    for author in [user_id, *others]:
+        await _extract_for(engine, model, settings, author, chat_id, run)
+    return run
+
+
+async def _extract_for(
+    engine: AsyncEngine,
+    model: ChatModel,
+    settings: Settings,
+    user_id: str,
+    chat_id: str,
+    run: ExtractionRun,
+) -> None:
+    every = settings.facts_every
     key = {"user_id": user_id, "chat_id": chat_id}
     while True:
         async with engine.connect() as conn:
             after = (await conn.execute(_WATERMARK, key)).scalar_one_or_none() or 0
-            batch = [
-                (r[0], r[1])
-                for r in await conn.execute(
+            found = list(
+                await conn.execute(
                     _BATCH, {"user_id": user_id, "chat_id": chat_id, "after": after, "limit": every}
                 )
-            ]
-            if len(batch) < every:
+            )
+            if len(found) < every:
                 await conn.rollback()
-                return run
-            known = await _similar(conn, settings, user_id, chat_id, batch)
+                return
+            batch = [(r[0], r[1]) for r in found]
+            private = all(r[2] for r in found)
+            known = await _similar(conn, settings, user_id, chat_id, private, batch)
             await conn.rollback()  # no connection is held across the LLM call
 
         operations, completions = await _ask(model, settings, extraction_prompt(known, batch))
@@ -241,7 +277,7 @@ async def extract_facts(
                     conn,
                     run,
                     user_id,
-                    chat_id,
+                    None if private else chat_id,
                     batch,
                     batch_left,
                     known,
@@ -278,6 +314,7 @@ async def _similar(
     settings: Settings,
     user_id: str,
     chat_id: str,
+    private: bool,
     batch: Sequence[tuple[int, str]],
 ) -> list[Known]:
     rows = await conn.execute(
@@ -286,7 +323,7 @@ async def _similar(
             "cfg": settings.rag_fts_config,
             "batch": "\n".join(c for _, c in batch),
             "user_id": user_id,
-            "all_chats": chat_id == user_id or settings.facts_in_groups,
+            "all_chats": private or settings.facts_in_groups,
             "chat_id": chat_id,
             "limit": SIMILAR_FACTS,
         },
@@ -324,16 +361,15 @@ async def _apply(
     conn: AsyncConnection,
     run: ExtractionRun,
     user_id: str,
-    chat_id: str,
+    scope: str | None,
     batch: Sequence[tuple[int, str]],
     present: Sequence[tuple[int, str]],
     known: Sequence[Known],
     operations: Sequence[Operation],
     fts_config: str,
 ) -> None:
-    # Facts learned in a private chat (a Telegram private chat's id is the user's id) carry no
-    # chat; a group's carry it, so the group's prompt can show only those.
-    scope = None if chat_id == user_id else chat_id
+    # `scope`: facts learned in a private chat carry no chat; a group's carry it, so the
+    # group's prompt can show only those.
     known_ids = {k.id for k in known}
     contents = [k.content for k in known]
     alive = {m for m, _ in present}

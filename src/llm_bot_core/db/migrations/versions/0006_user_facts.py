@@ -1,7 +1,7 @@
 """user facts: the facts table and the per user+chat extraction watermark and cost counters
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 04:00:00
 
 Issue 14. Facts are user-keyed, not session-keyed: erasing a session deletes the facts whose
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
