@@ -123,11 +123,13 @@ async def test_a_malformed_answer_is_asked_again_once_then_the_batch_is_skipped(
     async with running_app(off) as client:
         await seed(client, ["My car is Volvo.", "Hello.", "My dog is Rex.", "Bye."])
     settings = make_settings(clean_db, llm_server.base_url, facts_every=2)
-    model = OpenAIChatModel(settings)
+    model = OpenAIChatModel(settings.llm)
     engine = create_async_engine(clean_db)
     skipped_before = FACT_BATCHES.labels("skipped")._value.get()
     fake_llm.malformed_facts = 1  # the first batch: one bad answer, then a good one
-    first = await extract_facts(engine, model, settings, ALICE, ALICE)
+    first = await extract_facts(
+        engine, model, settings.memory, ALICE, ALICE, fts_config=settings.rag.rag_fts_config
+    )
     assert (first.batches, first.skipped, first.added) == (2, 0, 2)
     assert await current_facts(db) == ["Car is Volvo", "Dog is Rex"]
     assert "response_format" not in fake_llm.fact_requests[1]  # the retry asks plainly
@@ -136,8 +138,12 @@ async def test_a_malformed_answer_is_asked_again_once_then_the_batch_is_skipped(
         await seed(client, ["My cat is Tom.", "Ok."])
     fake_llm.malformed_facts = 2
     try:
-        second = await extract_facts(engine, model, settings, ALICE, ALICE)
-        again = await extract_facts(engine, model, settings, ALICE, ALICE)
+        second = await extract_facts(
+            engine, model, settings.memory, ALICE, ALICE, fts_config=settings.rag.rag_fts_config
+        )
+        again = await extract_facts(
+            engine, model, settings.memory, ALICE, ALICE, fts_config=settings.rag.rag_fts_config
+        )
     finally:
         await engine.dispose()
         await model.aclose()
@@ -158,11 +164,21 @@ async def test_concurrent_jobs_consider_each_message_once_and_store_each_fact_on
         await seed(client, [f"My hobby{i} is sport{i}." for i in range(7)])
     settings = make_settings(clean_db, llm_server.base_url, facts_every=2)
     fake_llm.facts_latency = 0.05  # the jobs overlap while each waits for the model
-    model = OpenAIChatModel(settings)
+    model = OpenAIChatModel(settings.llm)
     engine = create_async_engine(clean_db)
     try:
         runs = await asyncio.gather(
-            *(extract_facts(engine, model, settings, ALICE, ALICE) for _ in range(5))
+            *(
+                extract_facts(
+                    engine,
+                    model,
+                    settings.memory,
+                    ALICE,
+                    ALICE,
+                    fts_config=settings.rag.rag_fts_config,
+                )
+                for _ in range(5)
+            )
         )
     finally:
         await engine.dispose()

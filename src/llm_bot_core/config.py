@@ -453,10 +453,6 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         raise ConfigError(f"invalid settings: {describe_errors(exc)}") from exc
 
-    @property
-    def effective_facts_model(self) -> str:
-        return self.facts_model or self.effective_summary_model
-
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -41,7 +41,9 @@ def build_jobs(
         from llm_bot_core.worker.dispatch import CeleryJobs
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
-    return InProcessJobs(engine, model, settings.memory, semantic)
+    return InProcessJobs(
+        engine, model, settings.memory, semantic, fts_config=settings.rag.rag_fts_config
+    )
 
 
 def create_app(settings: Settings | None = None, *, model: ChatModel | None = None) -> FastAPI:
@@ -62,7 +64,12 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
         )
         jobs = build_jobs(settings, engine, chat_model, semantic)
         chat = ChatService(
-            engine=engine, model=chat_model, semantic=semantic, jobs=jobs, settings=settings.memory
+            engine=engine,
+            model=chat_model,
+            semantic=semantic,
+            jobs=jobs,
+            settings=settings.memory,
+            fts_config=settings.rag.rag_fts_config,
         )
         app.state.services = Services(
             settings=settings,
@@ -72,7 +79,7 @@ def create_app(settings: Settings | None = None, *, model: ChatModel | None = No
             jobs=jobs,
             chat=chat,
             erase=EraseService(engine=engine, semantic=semantic),
-            facts=FactService(engine, fts_config=settings.rag_fts_config),
+            facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
         )
         try:
             yield

@@ -58,6 +58,7 @@ class ChatService:
         semantic: SemanticMemory,
         jobs: JobQueue,
         settings: MemorySettings,
+        fts_config: str,
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -66,6 +67,9 @@ class ChatService:
         self._semantic = semantic
         self._jobs = jobs
         self._settings = settings
+        # The text search configuration of semantic memory (RAG_FTS_CONFIG): facts are
+        # ranked against the message with the same one.
+        self._fts_config = fts_config
         self._streams = BackgroundTasks(_log_failure)
 
     async def handle(
@@ -237,7 +241,7 @@ class ChatService:
             user_id=user_id,
             chat_id=chat_id,
             all_chats=user.private or settings.facts_in_groups,
-            fts_config=settings.rag_fts_config,
+            fts_config=self._fts_config,
             message=text,
             budget=settings.profile_tokens,
         )

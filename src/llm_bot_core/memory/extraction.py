@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from llm_bot_core.config import Settings
+from llm_bot_core.config import MemorySettings
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion, LLMBadResponse
 from llm_bot_core.memory.facts import (
     insert_fact,
@@ -202,7 +202,13 @@ def parse_operations(answer: str) -> list[Operation]:
 
 
 async def extract_facts(
-    engine: AsyncEngine, model: ChatModel, settings: Settings, user_id: str, chat_id: str
+    engine: AsyncEngine,
+    model: ChatModel,
+    settings: MemorySettings,
+    user_id: str,
+    chat_id: str,
+    *,
+    fts_config: str,
 ) -> ExtractionRun:
     """Extract facts from every full batch of the user's messages in a chat past the watermark,
     and in a group of every other member's with a full batch too.
@@ -220,14 +226,15 @@ async def extract_facts(
             for r in await conn.execute(_GROUP_AUTHORS, {"chat_id": chat_id, "user_id": user_id})
         ]
     for author in [user_id, *others]:
-        await _extract_for(engine, model, settings, author, chat_id, run)
+        await _extract_for(engine, model, settings, fts_config, author, chat_id, run)
     return run
 
 
 async def _extract_for(
     engine: AsyncEngine,
     model: ChatModel,
-    settings: Settings,
+    settings: MemorySettings,
+    fts_config: str,
     user_id: str,
     chat_id: str,
     run: ExtractionRun,
@@ -247,7 +254,7 @@ async def _extract_for(
                 return
             batch = [(r[0], r[1]) for r in found]
             private = all(r[2] for r in found)
-            known = await _similar(conn, settings, user_id, chat_id, private, batch)
+            known = await _similar(conn, settings, fts_config, user_id, chat_id, private, batch)
             await conn.rollback()  # no connection is held across the LLM call
 
         operations, completions = await _ask(model, settings, extraction_prompt(known, batch))
@@ -282,7 +289,7 @@ async def _extract_for(
                     batch_left,
                     known,
                     operations,
-                    settings.rag_fts_config,
+                    fts_config,
                 )
             await conn.execute(
                 _ADVANCE,
@@ -311,7 +318,8 @@ async def _extract_for(
 
 async def _similar(
     conn: AsyncConnection,
-    settings: Settings,
+    settings: MemorySettings,
+    fts_config: str,
     user_id: str,
     chat_id: str,
     private: bool,
@@ -320,7 +328,7 @@ async def _similar(
     rows = await conn.execute(
         _SIMILAR,
         {
-            "cfg": settings.rag_fts_config,
+            "cfg": fts_config,
             "batch": "\n".join(c for _, c in batch),
             "user_id": user_id,
             "all_chats": private or settings.facts_in_groups,
@@ -332,7 +340,7 @@ async def _similar(
 
 
 async def _ask(
-    model: ChatModel, settings: Settings, prompt: list[ChatMessage]
+    model: ChatModel, settings: MemorySettings, prompt: list[ChatMessage]
 ) -> tuple[list[Operation] | None, list[Completion]]:
     """The operations, or None after two unusable answers. The first try asks for structured
     output; a provider that refuses it (4xx) or an unparsable answer gets one plain retry."""

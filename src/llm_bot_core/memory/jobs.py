@@ -75,11 +75,14 @@ class InProcessJobs:
         model: ChatModel,
         settings: MemorySettings,
         semantic: SemanticMemory,
+        *,
+        fts_config: str,
     ) -> None:
         self._engine = engine
         self._model = model
         self._settings = settings
         self._semantic = semantic
+        self._fts_config = fts_config  # RAG_FTS_CONFIG, for the facts a batch is compared with
         self._tasks = BackgroundTasks(on_failure=_log_failure)
         # One summarizer per session at a time in this process; the job itself is safe to run
         # concurrently, this only avoids paying the LLM twice for the same chunk.
@@ -127,7 +130,9 @@ class InProcessJobs:
                 await timed_job(
                     "facts",
                     queued_at,
-                    lambda: extract_facts(self._engine, self._model, self._settings, *key),
+                    lambda: extract_facts(
+                        self._engine, self._model, self._settings, *key, fts_config=self._fts_config
+                    ),
                 )
         finally:
             self._waiting.discard(task)

@@ -138,7 +138,14 @@ def extract_facts_task(user_id: str, chat_id: str, queued_at: float | None = Non
         timed_job(
             "facts",
             queued_at,
-            lambda: extract_facts(rt.engine, rt.model, rt.settings, user_id, chat_id),
+            lambda: extract_facts(
+                rt.engine,
+                rt.model,
+                rt.settings.memory,
+                user_id,
+                chat_id,
+                fts_config=rt.settings.rag.rag_fts_config,
+            ),
         )
     )
     return result.batches
