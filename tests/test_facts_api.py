@@ -46,8 +46,8 @@ async def test_a_posted_fact_is_in_the_next_system_message_after_the_instruction
 
     await say(app_client, ALICE, ALICE, "What can I eat?")
     system = system_message(fake_llm)
-    assert system.startswith(settings.system_prompt)
-    profile = system[len(settings.system_prompt) :]
+    assert system.startswith(settings.memory.system_prompt)
+    profile = system[len(settings.memory.system_prompt) :]
     assert PROFILE_HEADER in profile and "- Allergic to peanuts (since " in profile
 
 
