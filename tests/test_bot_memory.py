@@ -165,3 +165,47 @@ async def test_memory_commands_stay_out_of_groups_and_are_in_the_command_menu(
              for m in telegram.calls_to("setMyCommands")}
     for language in (None, "ru"):
         assert {"memory", "forget", "forget_all", "remember"} <= set(menus[language])
+
+
+async def test_memory_calls_repeat_on_transient_failures_and_not_on_a_missing_fact() -> None:
+    from aiohttp import web
+
+    from llm_bot_core.bot.api_client import BackendClient, BackendError
+    from llm_bot_core.bot.config import BotSettings
+    from tests.bot_support import free_port
+
+    seen: list[tuple[str, str]] = []
+    script: list[tuple[int, dict[str, object]]] = [
+        (503, {"type": "error", "code": "database_unavailable", "message": "db"}),
+        (502, {"detail": "bad gateway"}),  # a proxy answering for a restarting backend
+        (200, {"facts": [{"id": 5, "content": "Likes tea", "source": "user",
+                          "created_at": "2026-12-01T04:00:00+00:00", "superseded_at": None,
+                          "superseded_by": None}]}),
+        (404, {"type": "error", "code": "fact_not_found", "message": "no fact"}),
+    ]
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.method, request.raw_path))
+        status, body = script.pop(0)
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = BackendClient(BotSettings(
+        _env_file=None, bot_token="1:x", backend_url=f"http://127.0.0.1:{port}",
+        backend_retries=3, backend_retry_backoff=0.01, backend_timeout=5))
+    try:
+        facts = await client.list_facts(user_id="a/b")
+        assert [(f.id, f.content) for f in facts] == [(5, "Likes tea")]
+        with pytest.raises(BackendError) as missing:
+            await client.delete_fact(user_id="a/b", fact_id=5)
+        assert missing.value.code == "fact_not_found"
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+    assert seen == [("GET", "/v1/memory/users/a%2Fb/facts")] * 3 + [
+        ("DELETE", "/v1/memory/users/a%2Fb/facts/5")]  # the 404 was not repeated
