@@ -76,6 +76,7 @@ READ_ONLY: dict[str, frozenset[str]] = {
             "created_at",
             "superseded_at",
             "superseded_by",
+            "lexemes",
         }
     ),
 }
@@ -157,6 +158,8 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "superseded_at": {"sort": 5, "width": "half", "display": "datetime"},
         "superseded_by": {"sort": 6, **_many_to_one("{{content}}")},
         "importance": {"sort": 7, "width": "half"},
+        # The backend's search terms for the content; cleared when an edit changes the content.
+        "lexemes": {"hidden": True},
     },
 }
 
