@@ -2,7 +2,7 @@
 questions through `/v1/chat/handle`, score the answers with an LLM judge. Prints one JSON object.
 
     # the backend running with the model under test (any OpenAI-compatible endpoint)
-    python bench/memory_qa.py --backend-url http://127.0.0.1:8000 --api-key "$BACKEND_API_KEY" \\
+    python bench/memory_qa.py --backend-url http://127.0.0.1:8080 --api-key "$BACKEND_API_KEY" \\
         --judge-base-url https://api.openai.com/v1 --judge-model gpt-4o-mini \\
         --conversations 1 --questions 20                  # LoCoMo, a slice
     python bench/memory_qa.py --backend-url ... --data my_dialogues.json --judge-...
@@ -401,7 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend-url", default=env("MEMORY_QA_BACKEND_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--backend-url", default=env("MEMORY_QA_BACKEND_URL", "http://127.0.0.1:8080"))
     p.add_argument("--api-key", default=env("BACKEND_API_KEY"), help="the backend's bearer token")
     p.add_argument("--judge-base-url", default=env("JUDGE_BASE_URL", "https://api.openai.com/v1"))
     p.add_argument("--judge-api-key", default=env("JUDGE_API_KEY"))
