@@ -1,5 +1,5 @@
 """An in-place edit of a fact's content (the admin panel, psql) keeps the old wording as history
-(migration 0006): what an operator writes is in the next prompt, the old wording in none."""
+(migration 0007): what an operator writes is in the next prompt, the old wording in none."""
 
 from __future__ import annotations
 
