@@ -34,6 +34,8 @@ TABLES = (
     "lexical_stats",
     "llm_usage",
     "bot_users",
+    "facts",
+    "fact_extraction",
 )
 
 

@@ -33,7 +33,8 @@ async def test_webhook_mode_registers_itself_and_answers_updates(
         registered = telegram.calls_to("setWebhook")
         assert registered[0].params["url"] == url
         assert registered[0].params["secret_token"] == "hook-secret"
-        assert registered[0].params["allowed_updates"] == ["message"]
+        # Messages, and the presses of inline buttons (/forget, /forget_all).
+        assert registered[0].params["allowed_updates"] == ["callback_query", "message"]
 
         telegram.send_text("via webhook", chat_id=920)  # the fake POSTs it to the webhook
         sent = await telegram.wait_for("sendMessage", chat_id=920)

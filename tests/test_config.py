@@ -28,6 +28,8 @@ def sample(field: FieldInfo) -> tuple[str, object]:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     default = field.get_default(call_default_factory=True)
+    if field.examples:  # a validated value (a time zone) has its own valid sample
+        return str(field.examples[0]), field.examples[0]
     if typing.get_origin(annotation) is list:  # comma-separated in the environment
         return "first, second", ["first", "second"]
     if typing.get_origin(annotation) is Literal:

@@ -755,3 +755,60 @@ async def test_backend_keeps_working_while_directus_is_connected(
                           "SELECT count(*) FROM messages WHERE content LIKE 'parallel %'")
     assert stored == [(8,)]
     assert directus.server.healthy()
+
+
+# --- user facts (issue 14) -----------------------------------------------------------------------
+
+
+def test_facts_collection_operators_correct_with_history_kept_and_the_next_prompt_has_it(
+    directus: Directus, users: None, llm_server: FakeLLMServer
+) -> None:
+    settings = make_settings(directus.database_url, llm_server.base_url)
+
+    async def api(method: str, path: str, **kwargs: object) -> httpx.Response:
+        async with running_app(settings) as client:
+            return await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+    added = asyncio.run(api("POST", "/v1/memory/users/4242/facts",
+                            json={"content": "Lives in Moscow"}))
+    assert added.status_code == 201, added.text
+    fact_id = added.json()["id"]
+
+    with directus.login(VIEWER) as viewer:
+        listed = viewer.get("/items/facts", params={"filter[user_id][_eq]": "4242"})
+        assert listed.status_code == 200, listed.text
+        assert [f["content"] for f in listed.json()["data"]] == ["Lives in Moscow"]
+        assert viewer.patch(f"/items/facts/{fact_id}",
+                            json={"content": "x"}).status_code == 403
+        assert viewer.delete(f"/items/facts/{fact_id}").status_code == 403
+
+    with directus.login(OPERATOR) as op:
+        fixed = op.patch(f"/items/facts/{fact_id}", json={"content": "Lives in Berlin"})
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["data"]["source"] == "operator"
+        # History is visible: the old wording is an earlier version of the edited fact.
+        item = op.get(f"/items/facts/{fact_id}",
+                      params={"fields": "content,earlier_versions.content,"
+                                        "earlier_versions.superseded_at"}).json()["data"]
+        assert item["content"] == "Lives in Berlin"
+        assert [v["content"] for v in item["earlier_versions"]] == ["Lives in Moscow"]
+        assert item["earlier_versions"][0]["superseded_at"] is not None
+        assert op.post("/items/facts", json={"user_id": "4242", "content": "x",
+                                             "source": "operator"}).status_code == 403
+
+    llm_server.fake.reset()
+    answered = asyncio.run(api("POST", "/v1/chat/handle",
+                               json={"user_id": "4242", "chat_id": "4242", "text": "Where?"}))
+    assert answered.status_code == 200, answered.text
+    system = llm_server.fake.chat_requests[-1]["messages"][0]["content"]
+    assert "Lives in Berlin" in system and "Moscow" not in system
+    history = asyncio.run(api("GET", "/v1/memory/users/4242/facts", params={"history": "true"}))
+    assert [(f["content"], f["superseded_by"]) for f in history.json()["facts"]] == [
+        ("Lives in Moscow", fact_id), ("Lives in Berlin", None)]
+
+    with directus.login(OPERATOR) as op:  # deleting the fact in the panel: out of the prompt
+        assert op.delete(f"/items/facts/{fact_id}").status_code == 204
+    llm_server.fake.reset()
+    asyncio.run(api("POST", "/v1/chat/handle",
+                    json={"user_id": "4242", "chat_id": "4242", "text": "And now?"}))
+    assert "Berlin" not in str(llm_server.fake.chat_requests[-1]["messages"])

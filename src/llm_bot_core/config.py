@@ -220,6 +220,34 @@ class MemorySettings(_Group):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_reply_chars: int = Field(default=16000, ge=100)
 
+    # --- user facts (memory/facts.py, memory/extraction.py) -------------------------------
+    facts_every: int = Field(
+        default=6,
+        ge=0,
+        le=200,
+        description="Extract facts about the user every N of their messages; 0 turns it off.",
+    )
+    facts_model: str | None = Field(
+        default=None,
+        description="Model of fact extraction; default SUMMARY_MODEL, then the chat model.",
+    )
+    profile_tokens: int = Field(
+        default=300,
+        ge=0,
+        le=8000,
+        description="Budget of the user's profile (current facts) in the system message.",
+    )
+    facts_in_groups: bool = Field(
+        default=False,
+        description="Show facts learned in private chats in group chats too; off: a group's "
+        "prompt holds only what the speaker said in that group.",
+    )
+
+    @property
+    def effective_facts_model(self) -> str | None:
+        """None: the chat client's own chat model, as for summaries."""
+        return self.facts_model or self.summary_model
+
 
 class WorkerSettings(_Group):
     """Celery: whether summaries go through it, and the broker and queue they go to."""
@@ -287,7 +315,9 @@ class UsageSettings(_Group):
         "spend per day; 0: no limit. Per-user overrides live in bot_users.",
     )
     bot_timezone: str = Field(
-        default="UTC", description="IANA zone whose midnight starts a new budget day."
+        default="UTC",
+        description="IANA zone whose midnight starts a new budget day.",
+        examples=["Europe/Moscow"],
     )
     usage_flush_interval_ms: int = Field(
         default=200,

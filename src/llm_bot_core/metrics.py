@@ -66,6 +66,11 @@ JOBS = Counter(
     "Background jobs by kind (summary, index) and outcome (ok, failed, publish_failed).",
     ["job", "outcome"],
 )
+FACT_BATCHES = Counter(
+    "llmbot_fact_batches_total",
+    "Fact extraction batches by outcome (ok; skipped after two malformed answers).",
+    ["outcome"],
+)
 JOB_LAG = Histogram(
     "llmbot_job_queue_lag_seconds",
     "Time a background job waited between being queued and starting.",

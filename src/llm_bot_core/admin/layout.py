@@ -9,8 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 SPEC_TABLES = ("chat_sessions", "messages", "conversation_summaries", "embeddings")
+# What the bot knows about each user (issue 14). fact_extraction (watermarks and extraction
+# costs) is not registered: its primary key is composite, which Directus does not support.
+FACT_TABLES = ("facts",)
 # Usage accounting (read-only everywhere) and operators' per-user limits and bans.
 USAGE_TABLES = ("llm_usage", "bot_users")
+PANEL_TABLES = SPEC_TABLES + FACT_TABLES + USAGE_TABLES
 
 # Fixed ids make "is it already there?" a lookup by id, immune to renames in the UI.
 OPERATOR_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0001"
@@ -43,17 +47,24 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
         "display_template": "{{role}}: {{content}}",
         "sort": 4,
     },
+    "facts": {
+        "icon": "psychology",
+        "note": "What the bot knows about each user; the current ones (Superseded At empty) are "
+        "in every prompt. Editing the content keeps the old wording as an earlier version.",
+        "display_template": "{{content}}",
+        "sort": 5,
+    },
     "llm_usage": {
         "icon": "receipt_long",
         "note": "One row per model call: user, chat, purpose, model, tokens and cost.",
         "display_template": "{{purpose}} · {{model}} · {{user_id}}",
-        "sort": 5,
+        "sort": 6,
     },
     "bot_users": {
         "icon": "manage_accounts",
         "note": "Per-user daily token limits and bans; a row appears with a user's first call.",
         "display_template": "{{user_id}}",
-        "sort": 6,
+        "sort": 7,
     },
 }
 
@@ -68,6 +79,20 @@ READ_ONLY: dict[str, frozenset[str]] = {
         {"id", "session_id", "version", "created_at", "last_message_id"}
     ),
     "embeddings": frozenset({"id", "session_id", "message_id", "created_at"}),
+    # An operator corrects `content` (and `importance`); the rest is provenance and history.
+    "facts": frozenset(
+        {
+            "id",
+            "user_id",
+            "source",
+            "source_message_ids",
+            "chat_id",
+            "created_at",
+            "superseded_at",
+            "superseded_by",
+            "lexemes",
+        }
+    ),
     "llm_usage": frozenset(
         {
             "id",
@@ -87,6 +112,7 @@ READ_ONLY: dict[str, frozenset[str]] = {
 SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
 MESSAGE_TEMPLATE = "{{role}}: {{content}}"
 ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system", "tool")]
+FACT_SOURCES = [{"text": s, "value": s} for s in ("extracted", "user", "operator")]
 
 
 def _many_to_one(template: str) -> dict[str, Any]:
@@ -147,6 +173,22 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "content": {"interface": "input-multiline"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
+    "facts": {
+        "content": {"interface": "input-multiline", "sort": 1},
+        "user_id": {"sort": 2, "width": "half"},
+        "source": {
+            "sort": 3,
+            "width": "half",
+            "display": "labels",
+            "display_options": {"choices": FACT_SOURCES},
+        },
+        "created_at": {"sort": 4, "width": "half", "display": "datetime"},
+        "superseded_at": {"sort": 5, "width": "half", "display": "datetime"},
+        "superseded_by": {"sort": 6, **_many_to_one("{{content}}")},
+        "importance": {"sort": 7, "width": "half"},
+        # The backend's search terms for the content; cleared when an edit changes the content.
+        "lexemes": {"hidden": True},
+    },
     "llm_usage": {
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
     },
@@ -202,6 +244,8 @@ RELATIONS = (
     ),
     Relation("embeddings", "session_id", "chat_sessions", "memories", MESSAGE_TEMPLATE, 12),
     Relation("embeddings", "message_id", "messages"),
+    # A fact's history: the versions it replaced (their `superseded_by` points at it).
+    Relation("facts", "superseded_by", "facts", "earlier_versions", "{{content}}", 20),
 )
 
 # The table view's default columns; sorted newest first.
@@ -217,6 +261,8 @@ LIST_COLUMNS: dict[str, list[str]] = {
     "messages": ["role", "content", "session_id", "tokens", "created_at"],
     "conversation_summaries": ["session_id", "version", "content", "last_message_id", "created_at"],
     "embeddings": ["role", "content", "importance", "session_id", "created_at"],
+    # Current and superseded facts side by side: history is visible, newest first.
+    "facts": ["user_id", "content", "source", "created_at", "superseded_at", "superseded_by"],
     "llm_usage": [
         "created_at",
         "user_id",
@@ -229,7 +275,7 @@ LIST_COLUMNS: dict[str, list[str]] = {
     "bot_users": ["user_id", "blocked", "daily_token_limit", "note", "created_at"],
 }
 
-EDITABLE_BY_OPERATOR = ("messages", "chat_sessions", "bot_users")
+EDITABLE_BY_OPERATOR = ("messages", "chat_sessions", "facts", "bot_users")
 # Operators may also add a row: limit or block a user before their first message.
 CREATABLE_BY_OPERATOR = ("bot_users",)
 
@@ -248,8 +294,8 @@ OPERATOR = Access(
     OPERATOR_POLICY_ID,
     "Operator",
     "support_agent",
-    "Reads all dialogue data and usage; fixes or deletes messages and sessions; sets users' "
-    "daily limits and bans.",
+    "Reads all dialogue data and usage; fixes or deletes messages, sessions and facts; sets "
+    "users' daily limits and bans.",
 )
 VIEWER = Access(
     VIEWER_ROLE_ID,

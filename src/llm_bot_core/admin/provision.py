@@ -1,7 +1,8 @@
 """Idempotent provisioning of the admin panel through Directus's REST API.
 
-Registers the backend's tables as collections, gives them metadata, links the sessions to their
-messages and summaries, creates the Operator and Viewer roles, and the guard (guard.py) that keeps
+Registers the backend's tables as collections (the specification's four and the user facts),
+gives them metadata, links the sessions to their messages and summaries and a fact to its
+earlier versions, creates the Operator and Viewer roles, and the guard (guard.py) that keeps
 presets and comments to the roles' rules. Every step reads the current
 state first and writes only what differs, so a second run changes nothing. Nothing here issues
 DDL: Alembic owns the tables; Directus only stores its metadata in its own `directus_*` tables.
@@ -25,10 +26,10 @@ from llm_bot_core.admin.layout import (
     LIST_COLUMNS,
     OPERATOR,
     OPERATOR_ROLE_ID,
+    PANEL_TABLES,
     READ_ONLY,
     RELATIONS,
     SPEC_TABLES,
-    USAGE_TABLES,
     VIEWER,
     VIEWER_ROLE_ID,
     Access,
@@ -45,7 +46,7 @@ class Provisioner:
     """Brings a running Directus to the desired state; `run()` returns the changes it made."""
 
     client: httpx.Client
-    tables: tuple[str, ...] = SPEC_TABLES + USAGE_TABLES
+    tables: tuple[str, ...] = PANEL_TABLES
     changes: list[str] = field(default_factory=list)
 
     @classmethod

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
+from llm_bot_core.api.facts_routes import facts
 from llm_bot_core.api.limits import BodySizeLimit
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
@@ -24,6 +25,7 @@ from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
+from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
@@ -46,7 +48,9 @@ def build_jobs(
         from llm_bot_core.worker.dispatch import CeleryJobs
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
-    return InProcessJobs(engine, model, settings.memory, semantic, ledger)
+    return InProcessJobs(
+        engine, model, settings.memory, semantic, ledger, fts_config=settings.rag.rag_fts_config
+    )
 
 
 def create_app(
@@ -89,6 +93,7 @@ def create_app(
             settings=settings.memory,
             ledger=ledger,
             budgets=budgets,
+            fts_config=settings.rag.rag_fts_config,
         )
         app.state.services = Services(
             settings=settings,
@@ -100,6 +105,7 @@ def create_app(
             erase=EraseService(engine=engine, semantic=semantic, ledger=ledger),
             ledger=ledger,
             budgets=budgets,
+            facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
         )
         try:
             yield
@@ -125,6 +131,7 @@ def create_app(
     app.include_router(v1)
     app.include_router(memory)
     app.include_router(usage)
+    app.include_router(facts)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestMetrics)

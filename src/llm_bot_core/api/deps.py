@@ -15,6 +15,7 @@ from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
+from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.usage.budget import Budgets
@@ -34,6 +35,7 @@ class Services:
     erase: EraseService
     ledger: UsageLedger
     budgets: Budgets
+    facts: FactService
 
 
 async def get_services(request: Request) -> Services:
@@ -63,6 +65,13 @@ async def get_budgets(services: ServicesDep) -> Budgets:
 
 
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+
+
+async def get_fact_service(services: ServicesDep) -> FactService:
+    return services.facts
+
+
+FactServiceDep = Annotated[FactService, Depends(get_fact_service)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,9 +32,7 @@ _INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0") | frozenset
 
 def is_blank(text: str) -> bool:
     """True when `text` shows nothing: only whitespace and invisible characters."""
-    return all(
-        c.isspace() or c in _INVISIBLE or unicodedata.category(c) == "Cf" for c in text
-    )
+    return all(c.isspace() or c in _INVISIBLE or unicodedata.category(c) == "Cf" for c in text)
 
 
 def _integer_id(value: Any) -> Any:
@@ -145,3 +144,45 @@ class ErrorResponse(BaseModel):
     message: str
     details: list[dict[str, Any]] | None = None
     request_id: str | None = None
+
+
+# --- facts (api/facts_routes.py) -------------------------------------------------------------
+
+FACT_MAX_CHARS = 2000
+
+
+class Fact(BaseModel):
+    id: int
+    content: str
+    source: Literal["extracted", "user", "operator"]
+    created_at: datetime
+    superseded_at: datetime | None
+    superseded_by: int | None = Field(description="The fact that replaced this one, if any.")
+
+
+class FactList(BaseModel):
+    facts: list[Fact]
+
+
+class FactWrite(_Strict):
+    content: str = Field(
+        min_length=1,
+        max_length=FACT_MAX_CHARS,
+        pattern=NO_NUL,
+        examples=["Живу в Берлине с 2026 года."],
+    )
+    source: Literal["user", "operator"] = Field(
+        default="user", description="Who wrote it: the user (bot, API) or an operator."
+    )
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> FactWrite:
+        if is_blank(self.content):
+            raise ValueError("content must contain a visible character")
+        self.content = self.content.strip()
+        return self
+
+
+class FactDeleted(BaseModel):
+    status: Literal["ok"] = "ok"
+    deleted: int = Field(ge=1, description="Rows deleted: the fact and the versions it replaced.")

@@ -1,5 +1,6 @@
-"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`), `/v1/chat/reset` and
-`GET /v1/usage/users/{id}`."""
+"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`), `/v1/chat/reset`, the
+user's memory (`/v1/memory/users/{id}/facts`, `DELETE /v1/memory/users/{id}`) and usage
+(`GET /v1/usage/users/{id}`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -68,6 +71,16 @@ class Done:
     """The end of a streamed answer: its whole text, as the backend stored it."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserFact:
+    """A current fact about the user, as `GET /v1/memory/users/{id}/facts` lists it."""
+
+    id: int
+    content: str
+    source: str
+    created_at: datetime
 
 
 # A proxy in front of the backend answering for it (no error shape): the backend may be
@@ -221,8 +234,56 @@ class BackendClient:
             return data
         raise _error_of(response, request_id)
 
+    async def list_facts(
+        self, *, user_id: int | str, request_id: str | None = None
+    ) -> list[UserFact]:
+        """The user's current facts, oldest first (the order /memory numbers them in)."""
+        data = await self._send("GET", _facts_path(user_id), None, request_id)
+        try:
+            return [
+                UserFact(
+                    id=int(f["id"]),
+                    content=str(f["content"]),
+                    source=str(f["source"]),
+                    created_at=datetime.fromisoformat(f["created_at"]),
+                )
+                for f in data["facts"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(502, "bad_backend_response", f"unreadable facts: {exc}") from exc
+
+    async def add_fact(
+        self, *, user_id: int | str, content: str, request_id: str | None = None
+    ) -> str:
+        """Store a fact in the user's words; the content as stored."""
+        data = await self._send("POST", _facts_path(user_id), {"content": content}, request_id)
+        return str(data.get("content", content))
+
+    async def delete_fact(
+        self, *, user_id: int | str, fact_id: int, request_id: str | None = None
+    ) -> None:
+        """Forget one fact (and its earlier versions); BackendError fact_not_found if gone."""
+        await self._send("DELETE", f"{_facts_path(user_id)}/{fact_id}", None, request_id)
+
+    async def erase_user(self, *, user_id: int | str, request_id: str | None = None) -> int:
+        """Erase everything stored about the user; the number of messages deleted."""
+        data = await self._send("DELETE", _user_path(user_id), None, request_id)
+        return int(data.get("deleted_messages", 0))
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, request_id: str | None
+    ) -> dict[str, Any]:
+        # The memory calls are idempotent (adding a known fact returns it; deleting twice finds
+        # nothing the second time), so they repeat on every transient failure, like a reset.
+        async def once(path: str, _: dict[str, Any], request_id: str) -> dict[str, Any]:
+            return await self._request_once(method, path, body, request_id)
+
+        return await self._retrying(
+            path, _reset_may_retry, once, body or {}, request_id or str(uuid.uuid4())
+        )
 
     async def _post(
         self, path: str, body: dict[str, Any], request_id: str | None, may_retry: Any
@@ -281,9 +342,14 @@ class BackendClient:
         raise _error_of(response, request_id)
 
     async def _post_once(self, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        return await self._request_once("POST", path, body, request_id)
+
+    async def _request_once(
+        self, method: str, path: str, body: dict[str, Any] | None, request_id: str
+    ) -> dict[str, Any]:
         try:
-            response = await self._client.post(
-                path, json=body, headers={"X-Request-ID": request_id}
+            response = await self._client.request(
+                method, path, json=body, headers={"X-Request-ID": request_id}
             )
         except httpx.TransportError as exc:
             raise _unavailable(path, exc) from exc
@@ -349,3 +415,11 @@ def _seconds(value: str | None) -> float | None:
         return max(float(value), 0.0) if value else None
     except ValueError:
         return None  # an HTTP date; the backend sends seconds
+
+
+def _user_path(user_id: int | str) -> str:
+    return f"/v1/memory/users/{quote(str(user_id), safe='')}"
+
+
+def _facts_path(user_id: int | str) -> str:
+    return f"{_user_path(user_id)}/facts"

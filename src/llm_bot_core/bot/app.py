@@ -34,11 +34,19 @@ COMMANDS = {
         BotCommand(command="start", description="Start a new conversation"),
         BotCommand(command="usage", description="Today's usage and the daily limit"),
         BotCommand(command="help", description="What I can do"),
+        BotCommand(command="memory", description="What I know about you"),
+        BotCommand(command="remember", description="Remember a fact about you"),
+        BotCommand(command="forget", description="Forget a fact: number or words"),
+        BotCommand(command="forget_all", description="Erase everything about you"),
     ],
     "ru": [
         BotCommand(command="start", description="Начать новый диалог"),
         BotCommand(command="usage", description="Расход за сегодня и дневной лимит"),
         BotCommand(command="help", description="Что я умею"),
+        BotCommand(command="memory", description="Что я о вас знаю"),
+        BotCommand(command="remember", description="Запомнить факт о вас"),
+        BotCommand(command="forget", description="Забыть факт: номер или слова"),
+        BotCommand(command="forget_all", description="Стереть всё о вас"),
     ],
 }
 

@@ -21,13 +21,17 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ru": "Я отвечаю на текстовые сообщения и помню контекст разговора.\n\n"
         "/start — начать диалог заново (забыть текущий разговор)\n"
         "/usage — расход за сегодня и дневной лимит\n"
-        "/help — эта справка\n\n"
+        "/help — эта справка\n"
+        "/memory — что я о вас знаю; /forget — забыть факт; /forget_all — стереть всё\n"
+        "/remember текст — запомнить факт\n\n"
         "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
         "сообщение.",
         "en": "I answer text messages and remember the conversation.\n\n"
         "/start — start over (forget the current conversation)\n"
         "/usage — today's usage and your daily limit\n"
-        "/help — this help\n\n"
+        "/help — this help\n"
+        "/memory — what I know about you; /forget — forget a fact; /forget_all — erase all\n"
+        "/remember text — remember a fact\n\n"
         "In groups I answer when mentioned (@{username}) or when you reply to my message.",
     },
     "text_only": {
@@ -96,6 +100,67 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "error": {
         "ru": "Что-то пошло не так. Попробуйте ещё раз.",
         "en": "Something went wrong. Please try again.",
+    },
+    # --- the user's memory (handlers/memory.py) ---
+    "memory_private_only": {
+        "ru": "Память о вас показываю и меняю только в личном чате со мной.",
+        "en": "I show and change what I remember about you only in a private chat with me.",
+    },
+    "memory_empty": {
+        "ru": "Я пока ничего о вас не знаю. Расскажите о себе или используйте /remember.",
+        "en": "I don't know anything about you yet. Tell me about yourself or use /remember.",
+    },
+    "memory_header": {
+        "ru": "Что я о вас знаю:",
+        "en": "What I know about you:",
+    },
+    "memory_footer": {
+        "ru": "Забыть: /forget номер или /forget слова. Стереть всё: /forget_all.",
+        "en": "To forget: /forget number or /forget words. To erase everything: /forget_all.",
+    },
+    "remember_usage": {
+        "ru": "Напишите, что запомнить: /remember У меня аллергия на орехи",
+        "en": "Tell me what to remember: /remember I'm allergic to nuts",
+    },
+    "remembered": {
+        "ru": "Запомнил: {fact}",
+        "en": "Remembered: {fact}",
+    },
+    "forget_usage": {
+        "ru": "Что забыть? /forget номер из /memory или /forget слова из факта.",
+        "en": "What should I forget? /forget a number from /memory or /forget words of the fact.",
+    },
+    "forget_no_number": {
+        "ru": "Факта с номером {number} нет. Посмотрите список: /memory",
+        "en": "There is no fact number {number}. See the list: /memory",
+    },
+    "forget_no_match": {
+        "ru": "Не нашёл фактов со словами «{words}». Посмотрите список: /memory",
+        "en": 'I found no fact with the words "{words}". See the list: /memory',
+    },
+    "forget_choose": {
+        "ru": "Под «{words}» подходит несколько фактов. Какой забыть?",
+        "en": 'Several facts match "{words}". Which one should I forget?',
+    },
+    "forgotten": {
+        "ru": "Забыл: {fact}",
+        "en": "Forgotten: {fact}",
+    },
+    "forget_gone": {
+        "ru": "Этого факта уже нет.",
+        "en": "That fact is already gone.",
+    },
+    "forget_all_confirm": {
+        "ru": "Стереть всё, что я о вас храню: сообщения, сводки и факты? Это необратимо.",
+        "en": "Erase everything I store about you: messages, summaries and facts? "
+        "This cannot be undone.",
+    },
+    "forget_all_yes": {"ru": "Да, стереть всё", "en": "Yes, erase everything"},
+    "cancel": {"ru": "Отмена", "en": "Cancel"},
+    "cancelled": {"ru": "Отменено.", "en": "Cancelled."},
+    "forget_all_done": {
+        "ru": "Готово: я стёр всё, что о вас хранил ({messages} сообщ.).",
+        "en": "Done: I erased everything I stored about you ({messages} messages).",
     },
 }
 

@@ -1,4 +1,5 @@
-"""Tables of the specification: chat_sessions, messages, conversation_summaries, embeddings."""
+"""Tables of the specification: chat_sessions, messages, conversation_summaries, embeddings,
+and the user facts of semantic memory (facts, fact_extraction)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID_MAX_LEN = 128
@@ -274,6 +275,77 @@ class LexicalStat(Base):
     len: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
 
+class Fact(Base):
+    """An atomic fact about a user; a correction supersedes it instead of overwriting it.
+
+    Current facts have `superseded_at` NULL. An update points the old version at its successor
+    (`superseded_by`); a retraction sets `superseded_at` alone. `chat_id` is where the fact was
+    learned when that was a group chat, NULL for private chats and facts written through the API
+    or the admin panel: with FACTS_IN_GROUPS=false a group's prompt shows only its own facts.
+    """
+
+    __tablename__ = "facts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Positions in the messages id sequence, not foreign keys (like a summary's watermark):
+    # erasing messages deletes the facts whose sources they were (memory/erase.py).
+    source_message_ids: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'")
+    )
+    importance: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0.5"))
+    chat_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    superseded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    superseded_by: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("facts.id", ondelete="SET NULL")
+    )
+    # The content's lexemes under RAG_FTS_CONFIG, written with it by the app; an edit elsewhere
+    # (Directus) resets them to NULL (trigger, migration 0006) and readers compute them instead.
+    lexemes: Mapped[str | None] = mapped_column(TSVECTOR)
+
+    __table_args__ = (
+        CheckConstraint("source IN ('extracted', 'user', 'operator')", name="source_known"),
+        CheckConstraint("importance >= 0 AND importance <= 1", name="importance_range"),
+        CheckConstraint(
+            "superseded_by IS NULL OR superseded_at IS NOT NULL", name="successor_needs_time"
+        ),
+        # The profile reads a user's current facts on every request.
+        Index(
+            "ix_facts_user_id_current", "user_id", postgresql_where=text("superseded_at IS NULL")
+        ),
+        # Erasing messages finds the facts derived from them.
+        Index("ix_facts_source_message_ids", "source_message_ids", postgresql_using="gin"),
+    )
+
+
+class FactExtraction(Base):
+    """Per user and chat: the extraction watermark and what extraction has cost so far.
+
+    `chat_id` is the chat the messages were written in. Every user message with an id above
+    `last_message_id` has not been considered yet; a batch moves the watermark in the
+    transaction that writes its facts. The counters are for operators: tokens per user is
+    `SELECT user_id, sum(prompt_tokens + completion_tokens) FROM fact_extraction GROUP BY 1`.
+    """
+
+    __tablename__ = "fact_extraction"
+
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    chat_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    last_message_id: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    skipped_batches: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
 chat_sessions = ChatSession.__table__
 messages = Message.__table__
 conversation_summaries = ConversationSummary.__table__
@@ -281,3 +353,5 @@ embeddings = EmbeddingRecord.__table__
 rag_outbox = RagOutbox.__table__
 llm_usage = LlmUsage.__table__
 bot_users = BotUser.__table__
+facts = Fact.__table__
+fact_extraction = FactExtraction.__table__

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 from llm_bot_core.errors import CoreError
 
@@ -67,8 +67,13 @@ class ChatModel(Protocol):
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
-        """One chat completion; raises LLMError subclasses only."""
+        """One chat completion; raises LLMError subclasses only.
+
+        `response_format` is passed through as the OpenAI API's field (structured output); a
+        provider that does not support it answers 4xx, i.e. LLMBadResponse.
+        """
         ...
 
     def stream(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion, LLMUnavailable, StreamItem
 
@@ -33,11 +34,14 @@ class FallbackChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         chain = self._chain(model)
         for index, name in enumerate(chain):
             try:
-                completion = await self._model.complete(messages, model=name, max_tokens=max_tokens)
+                completion = await self._model.complete(
+                    messages, model=name, max_tokens=max_tokens, response_format=response_format
+                )
             except LLMUnavailable as exc:
                 if index == len(chain) - 1:
                     raise

@@ -80,9 +80,13 @@ class HttpChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
-        body = orjson.dumps(self._payload(messages, model_name, max_tokens))
+        payload = self._payload(messages, model_name, max_tokens)
+        if response_format is not None:
+            payload["response_format"] = response_format
+        body = orjson.dumps(payload)
         started = time.perf_counter()
         data = await self._post_with_retries(body)
         seconds = time.perf_counter() - started

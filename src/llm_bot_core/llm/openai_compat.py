@@ -51,6 +51,7 @@ class OpenAIChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
         started = time.perf_counter()
@@ -62,7 +63,7 @@ class OpenAIChatModel:
             # model cost about 0.4 ms of CPU per call, and we read four fields of it.
             response: Any = await self._client.post(
                 "/chat/completions",
-                body=self._payload(messages, model_name, max_tokens),
+                body=self._payload(messages, model_name, max_tokens, response_format),
                 cast_to=object,
             )
         except openai.APIError as exc:
@@ -118,7 +119,11 @@ class OpenAIChatModel:
         )
 
     def _payload(
-        self, messages: list[ChatMessage], model_name: str, max_tokens: int | None
+        self,
+        messages: list[ChatMessage],
+        model_name: str,
+        max_tokens: int | None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model_name,
@@ -129,6 +134,8 @@ class OpenAIChatModel:
             payload["temperature"] = self._settings.llm_temperature
         if self._settings.is_openrouter:
             payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
+        if response_format is not None:
+            payload["response_format"] = response_format
         return payload
 
     async def aclose(self) -> None:
@@ -149,6 +156,7 @@ class UnconfiguredChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Completion:
         raise LLMNotConfigured(self.MESSAGE)
 

@@ -9,15 +9,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import MemorySettings
 from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
+from llm_bot_core.memory.facts import Profile, read_profile
 from llm_bot_core.memory.jobs import JobQueue
-from llm_bot_core.memory.prompt import build_prompt
+from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
 from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
 from llm_bot_core.metrics import metered_completion, metered_stream
@@ -45,6 +46,7 @@ class _Turn:
     prompt: list[ChatMessage]
     user_id: str
     """Who wrote the message: the answer is stored as answering them."""
+    chat_id: str
     account: Account
 
 
@@ -61,6 +63,7 @@ class ChatService:
         settings: MemorySettings,
         ledger: UsageLedger,
         budgets: Budgets,
+        fts_config: str,
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -69,6 +72,9 @@ class ChatService:
         self._semantic = semantic
         self._jobs = jobs
         self._settings = settings
+        # The text search configuration of semantic memory (RAG_FTS_CONFIG): facts are
+        # ranked against the message with the same one.
+        self._fts_config = fts_config
         self._streams = BackgroundTasks(_log_failure)
         self._ledger = ledger
         self._budgets = budgets
@@ -96,7 +102,7 @@ class ChatService:
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
             # worth remembering even when the model failed to answer it.
-            self._after_store(turn.user)
+            self._after_store(turn.user, turn)
         answer = completion.text[: self._settings.max_reply_chars]
         return await self._finish(turn, answer, completion)
 
@@ -146,7 +152,7 @@ class ChatService:
                 if piece:
                     reply.push(piece)
         finally:
-            self._after_store(turn.user)
+            self._after_store(turn.user, turn)
         assert completion is not None  # a stream ends with its Completion or raises
         return await self._finish(turn, text.text, completion)
 
@@ -180,6 +186,9 @@ class ChatService:
                     user_name=user_name,
                     gate=gate,
                 )
+                profile = await self._profile(
+                    conn, user, user_id=user_id, chat_id=chat_id, text=text
+                )
         except store.Refused as refused:
             raise self._budgets.refusal(
                 blocked=refused.blocked, spent=refused.spent, limit=refused.limit
@@ -197,15 +206,25 @@ class ChatService:
             query=text,
             exclude_message_ids=[m.id for m in recent],
         )
-        system_prompt = settings.system_prompt
+        system_prompt, profile_header = settings.system_prompt, PROFILE_HEADER
         if not user.private:
             system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
+            profile_header = GROUP_PROFILE_HEADER
             recent, facts = label_turns(recent), label_facts(facts)
+        prompt = build_prompt(
+            system_prompt,
+            summary,
+            recent,
+            [*profile.related, *facts],
+            profile.lines,
+            profile_header,
+        )
         return _Turn(
             user,
-            build_prompt(system_prompt, summary, recent, facts),
-            user_id,
-            self._ledger.account(user_id, chat_id),
+            prompt,
+            user_id=user_id,
+            chat_id=chat_id,
+            account=self._ledger.account(user_id, chat_id),
         )
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
@@ -221,7 +240,7 @@ class ChatService:
             )
         if assistant is None:  # the session was deleted while the model was answering
             raise SessionGone(turn.user.session_id)
-        self._after_store(assistant)
+        self._after_store(assistant, turn)
         return Reply(
             text=answer,
             session_id=turn.user.session_id,
@@ -243,10 +262,33 @@ class ChatService:
                 raise ValueError("chat_id or session_id is required")
         return len(closed)
 
-    def _after_store(self, appended: store.Appended) -> None:
+    async def _profile(
+        self, conn: AsyncConnection, user: store.Appended, *, user_id: str, chat_id: str, text: str
+    ) -> Profile:
+        settings = self._settings
+        # In a group the profile is the current speaker's, and by default only what they said
+        # in that group: facts from private chats stay private. The session's kind decides,
+        # not the request's (as for recall).
+        return await read_profile(
+            conn,
+            user_id=user_id,
+            chat_id=chat_id,
+            all_chats=user.private or settings.facts_in_groups,
+            fts_config=self._fts_config,
+            message=text,
+            budget=settings.profile_tokens,
+        )
+
+    def _after_store(self, appended: store.Appended, turn: _Turn) -> None:
         self._jobs.index([appended.message_id])
         if appended.messages_since_summary >= self._settings.summary_threshold:
             self._jobs.summarize(appended.session_id, appended.messages_since_summary)
+        every = self._settings.facts_every
+        # The counter passes every value between two summaries, and a user message and its
+        # answer are two of them: this fires about once per FACTS_EVERY user messages. The job
+        # counts what is really pending past its watermark, so a missed trigger costs nothing.
+        if every and appended.messages_since_summary % (2 * every) == 0:
+            self._jobs.extract_facts(turn.user_id, turn.chat_id)
 
 
 def _log_failure(task: asyncio.Task[Any], exc: BaseException) -> None:

@@ -9,6 +9,9 @@ This is the one place that knows all those stores:
     embeddings (metadata and lexemes)      ON DELETE CASCADE from chat_sessions and messages
     lexical_stats                          the triggers on embeddings (migration 0003)
     rag_outbox                             ON DELETE CASCADE from messages
+    facts                                  the DELETEs below: derived from erased messages
+                                           (source_message_ids), or all of an erased user's
+    fact_extraction (watermarks, costs)    erase_user's DELETE
     llm_usage                              kept, anonymised (erase_user)
     bot_users                              the DELETE in erase_user
 
@@ -17,9 +20,9 @@ them) are deleted one by one, with the summaries built from them, and the messag
 them as context are indexed again (see erase_user).
 
 Vectors go first: if their store is unreachable this raises and nothing is deleted, so a retry
-can finish the job; the reverse order could leave vectors nobody can find to delete. A new store
-keyed by the user rather than by a session (facts, say) gets its DELETE in `erase_user`, inside
-the same transaction as the sessions.
+can finish the job; the reverse order could leave vectors nobody can find to delete. A store keyed
+by the user rather than by a session (facts) gets its DELETE in `erase_user`, inside the same
+transaction as the sessions.
 
 Usage rows hold no content, only what a call cost; the operator's accounting (tokens and cost per
 day, model and purpose) must not change when a user leaves, so erasing a user keeps their rows
@@ -37,6 +40,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.config import CONTEXT_TURNS_MAX
+from llm_bot_core.memory.facts import lock_user_facts
 from llm_bot_core.rag.base import Scope, SemanticMemory
 from llm_bot_core.usage.ledger import UsageLedger
 
@@ -49,6 +53,16 @@ SELECT (SELECT count(*) FROM gone),
 _DELETE_SESSION = text(_DELETE_SESSIONS.format(where="id = CAST(:value AS uuid)"))
 # A private chat's session has its user; a group's has none (migration 0005).
 _DELETE_SESSIONS_OF_USER = text(_DELETE_SESSIONS.format(where="user_id = :value"))
+# Facts extracted from a session's messages go with them (a fact also drawn from a message of
+# another session goes too: it carries what the erased message said).
+# The row locks make a concurrent extraction (which key-share locks its batch's messages) either
+# commit first, so the DELETE after this sees its facts, or wait and find the messages gone.
+_LOCK_MESSAGES_OF_SESSION = text(
+    "SELECT id FROM messages WHERE session_id = CAST(:value AS uuid) FOR UPDATE"
+)
+_DELETE_FACTS_FROM = text("DELETE FROM facts WHERE source_message_ids && CAST(:ids AS bigint[])")
+_DELETE_FACTS_OF_USER = text("DELETE FROM facts WHERE user_id = :value")
+_DELETE_EXTRACTION_OF_USER = text("DELETE FROM fact_extraction WHERE user_id = :value")
 _ANONYMISE_USAGE = text(
     "UPDATE llm_usage SET user_id = NULL, chat_id = NULL WHERE user_id = :value"
 )
@@ -123,12 +137,14 @@ class EraseService:
         """Delete one session with its messages, summaries and everything indexed from them."""
         await self._semantic.forget(Scope(session_id=session_id))
         async with self._engine.begin() as conn:
+            locked = await conn.execute(_LOCK_MESSAGES_OF_SESSION, {"value": str(session_id)})
+            await conn.execute(_DELETE_FACTS_FROM, {"ids": [r[0] for r in locked]})
             return await _delete_sessions(conn, _DELETE_SESSION, str(session_id))
 
     async def erase_user(self, user_id: str) -> Erased:
         """Delete a user's private sessions, and in every other chat their messages and the
-        answers to them, with everything derived from them; the groups and the other members'
-        messages stay."""
+        answers to them, with everything derived from them (their facts too); the groups and
+        the other members' messages stay."""
         async with self._engine.connect() as conn:
             elsewhere = [r[0] for r in await conn.execute(text(_ELSEWHERE), {"value": user_id})]
         await self._semantic.forget(Scope(user_id=user_id))
@@ -136,6 +152,9 @@ class EraseService:
         # Records still waiting in this process's ledger are anonymised with the rest.
         await self._ledger.flush()
         async with self._engine.begin() as conn:
+            await lock_user_facts(conn, user_id)  # an extraction in flight commits first
+            await conn.execute(_DELETE_FACTS_OF_USER, {"value": user_id})
+            await conn.execute(_DELETE_EXTRACTION_OF_USER, {"value": user_id})
             private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
             await conn.execute(_ANONYMISE_USAGE, {"value": user_id})
             await conn.execute(_FORGET_USER, {"value": user_id})

@@ -1,4 +1,4 @@
-"""Background work queued after a request's transaction commits: summaries and indexing."""
+"""Background work queued after a request's transaction commits: summaries, indexing, facts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import MemorySettings
 from llm_bot_core.llm.base import ChatModel
+from llm_bot_core.memory.extraction import extract_facts
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
@@ -41,6 +42,11 @@ class JobQueue(Protocol):
 
     def index(self, message_ids: Sequence[int]) -> None:
         """Queue semantic indexing of stored messages; returns at once and never raises."""
+        ...
+
+    def extract_facts(self, user_id: str, chat_id: str) -> None:
+        """Queue fact extraction from a user's messages in a chat; returns at once and never
+        raises (a lost job is queued again by a later message: the watermark keeps the work)."""
         ...
 
     async def drain(self) -> None:
@@ -71,16 +77,20 @@ class InProcessJobs:
         settings: MemorySettings,
         semantic: SemanticMemory,
         ledger: UsageLedger,
+        *,
+        fts_config: str,
     ) -> None:
         self._engine = engine
         self._ledger = ledger
         self._model = model
         self._settings = settings
         self._semantic = semantic
+        self._fts_config = fts_config  # RAG_FTS_CONFIG, for the facts a batch is compared with
         self._tasks = BackgroundTasks(on_failure=_log_failure)
         # One summarizer per session at a time in this process; the job itself is safe to run
         # concurrently, this only avoids paying the LLM twice for the same chunk.
         self._summarizing: set[uuid.UUID] = set()
+        self._extracting: set[tuple[str, str]] = set()
         # Summaries share the event loop with the replies. Bounding how many run at once keeps
         # their database work from crowding out requests under load; a waiting job loses
         # nothing, it covers more messages (up to SUMMARY_NEW_MESSAGES_LIMIT) when it runs.
@@ -104,6 +114,37 @@ class InProcessJobs:
             )
             self._indexing.add(task)
             task.add_done_callback(self._indexing.discard)
+
+    def extract_facts(self, user_id: str, chat_id: str) -> None:
+        key = (user_id, chat_id)
+        if self._closing or key in self._extracting:
+            return
+        self._extracting.add(key)
+        self._tasks.spawn(self._extract(key, time.time()), f"extract facts {user_id}")
+
+    async def _extract(self, key: tuple[str, str], queued_at: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # always run as a task of its own (spawn)
+        self._waiting.add(task)  # cancelled at shutdown while waiting: the watermark keeps it
+        try:
+            # Shares the summaries' slots: both are LLM calls off the reply path.
+            async with self._summary_slots:
+                self._waiting.discard(task)
+                await timed_job(
+                    "facts",
+                    queued_at,
+                    lambda: extract_facts(
+                        self._engine,
+                        self._model,
+                        self._settings,
+                        *key,
+                        fts_config=self._fts_config,
+                        ledger=self._ledger,
+                    ),
+                )
+        finally:
+            self._waiting.discard(task)
+            self._extracting.discard(key)
 
     async def _summarize(self, session_id: uuid.UUID, queued_at: float) -> None:
         task = asyncio.current_task()

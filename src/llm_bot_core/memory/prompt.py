@@ -1,8 +1,10 @@
 """Prompt assembly in the spec's order, in the shape strict chat templates accept.
 
-Layout (llm/strict_chat.py checks it): one system message holding the instruction and then the
-latest summary; the recent messages as user/assistant turns that alternate; the recalled memory
-at the head of the last user turn, just before the question, marked as not the user's words.
+Layout (llm/strict_chat.py checks it): one system message holding the instruction, the user's
+profile (their current facts, memory/facts.py) and then the latest summary; the recent messages
+as user/assistant turns that alternate; the recalled memory (past messages, and facts beyond the
+profile's budget) at the head of the last user turn, just before the question, marked as not the
+user's words.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from llm_bot_core.llm.base import ChatMessage
 from llm_bot_core.memory.store import StoredMessage, Summary
 from llm_bot_core.rag.base import RecalledFact
 
+PROFILE_HEADER = "What you know about the user (most important first):"
+# In a group the profile is the current speaker's: the author of the last message.
+GROUP_PROFILE_HEADER = (
+    "What you know about the person who wrote the last message (most important first):"
+)
 SUMMARY_HEADER = "Summary of the earlier conversation:"
 RECALL_HEADER = (
     "[Recalled memory: fragments of earlier conversations with this user that may be relevant. "
@@ -43,9 +50,13 @@ def build_prompt(
     summary: Summary | None,
     recent: Sequence[StoredMessage],
     facts: Sequence[RecalledFact] = (),
+    profile: Sequence[str] = (),
+    profile_header: str = PROFILE_HEADER,
 ) -> list[ChatMessage]:
     """The messages sent to the chat model."""
     system_parts = [system_prompt]
+    if profile:
+        system_parts.append("\n".join([profile_header, *profile]))
     if summary is not None and summary.content.strip():
         system_parts.append(f"{SUMMARY_HEADER}\n{summary.content}")
     turns = alternating_turns([(turn_role(m), message_text(m)) for m in recent])

@@ -186,6 +186,11 @@ async def _fetchrow(conn: AsyncConnection, sql: str, *args: Any) -> Any:
         raise
 
 
+async def fetchrow(conn: AsyncConnection, sql: str, *args: Any) -> Any:
+    """`_fetchrow` for the other statements of the request path (memory/facts.py's profile)."""
+    return await _fetchrow(conn, sql, *args)
+
+
 async def append_user_message_with_context(
     conn: AsyncConnection,
     *,

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from llm_bot_core.llm.strict_chat import ALTERNATION_ERROR, chat_problems
+from llm_bot_core.memory.extraction import EXTRACTION_SYSTEM_PROMPT
 from llm_bot_core.memory.prompt import TURN_SEPARATOR
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
 from llm_bot_core.testing.threaded import ThreadedServer
@@ -29,7 +31,71 @@ def is_summary_request(messages: list[dict[str, Any]]) -> bool:
     return bool(messages) and messages[0].get("content") == SUMMARY_SYSTEM_PROMPT
 
 
+def is_extraction_request(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and messages[0].get("content") == EXTRACTION_SYSTEM_PROMPT
+
+
+# The scripted fact extractor: a sentence of a user message matching one of these states a
+# fact; the fact's key (its content up to the value) finds the known fact it corrects.
+# (pattern, content template, key) for statements; (pattern, key template) for retractions.
+FACT_STATEMENTS = (
+    (r"\bI live in ([^.!?\n]+)", "Lives in {0}", "Lives in "),
+    (r"\bЯ живу в ([^.!?\n]+)", "Живёт в {0}", "Живёт в "),
+    (r"\b[Mm]y (\w+) is ([^.!?\n]+)", "{0} is {1}", "{0} is "),
+    (r"\b[Мм]еня зовут ([^.!?\n]+)", "Зовут {0}", "Зовут "),
+    (r"\bI am allergic to ([^.!?\n]+)", "Allergic to {0}", "Allergic to {0}"),
+)
+FACT_RETRACTIONS = (
+    (r"\bI no longer live in ([^.!?\n]+)", "Lives in {0}"),
+    (r"\bЯ больше не живу в ([^.!?\n]+)", "Живёт в {0}"),
+    (r"\bI am not allergic to ([^.!?\n]+)", "Allergic to {0}"),
+)
+
+
+def scripted_facts(messages: list[dict[str, Any]]) -> str:
+    """Fact operations derived from the batch by FACT_STATEMENTS and FACT_RETRACTIONS."""
+    body = messages[-1]["content"]
+    known_part, _, new_part = body.partition("New messages of the user:")
+    known = [
+        (int(m.group(1)), m.group(2)) for m in re.finditer(r"^\[(\d+)\] (.+)$", known_part, re.M)
+    ]
+    operations: list[dict[str, Any]] = []
+    for m in re.finditer(r"^\[(\d+)\] (.+)$", new_part, re.M):
+        number, line = int(m.group(1)), m.group(2)
+        for pattern, key_template in FACT_RETRACTIONS:
+            for found in re.finditer(pattern, line):
+                key = key_template.format(*(g.strip() for g in found.groups()))
+                for fact_id, content in known:
+                    if content.casefold() == key.casefold():
+                        operations.append(_op("delete", fact_id, None, number))
+        for pattern, template, key_template in FACT_STATEMENTS:
+            for found in re.finditer(pattern, line):
+                groups = [g.strip() for g in found.groups()]
+                content = template.format(
+                    *[
+                        g.capitalize() if i == 0 and "{0} is" in template else g
+                        for i, g in enumerate(groups)
+                    ]
+                )
+                key = content[: len(key_template.format(*groups))]
+                same = [f for f, c in known if c.casefold() == content.casefold()]
+                older = [f for f, c in known if c.casefold().startswith(key.casefold())]
+                if same:
+                    continue
+                if older:
+                    operations.append(_op("update", older[0], content, number))
+                else:
+                    operations.append(_op("add", None, content, number))
+    return json.dumps({"operations": operations}, ensure_ascii=False)
+
+
+def _op(op: str, fact: int | None, content: str | None, number: int) -> dict[str, Any]:
+    return {"op": op, "fact": fact, "content": content, "importance": 0.7, "messages": [number]}
+
+
 def default_reply(messages: list[dict[str, Any]]) -> str:
+    if is_extraction_request(messages):
+        return scripted_facts(messages)
     if is_summary_request(messages):
         body = messages[-1]["content"]
         new = [line for line in body.splitlines() if line.startswith("[")]
@@ -65,6 +131,9 @@ class FakeLLM:
     """While set, a chat request a strict chat template rejects answers 400, as vLLM does."""
     prompt_violations: list[tuple[list[dict[str, Any]], list[str]]] = field(default_factory=list)
     """Every chat request a strict chat template would reject, with the problems found."""
+    malformed_facts: int = 0
+    """The next this many fact extraction requests get an answer that is not JSON."""
+    facts_latency: float | None = None
     # Streaming (`"stream": true`): the answer in chunks of `chunk_chars` characters, the first
     # after `latency`, each next one `chunk_delay` seconds later.
     chunk_chars: int = 8
@@ -99,13 +168,25 @@ class FakeLLM:
         self.prompt_violations.clear()
         self.usage = None
         self.cost = None
+        self.malformed_facts = 0
+        self.facts_latency = None
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
         return [
             r
             for r in self.requests
-            if r.get("_kind") == "chat" and not is_summary_request(r["messages"])
+            if r.get("_kind") == "chat"
+            and not is_summary_request(r["messages"])
+            and not is_extraction_request(r["messages"])
+        ]
+
+    @property
+    def fact_requests(self) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and is_extraction_request(r["messages"])
         ]
 
     @property
@@ -131,6 +212,8 @@ class FakeLLM:
         delay = self.latency
         if self.summary_latency is not None and is_summary_request(messages):
             delay = self.summary_latency
+        if self.facts_latency is not None and is_extraction_request(messages):
+            delay = self.facts_latency
         # Decided on arrival: a slow request still sleeping from an earlier test must not
         # consume a failure queued for the next one.
         failure = self._failures.pop(0) if self._failures else None
@@ -147,7 +230,11 @@ class FakeLLM:
             if status == 200:  # a "successful" answer whose body is not what the protocol says
                 return web.Response(text=text, content_type="application/json")
             return web.json_response({"error": {"message": text, "code": status}}, status=status)
-        content = self.reply(messages)
+        if self.malformed_facts and is_extraction_request(messages):
+            self.malformed_facts -= 1
+            content = "Sure! Here are the facts: - lives somewhere"
+        else:
+            content = self.reply(messages)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         usage = self._usage(prompt_tokens, content)
         if body.get("stream"):

@@ -53,6 +53,7 @@ class ApiCall:
     ok: bool = True
     at: float = field(default_factory=time.monotonic)
     plain_text: str | None = None  # what the user saw, for sendMessage/editMessageText
+    result: Any = None  # what the fake answered (the sent Message, for pressing its buttons)
 
     @property
     def chat_id(self) -> int | None:
@@ -149,6 +150,42 @@ class FakeTelegram:
         message = self.message(text, **kwargs)
         self.push_update({"message": message})
         return message
+
+    def press(
+        self,
+        sent: ApiCall,
+        data: str,
+        *,
+        user_id: int | None = None,
+        language_code: str | None = "en",
+        first_name: str = "Alice",
+    ) -> int:
+        """Push a `callback_query` update: the user pressed the button `data` under the message
+        the bot sent in `sent` (a sendMessage call); its update_id."""
+        buttons = [
+            b["callback_data"]
+            for row in (sent.params.get("reply_markup") or {}).get("inline_keyboard", [])
+            for b in row
+            if "callback_data" in b
+        ]
+        if data not in buttons:
+            raise AssertionError(f"no button {data!r} under that message; there are {buttons}")
+        message = sent.result
+        sender: dict[str, Any] = {
+            "id": user_id if user_id is not None else message["chat"]["id"],
+            "is_bot": False,
+            "first_name": first_name,
+        }
+        if language_code:
+            sender["language_code"] = language_code
+        query = {
+            "id": str(next(self._message_ids)),
+            "from": sender,
+            "message": message,
+            "chat_instance": f"ci{message['chat']['id']}",
+            "data": data,
+        }
+        return self.push_update({"callback_query": query})
 
     def fail_next(
         self,
@@ -282,6 +319,7 @@ class FakeTelegram:
         except _ApiError as exc:
             call.ok = False
             return _error(exc.status, exc.description)
+        call.result = result
         return web.json_response({"ok": True, "result": result})
 
     def _take_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
@@ -345,6 +383,14 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: draft_id must be non-zero")
         if params.get("text"):  # empty: the "Thinking…" placeholder
             call.plain_text = self._checked_text(params)
+        return True
+
+    async def _m_answercallbackquery(self, params: dict[str, Any], _: ApiCall) -> Any:
+        if not params.get("callback_query_id"):
+            raise _ApiError(400, "Bad Request: query is too old and response timeout expired")
+        return True
+
+    async def _m_editmessagereplymarkup(self, params: dict[str, Any], _: ApiCall) -> Any:
         return True
 
     async def _m_sendchataction(self, params: dict[str, Any], _: ApiCall) -> Any:

@@ -8,6 +8,7 @@ from llm_bot_core.config import WorkerSettings, get_settings
 
 SUMMARIZE_TASK = "memory.summarize_session"
 INDEX_TASK = "rag.index_messages"
+EXTRACT_FACTS_TASK = "memory.extract_facts"
 BROKER_SOCKET_TIMEOUT = 5.0
 
 

@@ -76,6 +76,15 @@ class CeleryJobs:
         if self._index_enabled and message_ids and not self._closing:
             self._tasks.spawn(self.publish(INDEX_TASK, [list(message_ids)]), "index")
 
+    def extract_facts(self, user_id: str, chat_id: str) -> None:
+        from llm_bot_core.worker.app import EXTRACT_FACTS_TASK
+
+        # No dedupe key: a trigger comes once per FACTS_EVERY user messages, and a duplicate
+        # job finds the batch done (the watermark moved) before it calls the model.
+        if self._closing:
+            return
+        self._tasks.spawn(self.publish(EXTRACT_FACTS_TASK, [user_id, chat_id]), "facts")
+
     async def _summarize(self, session_id: uuid.UUID) -> None:
         from llm_bot_core.worker.app import SUMMARIZE_TASK
 

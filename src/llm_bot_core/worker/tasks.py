@@ -23,12 +23,13 @@ from llm_bot_core.config import Settings, get_settings
 from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.llm.base import ChatModel, LLMUnavailable
 from llm_bot_core.llm.openai_compat import build_chat_model
+from llm_bot_core.memory.extraction import extract_facts
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.usage.ledger import UsageLedger
-from llm_bot_core.worker.app import INDEX_TASK, SUMMARIZE_TASK, celery_app
+from llm_bot_core.worker.app import EXTRACT_FACTS_TASK, INDEX_TASK, SUMMARIZE_TASK, celery_app
 from llm_bot_core.worker.dispatch import summary_lock_key
 
 log = logging.getLogger(__name__)
@@ -142,3 +143,34 @@ def index_messages_task(message_ids: list[int], queued_at: float | None = None) 
     """Index stored messages into semantic memory (idempotent)."""
     rt = runtime()
     return run(timed_job("index", queued_at, lambda: rt.semantic.index_messages(message_ids)))
+
+
+@celery_app.task(
+    name=EXTRACT_FACTS_TASK,
+    autoretry_for=(LLMUnavailable, OSError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def extract_facts_task(user_id: str, chat_id: str, queued_at: float | None = None) -> int:
+    """Extract facts from the user's pending batches in a chat; returns how many batches ran."""
+    rt = runtime()
+    try:
+        result = run(
+            timed_job(
+                "facts",
+                queued_at,
+                lambda: extract_facts(
+                    rt.engine,
+                    rt.model,
+                    rt.settings.memory,
+                    user_id,
+                    chat_id,
+                    fts_config=rt.settings.rag.rag_fts_config,
+                    ledger=rt.ledger,
+                ),
+            )
+        )
+    finally:
+        run(rt.ledger.flush())  # as summarize_session_task: written before the ack
+    return result.batches

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from llm_bot_core.bot.handlers import chat, commands, errors, other, usage
+from llm_bot_core.bot.handlers import chat, commands, errors, memory, other, usage
 
 
 def create_router() -> Router:
@@ -12,6 +12,7 @@ def create_router() -> Router:
     router = Router(name=__name__)
     router.include_routers(
         commands.create_router(),
+        memory.create_router(),
         usage.create_router(),
         chat.create_router(),
         other.create_router(),
