@@ -97,7 +97,10 @@ async def test_concurrent_requests_at_the_edge_overshoot_only_by_those_in_flight
         llm_server.base_url,
         user_daily_token_limit=200,
         usage_flush_interval_ms=flush_ms,
+        # Only chat calls here: no summary, and no fact extraction (six admitted messages
+        # would queue one, charged to the user as well).
         summary_threshold=1000,
+        facts_every=0,
     )
     fake_llm.usage = (40, 10)
     fake_llm.latency = 0.05
