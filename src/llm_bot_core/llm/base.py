@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
+from llm_bot_core.config import LLMSettings
 from llm_bot_core.errors import CoreError
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -90,3 +91,25 @@ class ChatModel(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def completion_payload(
+    settings: LLMSettings,
+    messages: list[ChatMessage],
+    model_name: str,
+    max_tokens: int | None,
+    response_format: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The body of a chat completion request, the same for both clients."""
+    payload: dict[str, Any] = {
+        "model": model_name,
+        "messages": messages,
+        "max_tokens": max_tokens or settings.llm_max_tokens,
+    }
+    if settings.llm_temperature is not None:
+        payload["temperature"] = settings.llm_temperature
+    if settings.is_openrouter:
+        payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
+    if response_format is not None:
+        payload["response_format"] = response_format
+    return payload

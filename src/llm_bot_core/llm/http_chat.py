@@ -24,6 +24,7 @@ from llm_bot_core.llm.base import (
     LLMBadResponse,
     LLMUnavailable,
     StreamItem,
+    completion_payload,
     cost_of,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, backoff, stream_with_retries
@@ -50,20 +51,6 @@ class HttpChatModel:
         self._session = session
         self._owns_session = session is None
 
-    def _payload(
-        self, messages: list[ChatMessage], model_name: str, max_tokens: int | None
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": model_name,
-            "messages": messages,
-            "max_tokens": max_tokens or self._settings.llm_max_tokens,
-        }
-        if self._settings.llm_temperature is not None:
-            payload["temperature"] = self._settings.llm_temperature
-        if self._settings.is_openrouter:
-            payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
-        return payload
-
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the event loop that will run it (the Celery worker builds
         # its model before its loop runs).
@@ -83,9 +70,9 @@ class HttpChatModel:
         response_format: dict[str, Any] | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
-        payload = self._payload(messages, model_name, max_tokens)
-        if response_format is not None:
-            payload["response_format"] = response_format
+        payload = completion_payload(
+            self._settings, messages, model_name, max_tokens, response_format
+        )
         body = orjson.dumps(payload)
         started = time.perf_counter()
         data = await self._post_with_retries(body)
@@ -100,7 +87,7 @@ class HttpChatModel:
         max_tokens: int | None = None,
     ) -> AsyncIterator[StreamItem]:
         model_name = model or self._settings.chat_model
-        payload = self._payload(messages, model_name, max_tokens)
+        payload = completion_payload(self._settings, messages, model_name, max_tokens)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         body = orjson.dumps(payload)

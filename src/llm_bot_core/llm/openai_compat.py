@@ -19,6 +19,7 @@ from llm_bot_core.llm.base import (
     LLMNotConfigured,
     LLMUnavailable,
     StreamItem,
+    completion_payload,
     cost_of,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
@@ -63,7 +64,9 @@ class OpenAIChatModel:
             # model cost about 0.4 ms of CPU per call, and we read four fields of it.
             response: Any = await self._client.post(
                 "/chat/completions",
-                body=self._payload(messages, model_name, max_tokens, response_format),
+                body=completion_payload(
+                    self._settings, messages, model_name, max_tokens, response_format
+                ),
                 cast_to=object,
             )
         except openai.APIError as exc:
@@ -84,7 +87,7 @@ class OpenAIChatModel:
         max_tokens: int | None = None,
     ) -> AsyncIterator[StreamItem]:
         model_name = model or self._settings.chat_model
-        payload = self._payload(messages, model_name, max_tokens)
+        payload = completion_payload(self._settings, messages, model_name, max_tokens)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
 
@@ -117,26 +120,6 @@ class OpenAIChatModel:
         return stream_with_retries(
             attempt, model_name, retries=self._settings.llm_max_retries, retry_refused=False
         )
-
-    def _payload(
-        self,
-        messages: list[ChatMessage],
-        model_name: str,
-        max_tokens: int | None,
-        response_format: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": model_name,
-            "messages": messages,
-            "max_tokens": max_tokens or self._settings.llm_max_tokens,
-        }
-        if self._settings.llm_temperature is not None:
-            payload["temperature"] = self._settings.llm_temperature
-        if self._settings.is_openrouter:
-            payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
-        if response_format is not None:
-            payload["response_format"] = response_format
-        return payload
 
     async def aclose(self) -> None:
         await self._client.close()
