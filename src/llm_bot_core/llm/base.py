@@ -99,6 +99,8 @@ def completion_payload(
     model_name: str,
     max_tokens: int | None,
     response_format: dict[str, Any] | None = None,
+    *,
+    stream: bool = False,
 ) -> dict[str, Any]:
     """The body of a chat completion request, the same for both clients."""
     payload: dict[str, Any] = {
@@ -112,4 +114,8 @@ def completion_payload(
         payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
     if response_format is not None:
         payload["response_format"] = response_format
+    if stream:
+        # The last chunk then carries the token counts, as a plain answer does.
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
     return payload

@@ -87,9 +87,7 @@ class OpenAIChatModel:
         max_tokens: int | None = None,
     ) -> AsyncIterator[StreamItem]:
         model_name = model or self._settings.chat_model
-        payload = completion_payload(self._settings, messages, model_name, max_tokens)
-        payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
+        payload = completion_payload(self._settings, messages, model_name, max_tokens, stream=True)
 
         async def attempt(reader: ChunkReader) -> AsyncIterator[str]:
             try:
