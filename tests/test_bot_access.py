@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.bot.handlers.memory import EraseAll
 from llm_bot_core.bot.middlewares import SlidingWindowLimiter
 from llm_bot_core.testing.fake_llm import FakeLLM
 from llm_bot_core.testing.fake_telegram import FakeTelegram, FakeTelegramServer
@@ -115,3 +116,49 @@ def test_sliding_window_frees_a_slot_when_the_oldest_event_leaves_it() -> None:
     assert limiter.hit(1) == pytest.approx(6)
     now[0] = 10.0
     assert limiter.hit(1) == 0
+
+
+async def test_a_button_from_a_user_no_longer_allowed_is_refused_and_erases_nothing(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM, db: AsyncEngine,
+) -> None:
+    chat = 940
+    async with running_bot(make_bot_settings(telegram_server, backend.url,
+                                             allowed_user_ids=str(chat))):
+        telegram.send_text("/remember I keep bees", chat_id=chat, user_id=chat)
+        await telegram.wait_for("sendMessage", chat_id=chat)
+        telegram.send_text("/forget_all", chat_id=chat, user_id=chat)
+        ask = (await telegram.wait_for("sendMessage", 2, chat_id=chat))[1]
+    # The operator takes the user off the allowlist; the confirmation button is still there.
+    async with running_bot(make_bot_settings(telegram_server, backend.url,
+                                             allowed_user_ids="42")):
+        telegram.press(ask, EraseAll(confirm=True).pack())
+        answer = (await telegram.wait_for("answerCallbackQuery"))[0]
+        await settle()
+
+    assert answer.params["text"] == "Sorry, this bot is only available to certain users."
+    assert answer.params["show_alert"] in (True, "true")  # form-encoded by aiogram
+    assert telegram.calls_to("editMessageText", chat_id=chat) == []
+    assert await rows(db, "SELECT content FROM facts WHERE user_id = :u", u=str(chat)) == [
+        ("I keep bees",)]
+
+
+async def test_button_presses_count_against_the_rate_limit(
+    telegram: FakeTelegram, telegram_server: FakeTelegramServer, backend: BackendServer,
+    fake_llm: FakeLLM, db: AsyncEngine,
+) -> None:
+    chat = 941
+    settings = make_bot_settings(telegram_server, backend.url, rate_limit_messages=2,
+                                 rate_limit_window=60)
+    async with running_bot(settings):
+        telegram.send_text("/remember I keep bees", chat_id=chat, user_id=chat)
+        await telegram.wait_for("sendMessage", chat_id=chat)
+        telegram.send_text("/forget_all", chat_id=chat, user_id=chat)
+        ask = (await telegram.wait_for("sendMessage", 2, chat_id=chat))[1]
+        telegram.press(ask, EraseAll(confirm=True).pack())
+        answer = (await telegram.wait_for("answerCallbackQuery"))[0]
+        await settle()
+
+    assert answer.params["text"].startswith("Too many messages in a row")
+    assert telegram.calls_to("editMessageText", chat_id=chat) == []
+    assert await rows(db, "SELECT count(*) FROM facts WHERE user_id = :u", u=str(chat)) == [(1,)]

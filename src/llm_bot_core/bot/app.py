@@ -69,7 +69,9 @@ def create_dispatcher(settings: BotSettings, backend: BackendClient) -> Dispatch
     dispatcher.update.outer_middleware(RequestIdMiddleware())
     dispatcher.update.outer_middleware(LanguageMiddleware())
     router = create_router()
-    router.message.middleware(AccessMiddleware(settings))
+    access = AccessMiddleware(settings)
+    router.message.middleware(access)
+    router.callback_query.middleware(access)
     dispatcher.include_router(router)
     dispatcher.startup.register(_on_startup)
     return dispatcher

@@ -18,7 +18,7 @@ from aiogram.client.session.middlewares.base import (
 from aiogram.exceptions import TelegramRetryAfter, TelegramServerError
 from aiogram.methods import SendChatAction, SendMessageDraft, TelegramMethod
 from aiogram.methods.base import Response, TelegramType
-from aiogram.types import Message, TelegramObject, User
+from aiogram.types import CallbackQuery, Message, TelegramObject, User
 from asgi_correlation_id import correlation_id
 
 from llm_bot_core.bot.config import BotSettings
@@ -110,26 +110,47 @@ class AccessMiddleware(BaseMiddleware):
         self._warned_until = _Bounded(10_000)
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        if isinstance(event, CallbackQuery):
+            return await self._button(handler, event, data)
         if not isinstance(event, Message):
             return await handler(event, data)
         user_id = event.from_user.id if event.from_user else event.chat.id
         lang: Lang = data["lang"]
-        if self.restricted and user_id not in self.users and event.chat.id not in self.chats:
+        if not self._allowed(user_id, event.chat.id):
             log.info("refused user %s in chat %s (not in ALLOWED_*_IDS)", user_id, event.chat.id)
             if user_id not in self._refused:
                 self._refused.remember(user_id, self._clock())
                 await reply(event, t("not_allowed", lang))
             return None
-        if self.limiter is not None:
-            wait = self.limiter.hit(user_id)
-            if wait:
-                now = self._clock()
-                log.info("rate limited user %s for %.0f s", user_id, wait)
-                if self._warned_until.get(user_id, 0.0) <= now:
-                    self._warned_until.remember(user_id, now + wait)
-                    await reply(event, t("rate_limited", lang, seconds=max(1, round(wait))))
-                return None
+        wait = self.limiter.hit(user_id) if self.limiter is not None else 0.0
+        if wait:
+            now = self._clock()
+            log.info("rate limited user %s for %.0f s", user_id, wait)
+            if self._warned_until.get(user_id, 0.0) <= now:
+                self._warned_until.remember(user_id, now + wait)
+                await reply(event, t("rate_limited", lang, seconds=max(1, round(wait))))
+            return None
         return await handler(event, data)
+
+    async def _button(self, handler: Handler, event: CallbackQuery, data: dict[str, Any]) -> Any:
+        # A button press acts as its user (confirm /forget_all, pick a mode...), so it passes
+        # the same allowlist and counts against the same rate limit as a message. A refused
+        # press still gets its callback answered, or the user's button keeps spinning.
+        chat_id = event.message.chat.id if event.message else event.from_user.id
+        lang: Lang = data["lang"]
+        if not self._allowed(event.from_user.id, chat_id):
+            log.info("refused a button from user %s in chat %s", event.from_user.id, chat_id)
+            await event.answer(t("not_allowed", lang), show_alert=True)
+            return None
+        wait = self.limiter.hit(event.from_user.id) if self.limiter is not None else 0.0
+        if wait:
+            log.info("rate limited a button from user %s for %.0f s", event.from_user.id, wait)
+            await event.answer(t("rate_limited", lang, seconds=max(1, round(wait))))
+            return None
+        return await handler(event, data)
+
+    def _allowed(self, user_id: int, chat_id: int) -> bool:
+        return not self.restricted or user_id in self.users or chat_id in self.chats
 
 
 class RetryAfterMiddleware(BaseRequestMiddleware):
