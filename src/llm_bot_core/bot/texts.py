@@ -101,6 +101,40 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ru": "Что-то пошло не так. Попробуйте ещё раз.",
         "en": "Something went wrong. Please try again.",
     },
+    # --- voice messages (handlers/voice.py) ---
+    "voice_not_configured": {
+        "ru": "Голосовые сообщения здесь пока не распознаются — напишите, пожалуйста, текстом. "
+        "Администратор может включить их: TRANSCRIPTION_BASE_URL (и TRANSCRIPTION_API_KEY) "
+        "или OPENAI_API_KEY.",
+        "en": "Voice messages aren't recognised here yet — please type your message. "
+        "The administrator can turn them on: TRANSCRIPTION_BASE_URL (and "
+        "TRANSCRIPTION_API_KEY) or OPENAI_API_KEY.",
+    },
+    "voice_empty": {
+        "ru": "Не удалось ничего разобрать в этом сообщении. Попробуйте записать ещё раз "
+        "или напишите текстом.",
+        "en": "I couldn't make out anything in that message. Please try recording it again "
+        "or type it.",
+    },
+    "voice_too_long": {
+        "ru": "Запись слишком длинная: я распознаю до {limit}. Запишите покороче, пожалуйста.",
+        "en": "That recording is too long: I transcribe up to {limit}. Please record a "
+        "shorter one.",
+    },
+    "voice_too_large": {
+        "ru": "Файл слишком большой: я принимаю записи до {size}.",
+        "en": "That file is too large: I accept recordings of up to {size}.",
+    },
+    "voice_unreadable": {
+        "ru": "Не получилось прочитать эту запись. Попробуйте отправить голосовое сообщение.",
+        "en": "I couldn't read that recording. Please try sending a voice message instead.",
+    },
+    "voice_unavailable": {
+        "ru": "Распознавание речи сейчас не отвечает. Попробуйте ещё раз чуть позже "
+        "или напишите текстом.",
+        "en": "Speech recognition isn't responding right now. Please try again a bit later "
+        "or type your message.",
+    },
     # --- the user's memory (handlers/memory.py) ---
     "memory_private_only": {
         "ru": "Память о вас показываю и меняю только в личном чате со мной.",
