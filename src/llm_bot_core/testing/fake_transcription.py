@@ -138,8 +138,14 @@ class FakeTranscription:
                 return self._queued.pop(0)
         return self._by_audio.get(hashlib.sha256(audio).hexdigest(), self.default_text)
 
+    async def models(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": "whisper-1", "object": "model"}]}
+        )
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/audio/transcriptions", self.handle)
         app.router.add_post("/audio/transcriptions", self.handle)
         return app
