@@ -294,3 +294,36 @@ async def test_a_slow_transcription_does_not_hold_up_other_chats(
         [text_answer] = await telegram.wait_for("sendMessage", 1, chat_id=613)
         voice_answers = await telegram.wait_for("sendMessage", 2, chat_id=612)
     assert text_answer.at < voice_answers[0].at
+
+
+async def test_in_a_group_the_quote_answers_the_voice_message_and_a_long_one_is_shortened(
+    telegram: FakeTelegram,
+    telegram_server: FakeTelegramServer,
+    voice_backend: BackendServer,
+    fake_llm: FakeLLM,
+    fake_transcription: FakeTranscription,
+    db: AsyncEngine,
+) -> None:
+    long_text = "слово " * 1000  # 6,000 characters: more than one Telegram message
+    fake_transcription.say_next(long_text)
+    bot_message = {
+        "message_id": 1,
+        "date": 0,
+        "chat": {"id": -100614, "type": "supergroup", "title": "Test group"},
+        "from": telegram.bot_user,
+        "text": "earlier answer",
+    }
+    voice = {**telegram.add_file(VOICE_OGG), "duration": 3}
+    async with running_bot(make_bot_settings(telegram_server, voice_backend.url)):
+        sent = telegram.message(None, chat_id=-100614, user_id=614, chat_type="supergroup",
+                                voice=voice, reply_to_message=bot_message)  # fmt: skip
+        telegram.push_update({"message": sent})
+        calls = await telegram.wait_for("sendMessage", 3, chat_id=-100614)
+    quote = calls[0]
+    assert quote.params["reply_parameters"]["message_id"] == sent["message_id"]
+    assert quote.plain_text is not None and quote.plain_text.endswith("…")
+    assert len(quote.plain_text) <= 3500
+    # The whole transcript is the user's message, however long the quote was.
+    assert await rows(db, "SELECT content, input_mode FROM messages WHERE role = 'user'") == [
+        (" ".join(long_text.split()), "voice")
+    ]

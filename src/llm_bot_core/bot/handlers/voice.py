@@ -12,8 +12,9 @@ import html
 import logging
 
 from aiogram import Bot, F, Router
+from aiogram.enums import ChatType
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import Audio, Message, VideoNote, Voice
+from aiogram.types import Audio, Message, ReplyParameters, VideoNote, Voice
 from aiohttp import ClientError
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
@@ -63,8 +64,14 @@ def size_text(limit: int, lang: Lang) -> str:
     return f"{limit // 1024} КБ" if lang == "ru" else f"{limit // 1024} KB"
 
 
+# A quote is one message (4096 characters); five minutes of speech can be longer.
+QUOTE_CHARS = 3500
+
+
 def quote(transcript: str) -> str:
     """The transcript as Telegram HTML: a quote, so it reads as what was heard."""
+    if len(transcript) > QUOTE_CHARS:
+        transcript = transcript[: QUOTE_CHARS - 1].rstrip() + "…"
     return f"<blockquote>{html.escape(transcript)}</blockquote>"
 
 
@@ -118,7 +125,16 @@ async def answer_voice(
             await _refuse(message, exc, settings, lang, notices, user_id)
             return
     if settings.show_transcript:
-        await message.answer(quote(transcript), parse_mode="HTML")
+        # In a group the quote answers the voice message, as the bot's answers do.
+        to = None if message.chat.type == ChatType.PRIVATE else message.message_id
+        try:
+            await message.answer(
+                quote(transcript),
+                parse_mode="HTML",
+                reply_parameters=ReplyParameters(message_id=to) if to else None,
+            )
+        except TelegramAPIError as exc:  # the answer matters more than the quote
+            log.warning("could not quote the transcript in chat %s: %s", message.chat.id, exc)
     await answer_text(
         message,
         transcript,
