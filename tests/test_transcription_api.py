@@ -176,13 +176,18 @@ async def test_what_is_not_a_readable_recording_is_422_and_never_sent(
 async def test_an_unknown_container_is_sent_with_the_declared_duration(
     settings_voice: Settings, fake_transcription: FakeTranscription
 ) -> None:
-    # The fake, like OpenAI, refuses what it cannot decode: a provider answer (502), which
-    # shows the upload went out on the strength of the client's duration.
+    # The fake, like OpenAI, refuses what it cannot decode ("Invalid file format"): the
+    # client's input, so 422 audio_unreadable, not a provider failure. That it answered shows
+    # the upload went out on the strength of the client's duration.
     async with running_app(settings_voice) as client:
-        assert_error(await upload(client, b"ID3" + b"\0" * 64, duration="4"), 502,
-                     "transcription_unavailable")  # fmt: skip
+        body = assert_error(
+            await upload(client, b"ID3" + b"\0" * 64, duration="4"), 422, "audio_unreadable"
+        )
+        assert "Invalid file format" in body["message"]
         assert_error(await upload(client, b"ID3" + b"\0" * 64, duration="999"), 413,
                      "audio_too_long")  # fmt: skip
+        for bad in ("inf", "nan", "-1", "1e300"):
+            assert_error(await upload(client, duration=bad), 422, "validation_error")
     assert len(fake_transcription.requests) == 1
 
 

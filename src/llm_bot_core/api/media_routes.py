@@ -44,6 +44,8 @@ async def transcribe(
         float | None,
         Form(
             ge=0,
+            le=7 * 24 * 3600,
+            allow_inf_nan=False,
             description="Seconds, as the client knows them (Telegram's duration); used "
             "only for containers whose duration the backend does not read.",
         ),

@@ -39,8 +39,15 @@ class TranscriptionUnavailable(CoreError):
     code = "transcription_unavailable"
 
 
+class TranscriptionRefusedAudio(CoreError):
+    """The provider says the upload is no recording it can decode: the client's input, a 4xx."""
+
+    code = "audio_unreadable"
+
+
 class Transcriber(Protocol):
-    """A speech-to-text endpoint; raises TranscriptionNotConfigured or TranscriptionUnavailable."""
+    """A speech-to-text endpoint; raises TranscriptionNotConfigured, TranscriptionUnavailable
+    or TranscriptionRefusedAudio."""
 
     @property
     def configured(self) -> bool: ...
@@ -95,6 +102,10 @@ class OpenAITranscriber:
                 language=language or openai.omit,
             )
         except openai.APIStatusError as exc:
+            if exc.status_code in (400, 415, 422) and _refused_the_file(exc):
+                raise TranscriptionRefusedAudio(
+                    f"the speech-to-text provider cannot read the recording: {_detail(exc)}"
+                ) from exc
             raise TranscriptionUnavailable(
                 f"the speech-to-text provider answered {exc.status_code}: {_detail(exc)}"
             ) from exc
@@ -165,3 +176,24 @@ def _detail(exc: openai.APIStatusError) -> str:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])[:300]
     return str(exc.message)[:300]
+
+
+# How OpenAI, Groq and the local servers word "this is not audio I can decode".
+_BAD_FILE = (
+    "file format",
+    "invalid file",
+    "audio file",
+    "media file",
+    "corrupt",
+    "unsupported",
+    "could not decode",
+    "could not process file",
+)
+
+
+def _refused_the_file(exc: openai.APIStatusError) -> bool:
+    body = exc.body
+    error = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("param") == "file":
+        return True
+    return any(marker in _detail(exc).lower() for marker in _BAD_FILE)
