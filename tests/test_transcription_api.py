@@ -297,3 +297,55 @@ def test_durations_are_read_from_ogg_wav_and_mp4_containers() -> None:
     assert audio_duration(b"ID3\x04 an mp3") is None
     with pytest.raises(AudioUnreadable):
         audio_duration(ftyp)
+
+
+def test_with_only_openai_api_key_openai_is_used_and_nothing_set_means_off() -> None:
+    from pydantic import SecretStr
+
+    from llm_bot_core.config import OPENAI_BASE_URL, TranscriptionSettings
+    from llm_bot_core.media.transcription import (
+        OpenAITranscriber,
+        UnconfiguredTranscriber,
+        build_transcriber,
+    )
+
+    plain = TranscriptionSettings()
+    assert isinstance(build_transcriber(plain, openai_api_key=None), UnconfiguredTranscriber)
+    assert isinstance(
+        build_transcriber(plain, openai_api_key=SecretStr(" ")), UnconfiguredTranscriber
+    )
+    openai_only = build_transcriber(plain, openai_api_key=SecretStr("sk-openai"))
+    assert isinstance(openai_only, OpenAITranscriber)
+    assert str(openai_only._client.base_url).rstrip("/") == OPENAI_BASE_URL
+    assert openai_only._client.api_key == "sk-openai"
+    own_key = TranscriptionSettings(transcription_api_key=SecretStr("sk-own"))
+    chosen = build_transcriber(own_key, openai_api_key=SecretStr("sk-openai"))
+    assert chosen._client.api_key == "sk-own"  # type: ignore[attr-defined]
+
+
+async def test_the_transcription_key_is_sent_as_a_bearer_token(
+    clean_db: str,
+    llm_server: FakeLLMServer,
+    fake_llm: FakeLLM,
+    transcription_server: FakeTranscriptionServer,
+    fake_transcription: FakeTranscription,
+) -> None:
+    fake_transcription.api_key = "gsk-secret"
+    try:
+        wrong = voice_settings(clean_db, llm_server, transcription_server, openai_api_key="x")
+        async with running_app(wrong) as client:
+            body = assert_error(await upload(client), 502, "transcription_unavailable")
+            assert "401" in body["message"]
+        right = voice_settings(
+            clean_db,
+            llm_server,
+            transcription_server,
+            openai_api_key="x",
+            transcription_api_key="gsk-secret",
+        )
+        async with running_app(right) as client:
+            assert (await upload(client)).status_code == 200
+    finally:
+        fake_transcription.api_key = None
+    # The fake, like OpenAI, refuses a wrong key before reading the upload.
+    assert [r.authorization for r in fake_transcription.requests] == ["Bearer gsk-secret"]
