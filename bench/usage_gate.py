@@ -96,7 +96,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
         def params(user: str, limit: int) -> tuple[Any, ...]:
             chat = "c" + user[1:]
-            return (chat, "user", "hello", None, 7, user, None, day_start, limit, 0)
+            return (chat, "user", "hello", None, 7, user, None, day_start, limit, 0, "text")
 
         # Warm the caches and plans once.
         await timed(conn, params("u1", 10**9), 20)

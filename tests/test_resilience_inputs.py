@@ -18,6 +18,11 @@ from hypothesis.errors import Unsatisfiable
 from llm_bot_core.api.app import create_app
 from llm_bot_core.config import Settings
 from llm_bot_core.testing.fake_llm import FakeLLM
+from llm_bot_core.testing.fake_transcription import FakeTranscription, FakeTranscriptionServer
+from tests.voice_support import (  # noqa: F401 - fixtures
+    fake_transcription_fixture,
+    transcription_server_fixture,
+)
 
 EXAMPLES_PER_OPERATION = 60
 
@@ -31,13 +36,20 @@ def free_port() -> int:
 
 
 def test_fuzzed_requests_to_every_operation_never_get_a_server_error(
-    settings: Settings, fake_llm: FakeLLM
+    settings: Settings,
+    fake_llm: FakeLLM,
+    transcription_server: FakeTranscriptionServer,
+    fake_transcription: FakeTranscription,
 ) -> None:
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.core.result import Ok
 
-    app = create_app(settings)
+    # Voice configured (to the fake), as the LLM is: a 503 "not configured" is no input's fault.
+    speech = settings.transcription.model_copy(
+        update={"transcription_base_url": transcription_server.base_url}
+    )
+    app = create_app(settings.model_copy(update={"transcription": speech}))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     seen: dict[str, set[int]] = {}
 

@@ -11,6 +11,7 @@ receives only its group (`ChatService(..., settings.memory)`, `build_chat_model(
     worker   WorkerSettings   Celery: the queue that runs summaries      settings.worker
     rag      RagSettings      semantic memory: embedder, vector store    settings.rag
     usage    UsageSettings    usage accounting and daily token budgets   settings.usage
+    transcription TranscriptionSettings  voice: speech to text, its limits  settings.transcription
 
 The Telegram bot is a separate process with its own `BotSettings` (bot/config.py): settings only
 the bot reads go there. To add a setting, add a field to its group; the environment variable is
@@ -52,6 +53,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import PydanticBaseEnvSettingsSource
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant in a Telegram chat. Answer in the language of the user's "
@@ -340,6 +342,50 @@ class UsageSettings(_Group):
         return ZoneInfo(self.bot_timezone)
 
 
+class TranscriptionSettings(_Group):
+    """Voice messages: the OpenAI-compatible speech-to-text endpoint and the limits of a recording.
+
+    Transcription runs in the backend (media/transcription.py), where the keys, the usage
+    ledger and the budgets are; the bot only downloads the file and sends it there."""
+
+    transcription_base_url: Annotated[str | None, BlankIsNone] = Field(
+        default=None,
+        description="OpenAI-compatible server with /audio/transcriptions (Groq, a local "
+        "faster-whisper or whisper.cpp server). Unset: OpenAI when a key is set.",
+    )
+    transcription_api_key: SecretStr | None = Field(
+        default=None, description="Key of that server; unset: OPENAI_API_KEY."
+    )
+    transcription_model: str = Field(default="whisper-1", min_length=1)
+    transcription_timeout: float = Field(default=60.0, gt=0)
+    voice_max_seconds: int = Field(
+        default=300, ge=1, le=24 * 3600, description="Longest recording transcribed (413 above)."
+    )
+    # Telegram lets bots download files of up to 20 MB; the bot checks it before downloading.
+    voice_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+    def configured_with(self, openai_api_key: SecretStr | None) -> bool:
+        """A server URL, its key, or OPENAI_API_KEY (then OpenAI's own endpoint)."""
+        return any(
+            (
+                self.transcription_base_url,
+                _secret(self.transcription_api_key),
+                _secret(openai_api_key),
+            )
+        )
+
+    @property
+    def effective_base_url(self) -> str:
+        return (self.transcription_base_url or OPENAI_BASE_URL).rstrip("/")
+
+    def effective_api_key(self, openai_api_key: SecretStr | None) -> str:
+        # Local servers accept any key, but the SDK wants one.
+        return _secret(self.transcription_api_key) or _secret(openai_api_key) or "not-needed"
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value().strip() if value is not None else ""
+
 
 GROUPS: dict[str, type[_Group]] = {
     "storage": StorageSettings,
@@ -350,6 +396,7 @@ GROUPS: dict[str, type[_Group]] = {
     "worker": WorkerSettings,
     "rag": RagSettings,
     "usage": UsageSettings,
+    "transcription": TranscriptionSettings,
 }
 
 
@@ -429,6 +476,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
+    transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -48,6 +48,22 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "database_unavailable": ErrorCode(
         503, "The database is unreachable; nothing was stored.", retryable=True
     ),
+    # Voice (POST /v1/media/transcriptions): nothing is stored in memory by that route.
+    "transcription_not_configured": ErrorCode(
+        503,
+        "No speech-to-text endpoint is configured (TRANSCRIPTION_BASE_URL, "
+        "TRANSCRIPTION_API_KEY or OPENAI_API_KEY).",
+    ),
+    "transcription_unavailable": ErrorCode(
+        502, "The speech-to-text provider failed or timed out; nothing was stored."
+    ),
+    "transcription_empty": ErrorCode(
+        422, "Nothing was recognised in the recording; nothing was stored."
+    ),
+    "audio_unreadable": ErrorCode(
+        422, "The upload is not a readable recording, or its duration cannot be told."
+    ),
+    "audio_too_long": ErrorCode(413, "The recording is longer than VOICE_MAX_SECONDS."),
     "vector_store_unavailable": ErrorCode(
         503, "The vector store is unreachable; nothing was deleted.", retryable=True
     ),

@@ -74,7 +74,7 @@ READ_ONLY: dict[str, frozenset[str]] = {
     "chat_sessions": frozenset(
         {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
     ),
-    "messages": frozenset({"id", "session_id", "tokens", "created_at"}),
+    "messages": frozenset({"id", "session_id", "tokens", "created_at", "input_mode"}),
     "conversation_summaries": frozenset(
         {"id", "session_id", "version", "created_at", "last_message_id"}
     ),
@@ -104,6 +104,7 @@ READ_ONLY: dict[str, frozenset[str]] = {
             "prompt_tokens",
             "completion_tokens",
             "cost",
+            "audio_seconds",
         }
     ),
     "bot_users": frozenset({"created_at"}),
@@ -113,6 +114,7 @@ SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
 MESSAGE_TEMPLATE = "{{role}}: {{content}}"
 ROLE_CHOICES = [{"text": r, "value": r} for r in ("user", "assistant", "system", "tool")]
 FACT_SOURCES = [{"text": s, "value": s} for s in ("extracted", "user", "operator")]
+INPUT_MODES = [{"text": m, "value": m} for m in ("text", "voice")]
 
 
 def _many_to_one(template: str) -> dict[str, Any]:
@@ -161,6 +163,12 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         },
         "content": {"interface": "input-multiline", "display": "formatted-value"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
+        # Typed, or spoken: the content is then the transcript of a voice message.
+        "input_mode": {
+            "display": "labels",
+            "display_options": {"choices": INPUT_MODES},
+            "note": "voice: the content is the transcript of a voice message.",
+        },
     },
     "conversation_summaries": {
         "session_id": _many_to_one(SESSION_TEMPLATE),
@@ -258,7 +266,7 @@ LIST_COLUMNS: dict[str, list[str]] = {
         "created_at",
         "closed_at",
     ],
-    "messages": ["role", "content", "session_id", "tokens", "created_at"],
+    "messages": ["role", "content", "input_mode", "session_id", "tokens", "created_at"],
     "conversation_summaries": ["session_id", "version", "content", "last_message_id", "created_at"],
     "embeddings": ["role", "content", "importance", "session_id", "created_at"],
     # Current and superseded facts side by side: history is visible, newest first.
@@ -271,6 +279,7 @@ LIST_COLUMNS: dict[str, list[str]] = {
         "prompt_tokens",
         "completion_tokens",
         "cost",
+        "audio_seconds",
     ],
     "bot_users": ["user_id", "blocked", "daily_token_limit", "note", "created_at"],
 }

@@ -15,6 +15,7 @@ from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.facts_routes import facts
 from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.media_routes import MULTIPART_OVERHEAD, TRANSCRIPTIONS_PATH, media
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.api.usage_routes import usage
@@ -23,6 +24,8 @@ from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.db.migrate import upgrade_to_head_async
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.llm.openai_compat import UnconfiguredChatModel, build_chat_model
+from llm_bot_core.media.transcription import Transcriber, build_transcriber
+from llm_bot_core.media.voice import VoiceService
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
@@ -58,8 +61,9 @@ def create_app(
     *,
     model: ChatModel | None = None,
     clock: Clock = utc_now,
+    transcriber: Transcriber | None = None,
 ) -> FastAPI:
-    """The backend app; `model` and `clock` let tests hand in their own."""
+    """The backend app; `model`, `clock` and `transcriber` let tests hand in their own."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -95,6 +99,17 @@ def create_app(
             budgets=budgets,
             fts_config=settings.rag.rag_fts_config,
         )
+        speech = transcriber or build_transcriber(
+            settings.transcription,
+            openai_api_key=settings.rag.openai_api_key,
+            max_retries=settings.llm.llm_max_retries,
+        )
+        voice = VoiceService(
+            transcriber=speech,
+            settings=settings.transcription,
+            ledger=ledger,
+            budgets=budgets,
+        )
         app.state.services = Services(
             settings=settings,
             engine=engine,
@@ -106,6 +121,7 @@ def create_app(
             ledger=ledger,
             budgets=budgets,
             facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
+            voice=voice,
         )
         try:
             yield
@@ -118,6 +134,8 @@ def create_app(
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
+            if transcriber is None:
+                await speech.aclose()
             await jobs.aclose()
             await engine.dispose()
 
@@ -132,8 +150,13 @@ def create_app(
     app.include_router(memory)
     app.include_router(usage)
     app.include_router(facts)
+    app.include_router(media)
     app.include_router(system)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.server.max_body_bytes,
+        per_path={TRANSCRIPTIONS_PATH: settings.transcription.voice_max_bytes + MULTIPART_OVERHEAD},
+    )
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.api.errors import ApiError
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.base import ChatModel
+from llm_bot_core.media.voice import VoiceService
 from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
@@ -36,6 +37,7 @@ class Services:
     ledger: UsageLedger
     budgets: Budgets
     facts: FactService
+    voice: VoiceService
 
 
 async def get_services(request: Request) -> Services:

@@ -10,24 +10,30 @@ from llm_bot_core.errors import ERROR_CODES
 
 
 class BodySizeLimit:
-    """Pure ASGI middleware: 413 on a large Content-Length, or once the streamed body passes it."""
+    """Pure ASGI middleware: 413 on a large Content-Length, or once the streamed body passes it.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `per_path` gives routes that take uploads their own limit (voice: VOICE_MAX_BYTES)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope.get("path", ""), self.default_max_bytes)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                if declared > max_bytes:
+                    await self._reject(send, max_bytes)
                     return
         received = 0
         started = False
@@ -38,12 +44,12 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Answer now: FastAPI turns any exception raised while it reads the body
                     # into its own 400, which tracking_send then drops.
                     if not started and not rejected:
                         rejected = True
-                        await self._reject(send)
+                        await self._reject(send, max_bytes)
                     raise _TooLarge
             return message
 
@@ -60,14 +66,15 @@ class BodySizeLimit:
         except _TooLarge:
             pass
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, max_bytes: int) -> None:
         # The error shape of the exception handlers, built here: this runs before FastAPI does.
         # The request id is set: CorrelationIdMiddleware wraps this middleware.
         body = orjson.dumps(
             {
                 "type": "error",
                 "code": "payload_too_large",
-                "message": f"Body larger than {self.max_bytes} bytes (MAX_BODY_BYTES).",
+                "message": f"Body larger than {max_bytes} bytes"
+                + (" (MAX_BODY_BYTES)." if max_bytes == self.default_max_bytes else "."),
                 "request_id": correlation_id.get(),
             }
         )

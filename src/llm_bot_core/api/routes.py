@@ -52,6 +52,7 @@ async def handle(
         text=body.text,
         chat_type=body.chat_type,
         user_name=body.user_name,
+        input_mode=body.input_mode,
     )
     response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
     return HandleResponse(text=reply.text)
@@ -72,6 +73,7 @@ async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDe
         text=body.text,
         chat_type=body.chat_type,
         user_name=body.user_name,
+        input_mode=body.input_mode,
     )
     return await event_stream(reply)
 

@@ -83,6 +83,12 @@ class HandleRequest(_Strict):
         description="The sender's display name; group prompts label each turn with it.",
         examples=["Alice"],
     )
+    input_mode: Literal["text", "voice"] = Field(
+        default="text",
+        description="How the user gave the message: typed, or spoken (`text` is then the "
+        "transcript from /v1/media/transcriptions). Stored with the message; the prompt marks "
+        "a voice message as transcribed speech.",
+    )
     text: str = Field(
         min_length=1,
         pattern=NO_NUL,
@@ -186,3 +192,17 @@ class FactWrite(_Strict):
 class FactDeleted(BaseModel):
     status: Literal["ok"] = "ok"
     deleted: int = Field(ge=1, description="Rows deleted: the fact and the versions it replaced.")
+
+
+# --- voice (api/media_routes.py) --------------------------------------------------------------
+
+
+class TranscriptionResponse(BaseModel):
+    text: str = Field(
+        description="The recognised text, whitespace collapsed; never empty (422 "
+        "transcription_empty instead).",
+        examples=["Привет, напомни, что я говорил про отпуск?"],
+    )
+    audio_seconds: float = Field(ge=0, description="Length of the recording, as accounted.")
+    model: str = Field(examples=["whisper-1"])
+    language: str | None = Field(default=None, description="As the provider reports it.")

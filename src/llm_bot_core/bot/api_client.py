@@ -1,4 +1,5 @@
-"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`), `/v1/chat/reset`, the
+"""The bot's only way to the backend: `/v1/chat/handle` (or `/stream`), `/v1/chat/reset`,
+`/v1/media/transcriptions` (voice), the
 user's memory (`/v1/memory/users/{id}/facts`, `DELETE /v1/memory/users/{id}`) and usage
 (`GET /v1/usage/users/{id}`)."""
 
@@ -109,7 +110,12 @@ def _reset_may_retry(exc: BaseException) -> bool:
 
 
 def _chat_body(
-    user_id: int | str, chat_id: int | str, text: str, chat_type: str, user_name: str | None
+    user_id: int | str,
+    chat_id: int | str,
+    text: str,
+    chat_type: str,
+    user_name: str | None,
+    input_mode: str = "text",
 ) -> dict[str, Any]:
     """The body of /v1/chat/handle and /v1/chat/stream."""
     body: dict[str, Any] = {
@@ -120,6 +126,8 @@ def _chat_body(
     }
     if user_name:
         body["user_name"] = user_name
+    if input_mode != "text":  # the spec's request shape, unless the message was spoken
+        body["input_mode"] = input_mode
     return body
 
 
@@ -152,12 +160,13 @@ class BackendClient:
         chat_type: str,
         user_name: str | None = None,
         request_id: str | None = None,
+        input_mode: str = "text",
     ) -> str:
         """The assistant's answer to `text` in this chat's memory.
 
         `chat_type` (Telegram's chat.type) scopes what the backend may recall; `user_name`
-        labels the sender's turns in a group."""
-        body = _chat_body(user_id, chat_id, text, chat_type, user_name)
+        labels the sender's turns in a group; `input_mode` "voice": `text` is a transcript."""
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name, input_mode)
         data = await self._post("/v1/chat/handle", body, request_id, _handle_may_retry)
         answer = data.get("text")
         if not isinstance(answer, str):
@@ -173,13 +182,14 @@ class BackendClient:
         chat_type: str,
         user_name: str | None = None,
         request_id: str | None = None,
+        input_mode: str = "text",
     ) -> AsyncGenerator[str | Done, None]:
         """The answer as it is generated: text deltas, then Done with the whole text.
 
         Opening the stream is retried like `handle_chat`; once it is open the backend has the
         message, so nothing after that is repeated: a failure mid-answer is raised.
         """
-        body = _chat_body(user_id, chat_id, text, chat_type, user_name)
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name, input_mode)
         request_id = request_id or str(uuid.uuid4())
         path = "/v1/chat/stream"
         response = await self._retrying(
@@ -208,6 +218,52 @@ class BackendClient:
             ) from exc
         finally:
             await response.aclose()
+
+    async def transcribe(
+        self,
+        *,
+        user_id: int | str,
+        chat_id: int | str,
+        audio: bytes,
+        filename: str,
+        content_type: str,
+        duration: float | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """The text of a recording (POST /v1/media/transcriptions); never empty.
+
+        Retried like a chat message: only when the backend surely did nothing, since a
+        transcription that went through was billed and accounted."""
+        data: dict[str, str] = {"user_id": str(user_id), "chat_id": str(chat_id)}
+        if duration is not None:
+            data["duration"] = str(duration)
+        path = "/v1/media/transcriptions"
+
+        async def once(path: str, _: dict[str, Any], request_id: str) -> dict[str, Any]:
+            try:
+                response = await self._client.post(
+                    path,
+                    data=data,
+                    files={"audio": (filename, audio, content_type)},
+                    headers={"X-Request-ID": request_id},
+                )
+            except httpx.TransportError as exc:
+                raise _unavailable(path, exc) from exc
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if response.is_success and isinstance(body, dict):
+                return body
+            raise _error_of(response, request_id)
+
+        result = await self._retrying(
+            path, _handle_may_retry, once, {}, request_id or str(uuid.uuid4())
+        )
+        text = result.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise BackendError(502, "bad_backend_response", f"no text in {path} answer")
+        return text
 
     async def reset_chat(self, *, chat_id: int | str, request_id: str | None = None) -> int:
         """Close the chat's active session; the number of sessions closed."""

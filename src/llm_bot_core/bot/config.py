@@ -44,6 +44,14 @@ class BotSettings(BaseSettings):
     # pace (and to any 429 retry_after), which still shows the answer growing.
     stream_draft_interval: float = Field(default=1.0, ge=0.1, le=30)
 
+    # Voice messages (handlers/voice.py): transcribed by the backend, which holds the keys.
+    show_transcript: bool = Field(
+        default=True, description="Quote the recognised text before answering a voice message."
+    )
+    # The backend reads the same two variables; the bot checks them before downloading.
+    voice_max_seconds: int = Field(default=300, ge=1, le=24 * 3600)
+    voice_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
     allowed_user_ids: IdSet = Field(default_factory=frozenset)
     allowed_chat_ids: IdSet = Field(default_factory=frozenset)
     rate_limit_messages: int = Field(default=0, ge=0, description="0: no limit.")

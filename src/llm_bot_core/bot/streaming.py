@@ -165,6 +165,7 @@ async def stream_answer(
     user_id: int,
     user_name: str | None,
     request_id: str,
+    input_mode: str = "text",
 ) -> str:
     """The backend's answer to `text`, shown as drafts while it is generated; its final text."""
     drafts = DraftStreamer(bot, message, settings.stream_draft_interval, gate)
@@ -177,6 +178,7 @@ async def stream_answer(
         chat_type=message.chat.type,
         user_name=user_name,
         request_id=request_id,
+        input_mode=input_mode,
     )
     so_far = ""
     try:

@@ -18,7 +18,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "now on. Ask me anything; /help lists the commands.",
     },
     "help": {
-        "ru": "Я отвечаю на текстовые сообщения и помню контекст разговора.\n\n"
+        "ru": "Я отвечаю на текстовые и голосовые сообщения и помню контекст разговора.\n\n"
         "/start — начать диалог заново (забыть текущий разговор)\n"
         "/usage — расход за сегодня и дневной лимит\n"
         "/help — эта справка\n"
@@ -26,7 +26,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "/remember текст — запомнить факт\n\n"
         "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
         "сообщение.",
-        "en": "I answer text messages and remember the conversation.\n\n"
+        "en": "I answer text and voice messages and remember the conversation.\n\n"
         "/start — start over (forget the current conversation)\n"
         "/usage — today's usage and your daily limit\n"
         "/help — this help\n"
@@ -100,6 +100,40 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "error": {
         "ru": "Что-то пошло не так. Попробуйте ещё раз.",
         "en": "Something went wrong. Please try again.",
+    },
+    # --- voice messages (handlers/voice.py) ---
+    "voice_not_configured": {
+        "ru": "Голосовые сообщения здесь пока не распознаются — напишите, пожалуйста, текстом. "
+        "Администратор может включить их: TRANSCRIPTION_BASE_URL (и TRANSCRIPTION_API_KEY) "
+        "или OPENAI_API_KEY.",
+        "en": "Voice messages aren't recognised here yet — please type your message. "
+        "The administrator can turn them on: TRANSCRIPTION_BASE_URL (and "
+        "TRANSCRIPTION_API_KEY) or OPENAI_API_KEY.",
+    },
+    "voice_empty": {
+        "ru": "Не удалось ничего разобрать в этом сообщении. Попробуйте записать ещё раз "
+        "или напишите текстом.",
+        "en": "I couldn't make out anything in that message. Please try recording it again "
+        "or type it.",
+    },
+    "voice_too_long": {
+        "ru": "Запись слишком длинная: я распознаю до {limit}. Запишите покороче, пожалуйста.",
+        "en": "That recording is too long: I transcribe up to {limit}. Please record a "
+        "shorter one.",
+    },
+    "voice_too_large": {
+        "ru": "Файл слишком большой: я принимаю записи до {size}.",
+        "en": "That file is too large: I accept recordings of up to {size}.",
+    },
+    "voice_unreadable": {
+        "ru": "Не получилось прочитать эту запись. Попробуйте отправить голосовое сообщение.",
+        "en": "I couldn't read that recording. Please try sending a voice message instead.",
+    },
+    "voice_unavailable": {
+        "ru": "Распознавание речи сейчас не отвечает. Попробуйте ещё раз чуть позже "
+        "или напишите текстом.",
+        "en": "Speech recognition isn't responding right now. Please try again a bit later "
+        "or type your message.",
     },
     # --- the user's memory (handlers/memory.py) ---
     "memory_private_only": {

@@ -107,9 +107,15 @@ class Message(Base):
     # display name the client gave with the message; group prompts label turns with it.
     user_id: Mapped[str | None] = mapped_column(String(ID_MAX_LEN))
     user_name: Mapped[str | None] = mapped_column(String(NAME_MAX_LEN))
+    # How the user gave the message: typed, or spoken and transcribed (migration 0010). The
+    # content of a voice message is its transcript; the prompt marks it as spoken.
+    input_mode: Mapped[str] = mapped_column(
+        String(8), nullable=False, server_default=text("'text'")
+    )
 
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role_known"),
+        CheckConstraint("input_mode IN ('text', 'voice')", name="input_mode_known"),
         # Serves the short-term window (last N of a session) and summary chunks (after id X).
         Index("ix_messages_session_id_id", "session_id", "id"),
         # Erasing a user finds their messages in group sessions.
@@ -217,6 +223,9 @@ class LlmUsage(Base):
     )
     # What the provider charged (OpenRouter, in credits = USD); null when it does not say.
     cost: Mapped[float | None] = mapped_column(Float)
+    # Seconds of audio a transcription call was billed for (purpose "transcription"); null for
+    # other calls. Providers price speech by the minute, not by tokens (migration 0010).
+    audio_seconds: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         # The budget check of every request and GET /v1/usage/users/{id}: one user's calls since

@@ -87,13 +87,20 @@ class ChatService:
         text: str,
         chat_type: str | None = None,
         user_name: str | None = None,
+        input_mode: str = "text",
     ) -> Reply:
         """Answer a user message; the user message is stored even if the model then fails.
 
+        `input_mode` "voice": `text` is a transcript; stored so, and marked so in the prompt.
         `chat_type` None: the chat is private when its id is the user's id, else a group.
         Raises UserBlocked or BudgetExceeded, storing nothing, when the user may not write."""
         turn = await self._begin(
-            user_id=user_id, chat_id=chat_id, text=text, chat_type=chat_type, user_name=user_name
+            user_id=user_id,
+            chat_id=chat_id,
+            text=text,
+            chat_type=chat_type,
+            user_name=user_name,
+            input_mode=input_mode,
         )
         try:
             completion = await metered_completion(
@@ -114,6 +121,7 @@ class ChatService:
         text: str,
         chat_type: str | None = None,
         user_name: str | None = None,
+        input_mode: str = "text",
     ) -> ReplyStream[Reply]:
         """Answer a user message as it is generated: deltas, then the stored Reply.
 
@@ -123,7 +131,12 @@ class ChatService:
         nothing half-written is kept; the user message stays, as after a failed `handle`.
         """
         turn = await self._begin(
-            user_id=user_id, chat_id=chat_id, text=text, chat_type=chat_type, user_name=user_name
+            user_id=user_id,
+            chat_id=chat_id,
+            text=text,
+            chat_type=chat_type,
+            user_name=user_name,
+            input_mode=input_mode,
         )
         reply: ReplyStream[Reply] = ReplyStream()
         self._streams.spawn(reply.produce(self._generate(turn, reply)), name="chat.stream")
@@ -164,6 +177,7 @@ class ChatService:
         text: str,
         chat_type: str | None,
         user_name: str | None,
+        input_mode: str = "text",
     ) -> _Turn:
         """Store the user message and build the prompt from the chat's memory; refuse (storing
         nothing) a blocked user or one whose day's budget is spent."""
@@ -185,6 +199,7 @@ class ChatService:
                     chat_type=chat_type_of(chat_type, user_id=user_id, chat_id=chat_id),
                     user_name=user_name,
                     gate=gate,
+                    input_mode=input_mode,
                 )
                 profile = await self._profile(
                     conn, user, user_id=user_id, chat_id=chat_id, text=text

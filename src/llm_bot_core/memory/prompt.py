@@ -41,6 +41,9 @@ EARLIER_REPLY_MARKER = "[Earlier reply of the assistant, shown for context]"
 # stored), so that the prompt still ends with a user turn.
 NO_NEW_MESSAGE = "[No new message from the user.]"
 TURN_SEPARATOR = "\n\n"
+# A user message that was spoken: its text is a machine transcript, so a misheard word is the
+# recogniser's, not the user's (the model may ask instead of answering a garbled question).
+VOICE_MARKER = "[Voice message, transcribed automatically]"
 
 TurnRole = Literal["user", "assistant"]
 
@@ -77,6 +80,8 @@ def turn_role(message: StoredMessage) -> TurnRole:
 def message_text(message: StoredMessage) -> str:
     """How one stored message reads inside its turn."""
     marker = CONTEXT_MARKERS.get(message.role)
+    if message.role == "user" and message.input_mode == "voice":
+        marker = VOICE_MARKER
     if marker is None and message.role not in ("user", "assistant"):
         marker = f"[{message.role}, not written by the user]"
     return f"{marker}\n{message.content}" if marker else message.content

@@ -24,6 +24,8 @@ class StoredMessage:
     user_id: str | None = None
     """The author of a user turn; the user answered, of an assistant turn."""
     user_name: str | None = None
+    input_mode: str = "text"
+    """"voice": the content is the transcript of a voice message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,9 @@ _SUMMARY_OF = """
 _RECENT_OF = """
       (SELECT coalesce(json_agg(json_build_object('id', id, 'role', role, 'content', content,
                                                   'created_at', created_at, 'user_id', user_id,
-                                                  'user_name', user_name) ORDER BY id), '[]')
-         FROM (SELECT id, role, content, created_at, user_id, user_name FROM messages
+                                                  'user_name', user_name,
+                                                  'input_mode', input_mode) ORDER BY id), '[]')
+         FROM (SELECT id, role, content, created_at, user_id, user_name, input_mode FROM messages
                WHERE session_id = {session} ORDER BY id DESC LIMIT {limit}) recent)"""
 
 # $1 session id, $2 limit.
@@ -104,7 +107,7 @@ CONTEXT_SQL = (
 # The sum runs only when a limit applies, on the index of (user_id, created_at).
 # $1 chat id, $2 role, $3 content, $4 tokens, $5 how many older messages, $6 author (the user
 # the gate checks), $7 name, $8 start of the user's day, $9 USER_DAILY_TOKEN_LIMIT, $10 tokens
-# not yet in llm_usage.
+# not yet in llm_usage, $11 input mode ('text' or 'voice').
 _APPEND_WITH_CONTEXT = (
     """
     WITH gate AS (
@@ -124,8 +127,8 @@ _APPEND_WITH_CONTEXT = (
           AND (SELECT NOT blocked AND (token_limit = 0 OR spent < token_limit) FROM verdict)
         RETURNING id, messages_since_summary, chat_type
     ), m AS (
-        INSERT INTO messages (session_id, role, content, tokens, user_id, user_name)
-        SELECT s.id, $2, $3, $4, $6, $7 FROM s
+        INSERT INTO messages (session_id, role, content, tokens, user_id, user_name, input_mode)
+        SELECT s.id, $2, $3, $4, $6, $7, $11 FROM s
         RETURNING id, session_id, created_at
     )
     SELECT m.id, m.session_id, s.messages_since_summary, m.created_at, s.chat_type,"""
@@ -201,6 +204,7 @@ async def append_user_message_with_context(
     chat_type: str = "private",
     user_name: str | None = None,
     gate: Gate,
+    input_mode: str = "text",
 ) -> tuple[Appended, Summary | None, list[StoredMessage]]:
     """Store a user message (opening a session if needed) and read the prompt context in one
     round trip: the latest summary and the last `limit` messages, the new one included.
@@ -221,6 +225,7 @@ async def append_user_message_with_context(
             gate.day_start,
             gate.default_limit,
             gate.pending_tokens,
+            input_mode,
         )
         blocked, spent, token_limit = row[7], row[8], row[9]
         if blocked or (token_limit > 0 and spent >= token_limit):
@@ -241,6 +246,7 @@ async def append_user_message_with_context(
                     created_at=row[3],
                     user_id=user_id,
                     user_name=user_name,
+                    input_mode=input_mode,
                 )
             )
             return appended, summary, recent[-limit:] if limit else []
@@ -285,6 +291,7 @@ def _context(summary_value: Any, recent_value: Any) -> tuple[Summary | None, lis
             created_at=datetime.fromisoformat(m["created_at"]) if m.get("created_at") else None,
             user_id=m.get("user_id"),
             user_name=m.get("user_name"),
+            input_mode=m.get("input_mode") or "text",
         )
         for m in recent_raw
     ]

@@ -30,6 +30,8 @@ from llm_bot_core.testing.telegram_html import EntityParseError, parse_telegram_
 from llm_bot_core.testing.threaded import ThreadedServer
 
 MAX_TEXT = 4096
+# The cloud Bot API lets bots download files of up to 20 MB (getFile: "file is too big").
+MAX_DOWNLOAD = 20 * 1024 * 1024
 _JSON_PARAMS = frozenset(
     {
         "allowed_updates",
@@ -98,6 +100,10 @@ class FakeTelegram:
         self._deliveries: set[asyncio.Future[None]] = set()
         self.drafts_supported = True
         """False: answer sendMessageDraft like a Bot API server without it (404)."""
+        self._files: dict[str, _StoredFile] = {}
+        self._file_ids = itertools.count(1)
+        self.downloads: list[str] = []
+        """file_path of every file downloaded, in order."""
 
     # --- what tests use ----------------------------------------------------------------
     def push_update(self, update: dict[str, Any]) -> int:
@@ -259,6 +265,62 @@ class FakeTelegram:
             self._faults.clear()
             self.webhook = None
             self.drafts_supported = True
+            self._files.clear()
+            self.downloads.clear()
+
+    # --- files: getFile and downloads (voice messages) -----------------------------------
+    def add_file(
+        self, data: bytes, *, suffix: str = "oga", reported_size: int | None = None
+    ) -> dict[str, Any]:
+        """Store a file users can send; the `file_id`, `file_unique_id` and `file_size` fields
+        of a Telegram file object. `reported_size` makes Telegram state another size."""
+        number = next(self._file_ids)
+        file_id = f"file-{number}-{len(data)}"
+        stored = _StoredFile(
+            file_id=file_id,
+            file_unique_id=f"u{number}",
+            file_path=f"voice/file_{number}.{suffix}",
+            data=data,
+            reported_size=len(data) if reported_size is None else reported_size,
+        )
+        with self._lock:
+            self._files[file_id] = stored
+        return {
+            "file_id": file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.reported_size,
+        }
+
+    def send_voice(self, data: bytes, duration: int, **kwargs: Any) -> dict[str, Any]:
+        """Push an update with a voice message (OGG/Opus `data`); the message."""
+        voice = {**self.add_file(data), "duration": duration, "mime_type": "audio/ogg"}
+        message = self.message(None, voice=voice, **kwargs)
+        self.push_update({"message": message})
+        return message
+
+    async def _m_getfile(self, params: dict[str, Any], _: ApiCall) -> Any:
+        stored = self._files.get(str(params.get("file_id", "")))
+        if stored is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        if len(stored.data) > MAX_DOWNLOAD:
+            raise _ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": stored.reported_size,
+            "file_path": stored.file_path,
+        }
+
+    async def _download(self, request: web.Request) -> web.Response:
+        """GET /file/bot<token>/<file_path>, as api.telegram.org serves files."""
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        path = request.match_info["file_path"]
+        for stored in list(self._files.values()):
+            if stored.file_path == path:
+                self.downloads.append(path)
+                return web.Response(body=stored.data, content_type="application/octet-stream")
+        return _error(404, "Not Found")
 
     # --- the server ----------------------------------------------------------------------
     async def attach(self, _: web.Application | None = None) -> None:
@@ -480,10 +542,20 @@ class FakeTelegram:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self.handle)
+        app.router.add_get("/file/bot{token}/{file_path:.+}", self._download)
         # Control endpoints for a fake running in another process.
         app.router.add_post("/_fake/messages", self._push_message)
         app.router.add_get("/_fake/calls", self._list_calls)
         return app
+
+
+@dataclass
+class _StoredFile:
+    file_id: str
+    file_unique_id: str
+    file_path: str
+    data: bytes
+    reported_size: int
 
 
 class _ApiError(Exception):

@@ -97,6 +97,14 @@ class Budgets:
         _, resets_at = day_window(now, self.zone)
         return BudgetExceeded(now=now, resets_at=resets_at, spent=spent, limit=limit)
 
+    async def check(self, user_id: str) -> None:
+        """Raise the refusal a message of this user would get now (blocked, or the day's
+        budget spent); for calls made before any message is stored (transcription)."""
+        day = await self.today(user_id)
+        spent = day.prompt_tokens + day.completion_tokens
+        if day.blocked or (day.daily_token_limit > 0 and spent >= day.daily_token_limit):
+            raise self.refusal(blocked=day.blocked, spent=spent, limit=day.daily_token_limit)
+
     async def today(self, user_id: str) -> DayUsage:
         """What the user has spent since their day began, and the limit that applies."""
         start, end = self.window()

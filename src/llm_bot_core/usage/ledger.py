@@ -40,6 +40,7 @@ class UsageRecord:
     prompt_tokens: int
     completion_tokens: int
     cost: float | None
+    audio_seconds: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -79,9 +80,17 @@ class UsageLedger:
         return Account(self, user_id, chat_id)
 
     def record(
-        self, purpose: str, completion: Completion, *, user_id: str | None, chat_id: str | None
+        self,
+        purpose: str,
+        completion: Completion,
+        *,
+        user_id: str | None,
+        chat_id: str | None,
+        audio_seconds: float | None = None,
     ) -> None:
-        """Note one call's usage; returns at once and never raises (no I/O here)."""
+        """Note one call's usage; returns at once and never raises (no I/O here).
+
+        `audio_seconds`: the length of the recording a transcription call was billed for."""
         entry = UsageRecord(
             created_at=self.clock(),
             user_id=user_id,
@@ -91,6 +100,7 @@ class UsageLedger:
             prompt_tokens=max(completion.prompt_tokens or 0, 0),
             completion_tokens=max(completion.completion_tokens or 0, 0),
             cost=completion.cost,
+            audio_seconds=audio_seconds,
         )
         self._buffer.append(entry)
         self._schedule()
@@ -166,6 +176,7 @@ class UsageLedger:
                             "prompt_tokens": r.prompt_tokens,
                             "completion_tokens": r.completion_tokens,
                             "cost": r.cost,
+                            "audio_seconds": r.audio_seconds,
                         }
                         for r in batch
                     ],

@@ -50,10 +50,11 @@ async def answer_text(
     lang: Lang,
     drafts: DraftGate,
     notices: Notices,
+    input_mode: str = "text",
 ) -> None:
     """Ask the backend and send its answer: streamed as drafts in private chats, otherwise
     with "typing…" meanwhile. A user the backend refuses (over budget, blocked) is told once,
-    then silence."""
+    then silence. The voice handler calls it with a transcript and `input_mode` "voice"."""
     sender = message.from_user
     # A channel post or an anonymous group admin has no user: the chat speaks for itself.
     user_id = sender.id if sender else message.chat.id
@@ -63,6 +64,7 @@ async def answer_text(
             answer = await stream_answer(
                 message, text, bot, backend, settings, drafts,
                 user_id=user_id, user_name=user_name, request_id=request_id,
+                input_mode=input_mode,
             )  # fmt: skip
         else:
             async with typing(bot, message, settings.typing_interval):
@@ -73,6 +75,7 @@ async def answer_text(
                     chat_type=message.chat.type,
                     user_name=user_name,
                     request_id=request_id,
+                    input_mode=input_mode,
                 )
     except (BackendError, BackendUnavailable) as exc:
         if isinstance(exc, BackendError) and exc.code in REFUSALS:

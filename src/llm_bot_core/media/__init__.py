@@ -1,0 +1,1 @@
+"""Media a user sends besides text: voice and audio, transcribed into the user's message."""
