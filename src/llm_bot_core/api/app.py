@@ -49,7 +49,13 @@ def build_jobs(
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
     return InProcessJobs(
-        engine, model, settings.memory, semantic, ledger, fts_config=settings.rag.rag_fts_config
+        engine,
+        model,
+        settings.memory,
+        semantic,
+        ledger,
+        fts_config=settings.rag.rag_fts_config,
+        pictures=settings.pictures,
     )
 
 
@@ -94,6 +100,8 @@ def create_app(
             ledger=ledger,
             budgets=budgets,
             fts_config=settings.rag.rag_fts_config,
+            pictures=settings.pictures,
+            data_dir=settings.storage.data_dir,
         )
         app.state.services = Services(
             settings=settings,
@@ -102,7 +110,12 @@ def create_app(
             semantic=semantic,
             jobs=jobs,
             chat=chat,
-            erase=EraseService(engine=engine, semantic=semantic, ledger=ledger),
+            erase=EraseService(
+                engine=engine,
+                semantic=semantic,
+                ledger=ledger,
+                data_dir=settings.storage.data_dir,
+            ),
             ledger=ledger,
             budgets=budgets,
             facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
@@ -133,7 +146,16 @@ def create_app(
     app.include_router(usage)
     app.include_router(facts)
     app.include_router(system)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    # The chat endpoints take up to MAX_IMAGES pictures of IMAGE_MAX_BYTES, base64 (4/3).
+    pictures = settings.pictures
+    picture_body = settings.server.max_body_bytes + pictures.max_images * (
+        pictures.image_max_bytes * 4 // 3 + 4
+    )
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.server.max_body_bytes,
+        larger={"/v1/chat/handle": picture_body, "/v1/chat/stream": picture_body},
+    )
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).
     app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID")

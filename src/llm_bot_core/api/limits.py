@@ -12,22 +12,25 @@ from llm_bot_core.errors import ERROR_CODES
 class BodySizeLimit:
     """Pure ASGI middleware: 413 on a large Content-Length, or once the streamed body passes it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Paths allowed a larger body: the chat endpoints, which take pictures.
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                if declared > max_bytes:
+                    await self._reject(send, max_bytes)
                     return
         received = 0
         started = False
@@ -38,12 +41,12 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     # Answer now: FastAPI turns any exception raised while it reads the body
                     # into its own 400, which tracking_send then drops.
                     if not started and not rejected:
                         rejected = True
-                        await self._reject(send)
+                        await self._reject(send, max_bytes)
                     raise _TooLarge
             return message
 
@@ -60,14 +63,15 @@ class BodySizeLimit:
         except _TooLarge:
             pass
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, max_bytes: int) -> None:
         # The error shape of the exception handlers, built here: this runs before FastAPI does.
         # The request id is set: CorrelationIdMiddleware wraps this middleware.
         body = orjson.dumps(
             {
                 "type": "error",
                 "code": "payload_too_large",
-                "message": f"Body larger than {self.max_bytes} bytes (MAX_BODY_BYTES).",
+                "message": f"Body larger than {max_bytes} bytes (MAX_BODY_BYTES, or with "
+                "pictures MAX_IMAGES x IMAGE_MAX_BYTES).",
                 "request_id": correlation_id.get(),
             }
         )
