@@ -4,9 +4,10 @@ user's memory (`/v1/memory/users/{id}/facts`, `DELETE /v1/memory/users/{id}`) an
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -109,7 +110,12 @@ def _reset_may_retry(exc: BaseException) -> bool:
 
 
 def _chat_body(
-    user_id: int | str, chat_id: int | str, text: str, chat_type: str, user_name: str | None
+    user_id: int | str,
+    chat_id: int | str,
+    text: str,
+    chat_type: str,
+    user_name: str | None,
+    images: Sequence[tuple[bytes, str]] = (),
 ) -> dict[str, Any]:
     """The body of /v1/chat/handle and /v1/chat/stream."""
     body: dict[str, Any] = {
@@ -120,6 +126,11 @@ def _chat_body(
     }
     if user_name:
         body["user_name"] = user_name
+    if images:
+        body["images"] = [
+            {"data_base64": base64.b64encode(data).decode("ascii"), "mime_type": mime}
+            for data, mime in images
+        ]
     return body
 
 
@@ -152,12 +163,14 @@ class BackendClient:
         chat_type: str,
         user_name: str | None = None,
         request_id: str | None = None,
+        images: Sequence[tuple[bytes, str]] = (),
     ) -> str:
         """The assistant's answer to `text` in this chat's memory.
 
         `chat_type` (Telegram's chat.type) scopes what the backend may recall; `user_name`
-        labels the sender's turns in a group."""
-        body = _chat_body(user_id, chat_id, text, chat_type, user_name)
+        labels the sender's turns in a group; `images` are (bytes, mime type) of pictures sent
+        with the message, `text` being their caption."""
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name, images)
         data = await self._post("/v1/chat/handle", body, request_id, _handle_may_retry)
         answer = data.get("text")
         if not isinstance(answer, str):

@@ -98,6 +98,10 @@ class FakeTelegram:
         self._deliveries: set[asyncio.Future[None]] = set()
         self.drafts_supported = True
         """False: answer sendMessageDraft like a Bot API server without it (404)."""
+        # --- files (pictures): what getFile and the file URL serve ---------------------------
+        self.files: dict[str, tuple[str, bytes]] = {}
+        """file_id -> (file_path, bytes)."""
+        self._file_ids = itertools.count(1)
 
     # --- what tests use ----------------------------------------------------------------
     def push_update(self, update: dict[str, Any]) -> int:
@@ -259,6 +263,82 @@ class FakeTelegram:
             self._faults.clear()
             self.webhook = None
             self.drafts_supported = True
+            self.files.clear()
+
+    # --- files: photos and image documents (getFile, then the file URL) --------------------
+    def add_file(
+        self, data: bytes, *, suffix: str = "jpg", folder: str = "photos"
+    ) -> dict[str, Any]:
+        """Store a file the bot may fetch; its `file_id`, `file_unique_id` and `file_size`."""
+        number = next(self._file_ids)
+        file_id = f"file-{number}-{len(data)}"
+        with self._lock:
+            self.files[file_id] = (f"{folder}/file_{number}.{suffix}", data)
+        return {"file_id": file_id, "file_unique_id": f"u{number}", "file_size": len(data)}
+
+    def photo_message(
+        self,
+        jpeg: bytes,
+        caption: str | None = None,
+        *,
+        media_group_id: str | None = None,
+        as_document: bool = False,
+        mime_type: str = "image/jpeg",
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """A message with a photo (as Telegram sends it: sizes, the largest last), or with the
+        picture as a document; `caption` as a photo's caption."""
+        fields: dict[str, Any] = {}
+        if as_document:
+            fields["document"] = {
+                **self.add_file(jpeg, suffix="jpg", folder="documents"),
+                "file_name": "picture.jpg",
+                "mime_type": mime_type,
+            }
+        else:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(jpeg)) as image:
+                width, height = image.size
+            thumb = self.add_file(jpeg[: max(1, len(jpeg) // 4)])  # never the one to fetch
+            fields["photo"] = [
+                {**thumb, "width": max(1, width // 4), "height": max(1, height // 4)},
+                {**self.add_file(jpeg), "width": width, "height": height},
+            ]
+        if caption is not None:
+            fields["caption"] = caption
+        if media_group_id is not None:
+            fields["media_group_id"] = media_group_id
+        return self.message(None, **fields, **kwargs)
+
+    def send_photo(self, jpeg: bytes, caption: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Push an update with a new photo message (see photo_message); the message."""
+        message = self.photo_message(jpeg, caption, **kwargs)
+        self.push_update({"message": message})
+        return message
+
+    async def _m_getfile(self, params: dict[str, Any], _: ApiCall) -> Any:
+        file_id = str(params.get("file_id", ""))
+        with self._lock:
+            found = self.files.get(file_id)
+        if found is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        path, data = found
+        return {"file_id": file_id, "file_unique_id": file_id, "file_size": len(data),
+                "file_path": path}  # fmt: skip
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        path = request.match_info["path"]
+        with self._lock:
+            data = next((d for p, d in self.files.values() if p == path), None)
+        self.calls.append(ApiCall("_download", {"file_path": path}, ok=data is not None))
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=data, content_type="application/octet-stream")
 
     # --- the server ----------------------------------------------------------------------
     async def attach(self, _: web.Application | None = None) -> None:
@@ -480,6 +560,7 @@ class FakeTelegram:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self.handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         # Control endpoints for a fake running in another process.
         app.router.add_post("/_fake/messages", self._push_message)
         app.router.add_get("/_fake/calls", self._list_calls)
