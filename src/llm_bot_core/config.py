@@ -358,7 +358,7 @@ class PictureSettings(_Group):
         le=8192,
         description="Pictures are downscaled to this longest side (pixels) and re-encoded JPEG.",
     )
-    vision_model: str | None = Field(
+    vision_model: Annotated[str | None, BlankIsNone] = Field(
         default=None,
         description="Model that answers messages with pictures and describes them; unset: "
         "the chat model.",
@@ -368,7 +368,7 @@ class PictureSettings(_Group):
         description="The chat model (or VISION_MODEL) reads images; false: pictures are "
         "refused with 422 images_not_supported, storing nothing.",
     )
-    describe_images: bool | None = Field(
+    describe_images: Annotated[bool | None, BlankIsNone] = Field(
         default=None,
         description="Describe each picture for memory, off the reply path; unset: on when "
         "IMAGES_SUPPORTED.",
