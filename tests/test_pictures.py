@@ -286,6 +286,51 @@ async def test_kept_pictures_live_under_data_dir_until_the_user_is_erased(
     assert existing(paths) == [False, True]  # another user's picture stays
 
 
+async def test_erasing_a_session_or_a_group_member_deletes_their_kept_pictures_only(
+    picture_settings: Settings, db: AsyncEngine, fake_llm: FakeLLM
+) -> None:
+    keep = picture_settings.model_copy(
+        update={"pictures": picture_settings.pictures.model_copy(update={"keep_images": True})}
+    )
+    group = {"chat_id": "-100", "chat_type": "group"}
+    async with running_app(keep) as client:
+        await client.post("/v1/chat/handle", json=body("private", image(jpeg()), user="a"))
+        await client.post("/v1/chat/handle", json={**body("in group", image(jpeg()), user="a"),
+                                                   **group})  # fmt: skip
+        await client.post("/v1/chat/handle", json={**body("theirs", image(jpeg()), user="b"),
+                                                   **group})  # fmt: skip
+        await drain_jobs(client)
+        async with db.connect() as conn:
+            found = [tuple(r) for r in await conn.execute(text(
+                "SELECT m.session_id, m.attachments->'images'->0->>'path' FROM messages m "
+                "WHERE attachments IS NOT NULL ORDER BY m.id"))]  # fmt: skip
+        paths = [p for _, p in found]
+        assert existing(paths) == [True, True, True]
+        erased = await client.delete(f"/v1/memory/sessions/{found[0][0]}")
+        assert erased.status_code == 200, erased.text
+        assert existing(paths) == [False, True, True]
+        erased = await client.delete("/v1/memory/users/a")
+        assert erased.status_code == 200, erased.text
+    assert existing(paths) == [False, False, True]  # the group's other member keeps theirs
+
+
+async def test_the_lean_http_client_also_reports_a_model_without_vision(
+    picture_settings: Settings, fake_llm: FakeLLM
+) -> None:
+    lean = picture_settings.model_copy(
+        update={"llm": picture_settings.llm.model_copy(update={"llm_client": "http"})}
+    )
+    fake_llm.vision = False
+    async with running_app(lean) as client:
+        handled = await client.post("/v1/chat/handle", json=body("hi", image(jpeg())))
+        streamed = await client.post("/v1/chat/stream", json=body("hi", image(jpeg())))
+        text_only = await client.post("/v1/chat/handle", json=body("just text"))
+        await drain_jobs(client)
+    assert handled.status_code == 422 and handled.json()["code"] == "images_not_supported"
+    assert streamed.status_code == 422 and streamed.json()["code"] == "images_not_supported"
+    assert text_only.status_code == 200
+
+
 async def test_stream_endpoint_takes_pictures_too(
     picture_settings: Settings, fake_llm: FakeLLM
 ) -> None:
