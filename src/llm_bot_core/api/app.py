@@ -14,7 +14,7 @@ from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.facts_routes import facts
-from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.limits import CHAT_PATHS, BodySizeLimit, chat_body_limit
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.api.usage_routes import usage
@@ -146,15 +146,11 @@ def create_app(
     app.include_router(usage)
     app.include_router(facts)
     app.include_router(system)
-    # The chat endpoints take up to MAX_IMAGES pictures of IMAGE_MAX_BYTES, base64 (4/3).
-    pictures = settings.pictures
-    picture_body = settings.server.max_body_bytes + pictures.max_images * (
-        pictures.image_max_bytes * 4 // 3 + 4
-    )
+    # The chat endpoints take pictures: a larger body (chat_body_limit).
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.server.max_body_bytes,
-        larger={"/v1/chat/handle": picture_body, "/v1/chat/stream": picture_body},
+        larger=dict.fromkeys(CHAT_PATHS, chat_body_limit(settings)),
     )
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).

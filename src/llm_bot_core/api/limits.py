@@ -6,7 +6,19 @@ import orjson
 from asgi_correlation_id import correlation_id
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_bot_core.config import Settings
 from llm_bot_core.errors import ERROR_CODES
+
+CHAT_PATHS = ("/v1/chat/handle", "/v1/chat/stream")
+
+
+def chat_body_limit(settings: Settings) -> int:
+    """The body limit of the chat endpoints: MAX_BODY_BYTES plus MAX_IMAGES pictures of
+    IMAGE_MAX_BYTES in base64 (4/3)."""
+    pictures = settings.pictures
+    return settings.server.max_body_bytes + pictures.max_images * (
+        pictures.image_max_bytes * 4 // 3 + 4
+    )
 
 
 class BodySizeLimit:
