@@ -74,7 +74,8 @@ READ_ONLY: dict[str, frozenset[str]] = {
     "chat_sessions": frozenset(
         {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
     ),
-    "messages": frozenset({"id", "session_id", "tokens", "created_at"}),
+    # `attachments`: the pictures' record and descriptions (memory/pictures.py).
+    "messages": frozenset({"id", "session_id", "tokens", "created_at", "attachments"}),
     "conversation_summaries": frozenset(
         {"id", "session_id", "version", "created_at", "last_message_id"}
     ),
@@ -161,6 +162,11 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         },
         "content": {"interface": "input-multiline", "display": "formatted-value"},
         "created_at": {"display": "datetime", "display_options": {"relative": True}},
+        "attachments": {
+            "interface": "input-code",
+            "options": {"language": "JSON"},
+            "note": "Pictures sent with the message: caption, size, description.",
+        },
     },
     "conversation_summaries": {
         "session_id": _many_to_one(SESSION_TEMPLATE),

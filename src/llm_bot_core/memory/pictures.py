@@ -27,6 +27,7 @@ import base64
 import binascii
 import io
 import logging
+import math
 import shutil
 import uuid
 import warnings
@@ -122,6 +123,12 @@ def _prepare(index: int, data: str, mime_type: str, settings: PictureSettings) -
                     raise PictureError(
                         f"images[{index}] has more than {MAX_PIXELS} pixels", code="invalid_image"
                     )
+                scale = settings.image_max_side / max(opened.size)
+                if opened.format == "JPEG" and scale < 1:
+                    # Decode at 1/2, 1/4 or 1/8 scale (no smaller than the target): a 12 MP
+                    # photo then costs a fraction of its full decode.
+                    opened.draft("RGB", (math.ceil(opened.width * scale),
+                                         math.ceil(opened.height * scale)))  # fmt: skip
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except PictureError:

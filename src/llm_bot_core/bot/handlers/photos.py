@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
@@ -157,6 +158,10 @@ async def answer_pictures(
             images = [await _download(bot, item) for item in items]
         except _TooLarge:
             await reply(message, t("image_too_large", lang))
+            return
+        except TelegramBadRequest as exc:  # an expired or unknown file_id
+            log.warning("could not fetch a picture in chat %s: %s", message.chat.id, exc)
+            await reply(message, t("invalid_image", lang))
             return
         try:
             answer = await backend.handle_chat(
