@@ -54,7 +54,7 @@ def main() -> None:
         batch = [(start + i, t) for i, t in enumerate(turns[start : start + args.every])]
         request = extraction_prompt(known[-SIMILAR_FACTS:], batch)
         calls += 1
-        prompt += sum(tokens(m["content"]) + 4 for m in request)
+        prompt += sum(tokens(str(m["content"])) + 4 for m in request)
         operation = {
             "op": "add",
             "fact": None,

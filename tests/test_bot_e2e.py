@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.bot.formatting import check_html
 from llm_bot_core.config import Settings
-from llm_bot_core.testing.fake_llm import FakeLLM
+from llm_bot_core.testing.fake_llm import FakeLLM, text_of
 from llm_bot_core.testing.fake_telegram import FakeTelegram, FakeTelegramServer
 from tests.bot_support import (  # noqa: F401 - fixtures
     BackendServer,
@@ -22,6 +22,7 @@ from tests.bot_support import (  # noqa: F401 - fixtures
     telegram_fixture,
     telegram_server_fixture,
 )
+from tests.test_pictures import jpeg
 
 pytestmark = pytest.mark.asyncio
 
@@ -244,37 +245,39 @@ async def test_stickers_photos_edits_and_unknown_updates_do_not_break_the_bot(
         sticker = {"file_id": "s1", "file_unique_id": "u1", "type": "regular", "width": 512,
                    "height": 512, "is_animated": False, "is_video": False}
         telegram.push_update({"message": telegram.message(chat_id=chat, sticker=sticker)})
-        photo = [{"file_id": "p1", "file_unique_id": "pu1", "width": 90, "height": 90}]
-        telegram.push_update({"message": telegram.message(chat_id=chat, photo=photo)})
         telegram.push_update({"message": telegram.message(
             chat_id=chat, voice={"file_id": "v1", "file_unique_id": "vu1", "duration": 2})})
-        texts = await telegram.wait_for("sendMessage", 3, chat_id=chat)
+        texts = await telegram.wait_for("sendMessage", 2, chat_id=chat)
         # The voice message is the voice handler's (tests/test_bot_voice.py); its file is gone.
-        assert sorted("text only" in (c.plain_text or "") for c in texts) == [False, True, True]
+        assert sorted("text only" in (c.plain_text or "") for c in texts) == [False, True]
         assert "couldn't read that recording" in str([c.plain_text for c in texts])
+        # A photo is a picture for the model now (handlers/photos.py, tests/test_bot_pictures.py).
+        telegram.send_photo(jpeg(90, 90), chat_id=chat)
+        await telegram.wait_for("sendMessage", 3, chat_id=chat)
 
         edited = telegram.message("edited text", chat_id=chat, edit_date=1)
         telegram.push_update({"edited_message": edited})
         telegram.push_update({"some_future_update": {"field": 1}})
         telegram.push_update({"callback_query": {"id": "c1", "from": edited["from"],
                                                  "chat_instance": "x", "data": "d"}})
-        telegram.push_update({"message": telegram.message(
-            chat_id=chat, photo=photo, caption="what is on this photo?")})
+        telegram.send_photo(jpeg(90, 90), "what is on this photo?", chat_id=chat)
         answered = await telegram.wait_for("sendMessage", 4, chat_id=chat)
-        assert answered[3].plain_text == "Echo: what is on this photo?"
+        assert answered[3].plain_text == "Echo: [Picture]\nwhat is on this photo?"
 
         for caption in ("compare these two", None):  # an album: the caption on one item
-            album_item = telegram.message(chat_id=chat, photo=photo, media_group_id="album1")
-            if caption:
-                album_item["caption"] = caption
+            album_item = telegram.photo_message(jpeg(90, 90), caption, chat_id=chat,
+                                                media_group_id="album1")
             update_id = telegram.push_update({"message": album_item})
         await telegram.wait_for("sendMessage", 5, chat_id=chat)
         await telegram.wait_consumed(update_id)
         await settle()
 
-    assert telegram.sent_texts(chat_id=chat)[4:] == ["Echo: compare these two"]
-    assert [r["messages"][-1]["content"] for r in fake_llm.chat_requests] == [
-        "what is on this photo?", "compare these two"]
+    assert telegram.sent_texts(chat_id=chat)[2:] == [
+        "Echo: [Picture]", "Echo: [Picture]\nwhat is on this photo?",
+        "Echo: [Picture]\n[Picture]\ncompare these two"]
+    assert [text_of(r["messages"][-1]["content"]) for r in fake_llm.chat_requests] == [
+        "[Picture]", "[Picture]\nwhat is on this photo?",
+        "[Picture]\n[Picture]\ncompare these two"]
 
 
 async def test_help_lists_the_commands_in_the_users_language(

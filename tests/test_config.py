@@ -156,3 +156,22 @@ def test_llm_derived_values() -> None:
     local = LLMSettings(llm_base_url="http://127.0.0.1:11434/v1", llm_api_key=SecretStr("k"))
     assert local.configured
     assert (local.effective_base_url, local.effective_api_key) == ("http://127.0.0.1:11434/v1", "k")
+
+
+@pytest.mark.parametrize(
+    ("env", "describing"),
+    [
+        ({}, True),
+        ({"IMAGES_SUPPORTED": "false"}, False),
+        ({"DESCRIBE_IMAGES": "false"}, False),
+        ({"IMAGES_SUPPORTED": "false", "DESCRIBE_IMAGES": "true"}, False),
+        ({"DESCRIBE_IMAGES": ""}, True),
+    ],
+)
+def test_pictures_are_described_by_default_only_when_the_model_reads_them(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], describing: bool
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    pictures = Settings(_env_file=None).pictures
+    assert pictures.describing is describing

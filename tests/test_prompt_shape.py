@@ -144,19 +144,20 @@ def test_chat_prompt_of_any_window_is_strict_and_loses_nothing(
     recalled: list[RecalledFact],
 ) -> None:
     prompt = build_prompt(system, summary, recent, recalled)
+    content = [str(m["content"]) for m in prompt]  # build_prompt writes text only
     assert chat_problems(prompt) == []
-    assert prompt[0]["content"].startswith(system)
+    assert content[0].startswith(system)
     if summary is not None and summary.content.strip():
-        assert prompt[0]["content"].endswith(f"{SUMMARY_HEADER}\n{summary.content}")
+        assert content[0].endswith(f"{SUMMARY_HEADER}\n{summary.content}")
     # Every stored message appears, in order, in the turns after the system message.
-    turns = "\n\n".join(m["content"] for m in prompt[1:])
+    turns = "\n\n".join(content[1:])
     position = 0
     for message in recent:
         position = turns.index(message.content, position) + len(message.content)
     if recalled:
-        assert prompt[-1]["content"].startswith(RECALL_HEADER)
+        assert content[-1].startswith(RECALL_HEADER)
     if recent and recent[-1].role == "user":  # chat's case: the question closes the prompt
-        assert prompt[-1]["content"].endswith(recent[-1].content)
+        assert content[-1].endswith(recent[-1].content)
 
 
 @given(previous=summaries, chunk=windows)

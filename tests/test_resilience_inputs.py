@@ -16,6 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
 
 from llm_bot_core.api.app import create_app
+from llm_bot_core.api.limits import chat_body_limit
 from llm_bot_core.config import Settings
 from llm_bot_core.testing.fake_llm import FakeLLM
 from llm_bot_core.testing.fake_transcription import FakeTranscription, FakeTranscriptionServer
@@ -93,19 +94,22 @@ async def _chunks(total: int, size: int, sent: list[int]) -> AsyncIterator[bytes
     yield b'"}'
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/handle", "/v1/chat/reset"])
 async def test_streamed_body_without_length_is_cut_off_at_the_limit(
-    app_client: httpx.AsyncClient, settings: Settings
+    app_client: httpx.AsyncClient, settings: Settings, path: str
 ) -> None:
     sent = [0]
     response = await app_client.post(
-        "/v1/chat/handle",
+        path,
         content=_chunks(50 * 1024 * 1024, 64 * 1024, sent),
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"
-    # Refused after the limit, not after 50 MB.
-    assert sent[0] <= settings.server.max_body_bytes + 2 * 64 * 1024
+    # Refused after the limit, not after 50 MB; the chat endpoints' is larger: they take
+    # pictures (MAX_IMAGES x IMAGE_MAX_BYTES).
+    limit = chat_body_limit(settings) if path == "/v1/chat/handle" else None
+    assert sent[0] <= (limit or settings.server.max_body_bytes) + 2 * 64 * 1024
 
 
 @contextlib.asynccontextmanager

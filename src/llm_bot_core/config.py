@@ -12,6 +12,7 @@ receives only its group (`ChatService(..., settings.memory)`, `build_chat_model(
     rag      RagSettings      semantic memory: embedder, vector store    settings.rag
     usage    UsageSettings    usage accounting and daily token budgets   settings.usage
     transcription TranscriptionSettings  voice: speech to text, its limits  settings.transcription
+    pictures PictureSettings  pictures: limits, vision model, descriptions settings.pictures
 
 The Telegram bot is a separate process with its own `BotSettings` (bot/config.py): settings only
 the bot reads go there. To add a setting, add a field to its group; the environment variable is
@@ -387,6 +388,51 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value().strip() if value is not None else ""
 
 
+class PictureSettings(_Group):
+    """Pictures sent with a message (memory/pictures.py): limits, the vision model, memory."""
+
+    max_images: int = Field(default=4, ge=1, le=10, description="Pictures per message.")
+    image_max_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=1024,
+        le=50 * 1024 * 1024,
+        description="Largest picture accepted, decoded bytes; larger: 413 image_too_large.",
+    )
+    image_max_side: int = Field(
+        default=1568,
+        ge=64,
+        le=8192,
+        description="Pictures are downscaled to this longest side (pixels) and re-encoded JPEG.",
+    )
+    vision_model: Annotated[str | None, BlankIsNone] = Field(
+        default=None,
+        description="Model that answers messages with pictures and describes them; unset: "
+        "the chat model.",
+    )
+    images_supported: bool = Field(
+        default=True,
+        description="The chat model (or VISION_MODEL) reads images; false: pictures are "
+        "refused with 422 images_not_supported, storing nothing.",
+    )
+    describe_images: Annotated[bool | None, BlankIsNone] = Field(
+        default=None,
+        description="Describe each picture for memory, off the reply path; unset: on when "
+        "IMAGES_SUPPORTED.",
+    )
+    keep_images: bool = Field(
+        default=False,
+        description="Keep the (downscaled) pictures under DATA_DIR/images; erased with the "
+        "user's data.",
+    )
+
+    @property
+    def describing(self) -> bool:
+        """Whether pictures get a description job."""
+        if self.describe_images is None:
+            return self.images_supported
+        return self.describe_images and self.images_supported
+
+
 GROUPS: dict[str, type[_Group]] = {
     "storage": StorageSettings,
     "server": ServerSettings,
@@ -397,6 +443,7 @@ GROUPS: dict[str, type[_Group]] = {
     "rag": RagSettings,
     "usage": UsageSettings,
     "transcription": TranscriptionSettings,
+    "pictures": PictureSettings,
 }
 
 
@@ -477,6 +524,7 @@ class Settings(BaseSettings):
     rag: RagSettings = Field(default_factory=RagSettings)
     usage: UsageSettings = Field(default_factory=UsageSettings)
     transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
+    pictures: PictureSettings = Field(default_factory=PictureSettings)
 
     @classmethod
     def settings_customise_sources(

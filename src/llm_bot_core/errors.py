@@ -28,6 +28,20 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "user_blocked": ErrorCode(403, "An operator blocked this user; nothing was stored."),
     "session_gone": ErrorCode(409, "The session was deleted while the answer was generated."),
     "payload_too_large": ErrorCode(413, "Body or text longer than the configured limit."),
+    "image_too_large": ErrorCode(
+        413, "A picture is larger than IMAGE_MAX_BYTES (decoded); nothing was stored."
+    ),
+    "invalid_image": ErrorCode(
+        422, "An entry of `images` is not a picture Pillow can read; nothing was stored."
+    ),
+    "too_many_images": ErrorCode(
+        422, "More pictures than MAX_IMAGES in one message; nothing was stored."
+    ),
+    "images_not_supported": ErrorCode(
+        422,
+        "The model cannot read pictures: IMAGES_SUPPORTED is off (nothing was stored) or the "
+        "provider refused the image (the message and its caption were stored).",
+    ),
     "unsupported_media_type": ErrorCode(415, "Send the body as application/json."),
     "validation_error": ErrorCode(
         422, "The request does not match the schema or holds a value that cannot be stored."

@@ -74,7 +74,10 @@ READ_ONLY: dict[str, frozenset[str]] = {
     "chat_sessions": frozenset(
         {"id", "user_id", "chat_id", "created_at", "messages_since_summary"}
     ),
-    "messages": frozenset({"id", "session_id", "tokens", "created_at", "input_mode"}),
+    # `attachments`: the pictures' record and descriptions (memory/pictures.py).
+    "messages": frozenset(
+        {"id", "session_id", "tokens", "created_at", "input_mode", "attachments"}
+    ),
     "conversation_summaries": frozenset(
         {"id", "session_id", "version", "created_at", "last_message_id"}
     ),
@@ -168,6 +171,11 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
             "display": "labels",
             "display_options": {"choices": INPUT_MODES},
             "note": "voice: the content is the transcript of a voice message.",
+        },
+        "attachments": {
+            "interface": "input-code",
+            "options": {"language": "JSON"},
+            "note": "Pictures sent with the message: caption, size, description.",
         },
     },
     "conversation_summaries": {

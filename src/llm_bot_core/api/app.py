@@ -14,7 +14,7 @@ from llm_bot_core import __version__
 from llm_bot_core.api.deps import Services
 from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.facts_routes import facts
-from llm_bot_core.api.limits import BodySizeLimit
+from llm_bot_core.api.limits import CHAT_PATHS, BodySizeLimit, chat_body_limit
 from llm_bot_core.api.media_routes import MULTIPART_OVERHEAD, TRANSCRIPTIONS_PATH, media
 from llm_bot_core.api.memory_routes import memory
 from llm_bot_core.api.routes import system, v1
@@ -52,7 +52,13 @@ def build_jobs(
 
         return CeleryJobs(settings, index_enabled=semantic.enabled)
     return InProcessJobs(
-        engine, model, settings.memory, semantic, ledger, fts_config=settings.rag.rag_fts_config
+        engine,
+        model,
+        settings.memory,
+        semantic,
+        ledger,
+        fts_config=settings.rag.rag_fts_config,
+        pictures=settings.pictures,
     )
 
 
@@ -98,6 +104,8 @@ def create_app(
             ledger=ledger,
             budgets=budgets,
             fts_config=settings.rag.rag_fts_config,
+            pictures=settings.pictures,
+            data_dir=settings.storage.data_dir,
         )
         speech = transcriber or build_transcriber(
             settings.transcription,
@@ -117,7 +125,12 @@ def create_app(
             semantic=semantic,
             jobs=jobs,
             chat=chat,
-            erase=EraseService(engine=engine, semantic=semantic, ledger=ledger),
+            erase=EraseService(
+                engine=engine,
+                semantic=semantic,
+                ledger=ledger,
+                data_dir=settings.storage.data_dir,
+            ),
             ledger=ledger,
             budgets=budgets,
             facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
@@ -155,7 +168,11 @@ def create_app(
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.server.max_body_bytes,
-        per_path={TRANSCRIPTIONS_PATH: settings.transcription.voice_max_bytes + MULTIPART_OVERHEAD},
+        # Routes that take uploads have their own limit: voice, and the chat endpoints' pictures.
+        per_path={
+            TRANSCRIPTIONS_PATH: settings.transcription.voice_max_bytes + MULTIPART_OVERHEAD,
+            **dict.fromkeys(CHAT_PATHS, chat_body_limit(settings)),
+        },
     )
     app.add_middleware(RequestMetrics)
     # Outermost: every log line and error body carries the request id (X-Request-ID from the bot).

@@ -6,13 +6,26 @@ import orjson
 from asgi_correlation_id import correlation_id
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_bot_core.config import Settings
 from llm_bot_core.errors import ERROR_CODES
+
+CHAT_PATHS = ("/v1/chat/handle", "/v1/chat/stream")
+
+
+def chat_body_limit(settings: Settings) -> int:
+    """The body limit of the chat endpoints: MAX_BODY_BYTES plus MAX_IMAGES pictures of
+    IMAGE_MAX_BYTES in base64 (4/3)."""
+    pictures = settings.pictures
+    return settings.server.max_body_bytes + pictures.max_images * (
+        pictures.image_max_bytes * 4 // 3 + 4
+    )
 
 
 class BodySizeLimit:
     """Pure ASGI middleware: 413 on a large Content-Length, or once the streamed body passes it.
 
-    `per_path` gives routes that take uploads their own limit (voice: VOICE_MAX_BYTES)."""
+    `per_path` gives routes that take uploads their own limit (voice: VOICE_MAX_BYTES; the chat
+    endpoints, which take pictures: chat_body_limit)."""
 
     def __init__(
         self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
@@ -74,7 +87,12 @@ class BodySizeLimit:
                 "type": "error",
                 "code": "payload_too_large",
                 "message": f"Body larger than {max_bytes} bytes"
-                + (" (MAX_BODY_BYTES)." if max_bytes == self.default_max_bytes else "."),
+                + (
+                    " (MAX_BODY_BYTES)."
+                    if max_bytes == self.default_max_bytes
+                    else " (this route's limit: MAX_BODY_BYTES with MAX_IMAGES x IMAGE_MAX_BYTES"
+                    " for pictures, VOICE_MAX_BYTES for voice)."
+                ),
                 "request_id": correlation_id.get(),
             }
         )

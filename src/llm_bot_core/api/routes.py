@@ -20,6 +20,7 @@ from llm_bot_core.api.schemas import (
     ResetResponse,
 )
 from llm_bot_core.api.sse import EVENTS_DESCRIPTION, EventStreamResponse, event_stream
+from llm_bot_core.memory.pictures import Picture, prepare_pictures
 
 _errors = openapi_responses(
     "invalid_json",
@@ -34,6 +35,10 @@ _errors = openapi_responses(
     "llm_bad_response",
     "llm_not_configured",
     "database_unavailable",
+    "invalid_image",
+    "image_too_large",
+    "too_many_images",
+    "images_not_supported",
 )
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_errors)
@@ -46,6 +51,7 @@ async def handle(
 ) -> HandleResponse:
     """Answer a user's message using the chat's memory."""
     _check_length(body, services)
+    pictures = await _pictures(body, services)
     reply = await chat.handle(
         user_id=body.user_id,
         chat_id=body.chat_id,
@@ -53,6 +59,7 @@ async def handle(
         chat_type=body.chat_type,
         user_name=body.user_name,
         input_mode=body.input_mode,
+        pictures=pictures,
     )
     response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
     return HandleResponse(text=reply.text)
@@ -67,6 +74,7 @@ async def handle(
 async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep) -> Response:
     """Answer like /v1/chat/handle, streaming the text as Server-Sent Events."""
     _check_length(body, services)
+    pictures = await _pictures(body, services)
     reply = await chat.stream(
         user_id=body.user_id,
         chat_id=body.chat_id,
@@ -74,6 +82,7 @@ async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDe
         chat_type=body.chat_type,
         user_name=body.user_name,
         input_mode=body.input_mode,
+        pictures=pictures,
     )
     return await event_stream(reply)
 
@@ -85,6 +94,20 @@ def _check_length(body: HandleRequest, services: ServicesDep) -> None:
             f"text is longer than {services.settings.server.max_message_chars} characters "
             "(MAX_MESSAGE_CHARS)",
         )
+
+
+async def _pictures(body: HandleRequest, services: ServicesDep) -> list[Picture]:
+    """The request's pictures, checked and downscaled (in a thread: Pillow is CPU-bound)."""
+    if not body.images:
+        return []
+    settings = services.settings.pictures
+    if not settings.images_supported:
+        raise ApiError(
+            "images_not_supported",
+            "this bot's model cannot read pictures (IMAGES_SUPPORTED is off); nothing was stored",
+        )
+    images = [(image.data_base64, image.mime_type) for image in body.images]
+    return await asyncio.to_thread(prepare_pictures, images, settings)
 
 
 @v1.post("/chat/reset", response_model=ResetResponse)

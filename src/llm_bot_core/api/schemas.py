@@ -59,6 +59,15 @@ class _Strict(BaseModel):
 ChatType = Literal["private", "group", "supergroup", "channel"]
 
 
+class ImageIn(_Strict):
+    """A picture sent with the message (memory/pictures.py checks and downscales it)."""
+
+    data_base64: str = Field(
+        min_length=1, description="The picture's bytes, base64.", examples=["/9j/4AAQSkZJRg..."]
+    )
+    mime_type: str = Field(min_length=1, max_length=100, pattern=NO_NUL, examples=["image/jpeg"])
+
+
 class HandleRequest(_Strict):
     user_id: Identifier = Field(examples=["12345"])
     chat_id: Identifier = Field(examples=["67890"])
@@ -90,17 +99,25 @@ class HandleRequest(_Strict):
         "a voice message as transcribed speech.",
     )
     text: str = Field(
-        min_length=1,
+        default="",
         pattern=NO_NUL,
         description="The user's message; must contain a visible character (whitespace and "
-        "zero-width characters alone are blank). "
+        "zero-width characters alone are blank), unless `images` are sent: then it is their "
+        "caption and may be empty. "
         "Longer than MAX_MESSAGE_CHARS (default 16000) is rejected with 413.",
         examples=["Привет, расскажи, что ты умеешь?"],
+    )
+    images: list[ImageIn] | None = Field(
+        default=None,
+        description="Pictures sent with the message, given to the model as image parts. At "
+        "most MAX_IMAGES (422 too_many_images), each at most IMAGE_MAX_BYTES decoded (413 "
+        "image_too_large) and readable as an image (422 invalid_image); 422 "
+        "images_not_supported when the model cannot read pictures.",
     )
 
     @model_validator(mode="after")
     def _text_not_blank(self) -> HandleRequest:
-        if is_blank(self.text):
+        if not self.images and is_blank(self.text):
             raise ValueError("text must contain a visible character")
         return self
 

@@ -5,9 +5,10 @@ user's memory (`/v1/memory/users/{id}/facts`, `DELETE /v1/memory/users/{id}`) an
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -116,6 +117,7 @@ def _chat_body(
     chat_type: str,
     user_name: str | None,
     input_mode: str = "text",
+    images: Sequence[tuple[bytes, str]] = (),
 ) -> dict[str, Any]:
     """The body of /v1/chat/handle and /v1/chat/stream."""
     body: dict[str, Any] = {
@@ -128,6 +130,11 @@ def _chat_body(
         body["user_name"] = user_name
     if input_mode != "text":  # the spec's request shape, unless the message was spoken
         body["input_mode"] = input_mode
+    if images:
+        body["images"] = [
+            {"data_base64": base64.b64encode(data).decode("ascii"), "mime_type": mime}
+            for data, mime in images
+        ]
     return body
 
 
@@ -161,12 +168,15 @@ class BackendClient:
         user_name: str | None = None,
         request_id: str | None = None,
         input_mode: str = "text",
+        images: Sequence[tuple[bytes, str]] = (),
     ) -> str:
         """The assistant's answer to `text` in this chat's memory.
 
         `chat_type` (Telegram's chat.type) scopes what the backend may recall; `user_name`
-        labels the sender's turns in a group; `input_mode` "voice": `text` is a transcript."""
-        body = _chat_body(user_id, chat_id, text, chat_type, user_name, input_mode)
+        labels the sender's turns in a group; `input_mode` "voice": `text` is a transcript;
+        `images` are (bytes, mime type) of pictures sent with the message, `text` being their
+        caption."""
+        body = _chat_body(user_id, chat_id, text, chat_type, user_name, input_mode, images)
         data = await self._post("/v1/chat/handle", body, request_id, _handle_may_retry)
         answer = data.get("text")
         if not isinstance(answer, str):

@@ -40,6 +40,26 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "For now I understand text only. Please write your message "
         "(a caption on a photo works too).",
     },
+    # --- pictures (bot/handlers/photos.py) ---------------------------------------------------
+    "images_not_supported": {
+        "ru": "Извините, модель этого бота не умеет смотреть картинки. Опишите, пожалуйста, "
+        "словами, что на них.",
+        "en": "Sorry, this bot's model cannot look at pictures. Please describe in words what "
+        "they show.",
+    },
+    "invalid_image": {
+        "ru": "Не получилось открыть эту картинку. Попробуйте отправить её как фото "
+        "(JPEG или PNG).",
+        "en": "I couldn't open this picture. Please try sending it as a photo (JPEG or PNG).",
+    },
+    "image_too_large": {
+        "ru": "Картинка слишком большая. Отправьте её как фото или уменьшите.",
+        "en": "The picture is too large. Please send it as a photo or make it smaller.",
+    },
+    "too_many_images": {
+        "ru": "Слишком много картинок в одном сообщении. Отправьте, пожалуйста, поменьше.",
+        "en": "Too many pictures in one message. Please send fewer.",
+    },
     "not_allowed": {
         "ru": "Извините, этот бот доступен только определённым пользователям.",
         "en": "Sorry, this bot is only available to certain users.",

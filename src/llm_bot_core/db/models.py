@@ -16,6 +16,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID_MAX_LEN = 128
@@ -112,6 +113,10 @@ class Message(Base):
     input_mode: Mapped[str] = mapped_column(
         String(8), nullable=False, server_default=text("'text'")
     )
+    # Pictures sent with the message (memory/pictures.py, migration 0011): a list of
+    # {"kind": "image", "mime_type", "width", "height", "bytes", "description", "path"}; the
+    # caption is the message's text. NULL for text messages.
+    attachments: Mapped[list[dict[str, object]] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         CheckConstraint("role IN ('user', 'assistant', 'system', 'tool')", name="role_known"),
@@ -355,6 +360,27 @@ class FactExtraction(Base):
     )
 
 
+class PendingPicture(Base):
+    """The pictures of a message still waiting for their description (memory/pictures.py).
+
+    The row holds the re-encoded JPEGs only until the description is written, in the same
+    transaction that deletes it: a job killed meanwhile leaves it for the next one.
+    """
+
+    __tablename__ = "pending_pictures"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    images: Mapped[list[bytes]] = mapped_column(ARRAY(LargeBinary), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_pending_pictures_created_at", "created_at"),)
+
+
 chat_sessions = ChatSession.__table__
 messages = Message.__table__
 conversation_summaries = ConversationSummary.__table__
@@ -364,3 +390,4 @@ llm_usage = LlmUsage.__table__
 bot_users = BotUser.__table__
 facts = Fact.__table__
 fact_extraction = FactExtraction.__table__
+pending_pictures = PendingPicture.__table__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
@@ -14,7 +15,10 @@ Role = Literal["system", "user", "assistant", "tool"]
 
 class ChatMessage(TypedDict):
     role: Role
-    content: str
+    content: str | list[dict[str, Any]]
+    """Text; or, for a user turn with pictures, OpenAI content parts: `{"type": "text",
+    "text": ...}` and `{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}`.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,27 @@ class LLMBadResponse(LLMError):
     """The provider answered, but with nothing usable (empty text, malformed body, 4xx)."""
 
     code = "llm_bad_response"
+
+
+class ImagesNotSupported(LLMBadResponse):
+    """The provider refused the request's pictures: the model cannot read images."""
+
+    code = "images_not_supported"
+
+
+# What providers say when a model gets image parts it cannot read (OpenRouter: "No endpoints
+# found that support image input"; OpenAI: "... does not support image ..."; vLLM/llama.cpp:
+# "... multimodal ..." / "image input is not supported").
+_NO_IMAGES = re.compile(r"image|vision|multimodal|multi-modal", re.IGNORECASE)
+
+
+def refused_for_images(status: int, message: str) -> bool:
+    """Whether a provider's 4xx answer says the model cannot take image input."""
+    return (
+        400 <= status < 500
+        and status not in (401, 403, 408, 409, 429)
+        and bool(_NO_IMAGES.search(message))
+    )
 
 
 StreamItem = str | Completion

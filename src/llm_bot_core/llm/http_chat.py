@@ -21,11 +21,13 @@ from llm_bot_core.config import LLMSettings
 from llm_bot_core.llm.base import (
     ChatMessage,
     Completion,
+    ImagesNotSupported,
     LLMBadResponse,
     LLMUnavailable,
     StreamItem,
     completion_payload,
     cost_of,
+    refused_for_images,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, backoff, stream_with_retries
 
@@ -100,6 +102,8 @@ class HttpChatModel:
                         message = f"LLM provider answered {response.status}: {_error_text(raw)}"
                         if response.status >= 500 or response.status in RETRY_STATUSES:
                             raise StreamBroken(message, response.headers.get("Retry-After"))
+                        if refused_for_images(response.status, _error_text(raw)):
+                            raise ImagesNotSupported(f"the model cannot read pictures ({message})")
                         raise LLMBadResponse(message)
                     reader.opened = True
                     async for line in response.content:
@@ -157,7 +161,11 @@ class HttpChatModel:
                 attempt += 1
                 continue
             message = f"LLM provider answered {status}: {_error_text(raw)}"
-            raise LLMUnavailable(message) if transient else LLMBadResponse(message)
+            if transient:
+                raise LLMUnavailable(message)
+            if refused_for_images(status, _error_text(raw)):
+                raise ImagesNotSupported(f"the model cannot read pictures ({message})")
+            raise LLMBadResponse(message)
 
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:

@@ -14,6 +14,7 @@ from llm_bot_core.llm.base import (
     ChatMessage,
     ChatModel,
     Completion,
+    ImagesNotSupported,
     LLMBadResponse,
     LLMError,
     LLMNotConfigured,
@@ -21,6 +22,7 @@ from llm_bot_core.llm.base import (
     StreamItem,
     completion_payload,
     cost_of,
+    refused_for_images,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
 
@@ -187,6 +189,8 @@ def _mapped(exc: openai.APIError) -> LLMError:
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
             return LLMUnavailable(_describe(exc))
+        if refused_for_images(exc.status_code, exc.message):
+            return ImagesNotSupported(f"the model cannot read pictures ({_describe(exc)})")
         return LLMBadResponse(_describe(exc))
     return LLMBadResponse(_describe(exc))  # malformed body and the like
 

@@ -27,7 +27,7 @@ def chat_problems(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     previous_index = 0
     for index, message in enumerate(messages):
         role = message.get("role")
-        if not isinstance(message.get("content"), str):
+        if not _has_text(message.get("content"), role):
             problems.append(f"message {index} ({role}) has no text content")
         if index == 0 and role == "system":
             continue
@@ -47,6 +47,16 @@ def chat_problems(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     elif previous != "user":
         problems.append("the prompt ends with an assistant turn, not the user's")
     return problems
+
+
+def _has_text(content: Any, role: Any) -> bool:
+    """Text, or (a user turn with pictures) OpenAI content parts holding a text part."""
+    if isinstance(content, str):
+        return True
+    if role != "user" or not isinstance(content, list) or not content:
+        return False
+    kinds = [part.get("type") if isinstance(part, dict) else None for part in content]
+    return "text" in kinds and all(kind in ("text", "image_url") for kind in kinds)
 
 
 def assert_strict_chat(messages: Sequence[Mapping[str, Any]]) -> None:

@@ -6,18 +6,21 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.background import BackgroundTasks
-from llm_bot_core.config import MemorySettings
+from llm_bot_core.config import MemorySettings, PictureSettings
 from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
 from llm_bot_core.memory.facts import Profile, read_profile
 from llm_bot_core.memory.jobs import JobQueue
+from llm_bot_core.memory.pictures import Picture, picture_text, record_pictures, with_pictures
 from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
 from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
@@ -48,6 +51,10 @@ class _Turn:
     """Who wrote the message: the answer is stored as answering them."""
     chat_id: str
     account: Account
+    pictures: int = 0
+    """How many pictures the message carries (their description is queued after it)."""
+    model: str | None = None
+    """The model that answers: VISION_MODEL for a message with pictures, else the chat model."""
 
 
 class ChatService:
@@ -64,6 +71,8 @@ class ChatService:
         ledger: UsageLedger,
         budgets: Budgets,
         fts_config: str,
+        pictures: PictureSettings | None = None,
+        data_dir: Path = Path("data"),
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -78,6 +87,8 @@ class ChatService:
         self._streams = BackgroundTasks(_log_failure)
         self._ledger = ledger
         self._budgets = budgets
+        self._pictures = pictures or PictureSettings()
+        self._data_dir = data_dir  # KEEP_IMAGES keeps pictures under it
 
     async def handle(
         self,
@@ -88,11 +99,14 @@ class ChatService:
         chat_type: str | None = None,
         user_name: str | None = None,
         input_mode: str = "text",
+        pictures: Sequence[Picture] = (),
     ) -> Reply:
         """Answer a user message; the user message is stored even if the model then fails.
 
         `input_mode` "voice": `text` is a transcript; stored so, and marked so in the prompt.
         `chat_type` None: the chat is private when its id is the user's id, else a group.
+        `pictures` (checked by memory/pictures.py) reach the model as image parts; `text` is
+        then their caption and may be empty.
         Raises UserBlocked or BudgetExceeded, storing nothing, when the user may not write."""
         turn = await self._begin(
             user_id=user_id,
@@ -101,10 +115,11 @@ class ChatService:
             chat_type=chat_type,
             user_name=user_name,
             input_mode=input_mode,
+            pictures=pictures,
         )
         try:
             completion = await metered_completion(
-                self._model, "chat", turn.prompt, account=turn.account
+                self._model, "chat", turn.prompt, account=turn.account, model=turn.model
             )
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
@@ -122,6 +137,7 @@ class ChatService:
         chat_type: str | None = None,
         user_name: str | None = None,
         input_mode: str = "text",
+        pictures: Sequence[Picture] = (),
     ) -> ReplyStream[Reply]:
         """Answer a user message as it is generated: deltas, then the stored Reply.
 
@@ -137,6 +153,7 @@ class ChatService:
             chat_type=chat_type,
             user_name=user_name,
             input_mode=input_mode,
+            pictures=pictures,
         )
         reply: ReplyStream[Reply] = ReplyStream()
         self._streams.spawn(reply.produce(self._generate(turn, reply)), name="chat.stream")
@@ -154,7 +171,7 @@ class ChatService:
         try:
             # Read to the end even once MAX_REPLY_CHARS is reached: the usage chunk comes last.
             async for item in metered_stream(
-                self._model, "chat", turn.prompt, account=turn.account
+                self._model, "chat", turn.prompt, account=turn.account, model=turn.model
             ):
                 if isinstance(item, Completion):
                     completion = item
@@ -178,6 +195,7 @@ class ChatService:
         chat_type: str | None,
         user_name: str | None,
         input_mode: str = "text",
+        pictures: Sequence[Picture] = (),
     ) -> _Turn:
         """Store the user message and build the prompt from the chat's memory; refuse (storing
         nothing) a blocked user or one whose day's budget is spent."""
@@ -188,6 +206,10 @@ class ChatService:
             default_limit=self._budgets.default_limit,
             pending_tokens=self._budgets.pending_tokens(user_id, day_start),
         )
+        caption = text
+        if pictures:
+            # Stored as a line per picture and the caption; the description job fills them in.
+            text = picture_text(caption, [None] * len(pictures))
         try:
             async with self._autocommit.connect() as conn:
                 user, summary, recent = await store.append_user_message_with_context(
@@ -201,6 +223,16 @@ class ChatService:
                     gate=gate,
                     input_mode=input_mode,
                 )
+                if pictures:
+                    await record_pictures(
+                        conn,
+                        message_id=user.message_id,
+                        session_id=user.session_id,
+                        caption=caption,
+                        pictures=pictures,
+                        settings=self._pictures,
+                        data_dir=self._data_dir,
+                    )
                 profile = await self._profile(
                     conn, user, user_id=user_id, chat_id=chat_id, text=text
                 )
@@ -236,10 +268,12 @@ class ChatService:
         )
         return _Turn(
             user,
-            prompt,
+            with_pictures(prompt, pictures),
             user_id=user_id,
             chat_id=chat_id,
             account=self._ledger.account(user_id, chat_id),
+            pictures=len(pictures),
+            model=self._pictures.vision_model if pictures else None,
         )
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
@@ -296,6 +330,8 @@ class ChatService:
 
     def _after_store(self, appended: store.Appended, turn: _Turn) -> None:
         self._jobs.index([appended.message_id])
+        if turn.pictures and appended is turn.user and self._pictures.describing:
+            self._jobs.describe_pictures([appended.message_id])
         if appended.messages_since_summary >= self._settings.summary_threshold:
             self._jobs.summarize(appended.session_id, appended.messages_since_summary)
         every = self._settings.facts_every

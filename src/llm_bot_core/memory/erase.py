@@ -14,6 +14,8 @@ This is the one place that knows all those stores:
     fact_extraction (watermarks, costs)    erase_user's DELETE
     llm_usage                              kept, anonymised (erase_user)
     bot_users                              the DELETE in erase_user
+    pending_pictures                       ON DELETE CASCADE from messages
+    kept pictures (KEEP_IMAGES, DATA_DIR)  the files, after the transaction (memory/pictures.py)
 
 A group's session belongs to the chat and stays; the user's messages in it (and the answers to
 them) are deleted one by one, with the summaries built from them, and the messages indexed with
@@ -33,14 +35,17 @@ ban to outlive the erasure blocks the id again.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from llm_bot_core.config import CONTEXT_TURNS_MAX
 from llm_bot_core.memory.facts import lock_user_facts
+from llm_bot_core.memory.pictures import forget_kept_message_pictures, forget_kept_pictures
 from llm_bot_core.rag.base import Scope, SemanticMemory
 from llm_bot_core.usage.ledger import UsageLedger
 
@@ -67,6 +72,7 @@ _ANONYMISE_USAGE = text(
     "UPDATE llm_usage SET user_id = NULL, chat_id = NULL WHERE user_id = :value"
 )
 _FORGET_USER = text("DELETE FROM bot_users WHERE user_id = :value")
+_PRIVATE_SESSIONS_OF_USER = text("SELECT id FROM chat_sessions WHERE user_id = :value")
 
 # A user's messages in sessions that are not theirs: groups (and anyone else's chat). An
 # assistant message carries the user it answers: answers repeat what they answer.
@@ -127,11 +133,17 @@ class EraseService:
     while the vector store is unreachable."""
 
     def __init__(
-        self, *, engine: AsyncEngine, semantic: SemanticMemory, ledger: UsageLedger
+        self,
+        *,
+        engine: AsyncEngine,
+        semantic: SemanticMemory,
+        ledger: UsageLedger,
+        data_dir: Path = Path("data"),
     ) -> None:
         self._engine = engine
         self._semantic = semantic
         self._ledger = ledger
+        self._data_dir = data_dir  # where KEEP_IMAGES kept pictures
 
     async def erase_session(self, session_id: uuid.UUID) -> Erased:
         """Delete one session with its messages, summaries and everything indexed from them."""
@@ -139,7 +151,9 @@ class EraseService:
         async with self._engine.begin() as conn:
             locked = await conn.execute(_LOCK_MESSAGES_OF_SESSION, {"value": str(session_id)})
             await conn.execute(_DELETE_FACTS_FROM, {"ids": [r[0] for r in locked]})
-            return await _delete_sessions(conn, _DELETE_SESSION, str(session_id))
+            erased = await _delete_sessions(conn, _DELETE_SESSION, str(session_id))
+        await asyncio.to_thread(forget_kept_pictures, self._data_dir, [session_id])
+        return erased
 
     async def erase_user(self, user_id: str) -> Erased:
         """Delete a user's private sessions, and in every other chat their messages and the
@@ -155,6 +169,9 @@ class EraseService:
             await lock_user_facts(conn, user_id)  # an extraction in flight commits first
             await conn.execute(_DELETE_FACTS_OF_USER, {"value": user_id})
             await conn.execute(_DELETE_EXTRACTION_OF_USER, {"value": user_id})
+            sessions = [
+                r[0] for r in await conn.execute(_PRIVATE_SESSIONS_OF_USER, {"value": user_id})
+            ]
             private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
             await conn.execute(_ANONYMISE_USAGE, {"value": user_id})
             await conn.execute(_FORGET_USER, {"value": user_id})
@@ -167,6 +184,10 @@ class EraseService:
                 await conn.execute(_FORGET_IN_SUMMARIES, positions)
                 reindex = [r[0] for r in await conn.execute(_REINDEX_FOLLOWERS, positions)]
                 await conn.execute(_RECOUNT, {"sessions": sorted(set(positions["sessions"]))})
+        await asyncio.to_thread(forget_kept_pictures, self._data_dir, sessions)
+        await asyncio.to_thread(
+            forget_kept_message_pictures, self._data_dir, [(r[0], r[1]) for r in erased]
+        )
         if reindex:
             # Now rather than at the next sweep; deferred, never lost, if the embedder is down.
             await self._semantic.index_messages(reindex)

@@ -13,9 +13,10 @@ from typing import Any, Literal, Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.background import BackgroundTasks
-from llm_bot_core.config import MemorySettings
+from llm_bot_core.config import MemorySettings, PictureSettings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.extraction import extract_facts
+from llm_bot_core.memory.pictures import describe_pictures
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
@@ -49,6 +50,11 @@ class JobQueue(Protocol):
         raises (a lost job is queued again by a later message: the watermark keeps the work)."""
         ...
 
+    def describe_pictures(self, message_ids: Sequence[int]) -> None:
+        """Queue the description of these messages' pending pictures; returns at once and never
+        raises (a lost job leaves the rows pending: a later job's sweep takes them up)."""
+        ...
+
     async def drain(self) -> None:
         """Wait for work this process started (tests)."""
         ...
@@ -79,8 +85,10 @@ class InProcessJobs:
         ledger: UsageLedger,
         *,
         fts_config: str,
+        pictures: PictureSettings | None = None,
     ) -> None:
         self._engine = engine
+        self._pictures = pictures or PictureSettings()
         self._ledger = ledger
         self._model = model
         self._settings = settings
@@ -121,6 +129,32 @@ class InProcessJobs:
             return
         self._extracting.add(key)
         self._tasks.spawn(self._extract(key, time.time()), f"extract facts {user_id}")
+
+    def describe_pictures(self, message_ids: Sequence[int]) -> None:
+        if not self._closing and message_ids:
+            ids = list(message_ids)
+            self._tasks.spawn(self._describe(ids, time.time()), f"describe pictures {ids}")
+
+    async def _describe(self, message_ids: list[int], queued_at: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # always run as a task of its own (spawn)
+        self._waiting.add(task)  # cancelled at shutdown while waiting: the rows stay pending
+        try:
+            # Shares the summaries' slots: an LLM call off the reply path.
+            async with self._summary_slots:
+                self._waiting.discard(task)
+                run = await timed_job(
+                    "pictures",
+                    queued_at,
+                    lambda: describe_pictures(
+                        self._engine, self._model, self._pictures, message_ids,
+                        ledger=self._ledger,
+                    ),
+                )  # fmt: skip
+        finally:
+            self._waiting.discard(task)
+        # The description changed the message's text: index it again now, not at the sweep.
+        self.index(run.described)
 
     async def _extract(self, key: tuple[str, str], queued_at: float) -> None:
         task = asyncio.current_task()

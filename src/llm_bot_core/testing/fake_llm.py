@@ -20,6 +20,7 @@ from aiohttp import web
 
 from llm_bot_core.llm.strict_chat import ALTERNATION_ERROR, chat_problems
 from llm_bot_core.memory.extraction import EXTRACTION_SYSTEM_PROMPT
+from llm_bot_core.memory.pictures import DESCRIBE_SYSTEM_PROMPT
 from llm_bot_core.memory.prompt import TURN_SEPARATOR
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
 from llm_bot_core.testing.threaded import ThreadedServer
@@ -33,6 +34,65 @@ def is_summary_request(messages: list[dict[str, Any]]) -> bool:
 
 def is_extraction_request(messages: list[dict[str, Any]]) -> bool:
     return bool(messages) and messages[0].get("content") == EXTRACTION_SYSTEM_PROMPT
+
+
+def is_description_request(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and messages[0].get("content") == DESCRIBE_SYSTEM_PROMPT
+
+
+def text_of(content: Any) -> str:
+    """A message's text: the string, or the text parts of OpenAI content parts."""
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if p.get("type") == "text")
+    return str(content or "")
+
+
+def image_urls(messages: list[dict[str, Any]]) -> list[str]:
+    """The data URLs of every image part of the request, in order."""
+    return [
+        part["image_url"]["url"]
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url"
+    ]
+
+
+def decode_image(url: str) -> Any:
+    """A `data:` URL's picture, opened with Pillow (raises if it is not a real picture)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    header, _, data = url.partition(",")
+    if not header.startswith("data:image/") or not header.endswith(";base64"):
+        raise ValueError(f"not a base64 image data URL: {header[:40]}")
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image.load()
+    return image
+
+
+_COLOURS = {
+    "red": (255, 0, 0),
+    "green": (0, 160, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+}
+
+
+def describe_image(url: str) -> str:
+    """A deterministic description from the picture itself: its size and main colour."""
+    image = decode_image(url).convert("RGB")
+    pixel = image.resize((1, 1)).getpixel((0, 0))
+    assert isinstance(pixel, tuple)
+    colour = min(
+        _COLOURS,
+        key=lambda name: sum((a - b) ** 2 for a, b in zip(pixel, _COLOURS[name], strict=True)),
+    )
+    return f"A mostly {colour} picture, {image.width}x{image.height} pixels."
 
 
 # The scripted fact extractor: a sentence of a user message matching one of these states a
@@ -96,11 +156,13 @@ def _op(op: str, fact: int | None, content: str | None, number: int) -> dict[str
 def default_reply(messages: list[dict[str, Any]]) -> str:
     if is_extraction_request(messages):
         return scripted_facts(messages)
+    if is_description_request(messages):
+        return " ".join(describe_image(url) for url in image_urls(messages))
     if is_summary_request(messages):
         body = messages[-1]["content"]
         new = [line for line in body.splitlines() if line.startswith("[")]
         return f"Summary of {len(new)} new messages. Last: {new[-1][:80] if new else ''}"
-    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    last_user = next((text_of(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
     # The newest message closes the last user turn, set off by a blank line from recalled memory
     # or an earlier unanswered message before it; a multi-paragraph message echoes its last one.
     return f"Echo: {last_user.rpartition(TURN_SEPARATOR)[2]}"
@@ -143,6 +205,8 @@ class FakeLLM:
     """(prompt, completion) tokens every chat answer reports; None: counted from the words."""
     cost: float | None = None
     """When set, every chat answer reports this cost in `usage`, as OpenRouter does."""
+    vision: bool = True
+    """False: a request with image parts answers 404 as OpenRouter does for a text-only model."""
 
     def fail_next(self, count: int = 1, status: int = 500, body: str = "upstream error") -> None:
         """The next `count` chat requests answer `status` (0: close the connection)."""
@@ -170,6 +234,7 @@ class FakeLLM:
         self.cost = None
         self.malformed_facts = 0
         self.facts_latency = None
+        self.vision = True
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -179,6 +244,15 @@ class FakeLLM:
             if r.get("_kind") == "chat"
             and not is_summary_request(r["messages"])
             and not is_extraction_request(r["messages"])
+            and not is_description_request(r["messages"])
+        ]
+
+    @property
+    def description_requests(self) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and is_description_request(r["messages"])
         ]
 
     @property
@@ -230,12 +304,21 @@ class FakeLLM:
             if status == 200:  # a "successful" answer whose body is not what the protocol says
                 return web.Response(text=text, content_type="application/json")
             return web.json_response({"error": {"message": text, "code": status}}, status=status)
+        if not self.vision and image_urls(messages):
+            message = "No endpoints found that support image input"
+            return web.json_response({"error": {"message": message, "code": 404}}, status=404)
+        for url in image_urls(messages):
+            try:
+                decode_image(url)
+            except Exception as exc:  # a real provider refuses a broken picture the same way
+                error = {"message": f"Invalid image data: {exc}", "code": 400}
+                return web.json_response({"error": error}, status=400)
         if self.malformed_facts and is_extraction_request(messages):
             self.malformed_facts -= 1
             content = "Sure! Here are the facts: - lives somewhere"
         else:
             content = self.reply(messages)
-        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        prompt_tokens = sum(len(text_of(m.get("content")).split()) for m in messages)
         usage = self._usage(prompt_tokens, content)
         if body.get("stream"):
             return await self._stream(request, body, content, usage)

@@ -270,7 +270,12 @@ class FakeTelegram:
 
     # --- files: getFile and downloads (voice messages) -----------------------------------
     def add_file(
-        self, data: bytes, *, suffix: str = "oga", reported_size: int | None = None
+        self,
+        data: bytes,
+        *,
+        suffix: str = "oga",
+        reported_size: int | None = None,
+        folder: str = "voice",
     ) -> dict[str, Any]:
         """Store a file users can send; the `file_id`, `file_unique_id` and `file_size` fields
         of a Telegram file object. `reported_size` makes Telegram state another size."""
@@ -279,7 +284,7 @@ class FakeTelegram:
         stored = _StoredFile(
             file_id=file_id,
             file_unique_id=f"u{number}",
-            file_path=f"voice/file_{number}.{suffix}",
+            file_path=f"{folder}/file_{number}.{suffix}",
             data=data,
             reported_size=len(data) if reported_size is None else reported_size,
         )
@@ -295,6 +300,57 @@ class FakeTelegram:
         """Push an update with a voice message (OGG/Opus `data`); the message."""
         voice = {**self.add_file(data), "duration": duration, "mime_type": "audio/ogg"}
         message = self.message(None, voice=voice, **kwargs)
+        self.push_update({"message": message})
+        return message
+
+    def file_bytes(self, file_id: str) -> bytes:
+        """What the file URL serves for `file_id`."""
+        with self._lock:
+            return self._files[file_id].data
+
+
+    def photo_message(
+        self,
+        jpeg: bytes,
+        caption: str | None = None,
+        *,
+        media_group_id: str | None = None,
+        as_document: bool = False,
+        mime_type: str = "image/jpeg",
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """A message with a photo (as Telegram sends it: sizes, the largest last), or with the
+        picture as a document; `caption` as a photo's caption."""
+        fields: dict[str, Any] = {}
+        if as_document:
+            fields["document"] = {
+                **self.add_file(jpeg, suffix="jpg", folder="documents"),
+                "file_name": "picture.jpg",
+                "mime_type": mime_type,
+            }
+        else:
+            import io
+
+            from PIL import Image
+
+            with Image.open(io.BytesIO(jpeg)) as image:
+                width, height = image.size
+            # The thumbnail is never the one to fetch.
+            thumb = self.add_file(jpeg[: max(1, len(jpeg) // 4)], suffix="jpg", folder="photos")
+            full = self.add_file(jpeg, suffix="jpg", folder="photos")
+            fields["photo"] = [
+                {**thumb, "width": max(1, width // 4), "height": max(1, height // 4)},
+                {**full, "width": width, "height": height},
+            ]
+        if caption is not None:
+            fields["caption"] = caption
+        if media_group_id is not None:
+            fields["media_group_id"] = media_group_id
+        return self.message(None, **fields, **kwargs)
+
+    def send_photo(self, jpeg: bytes, caption: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Push an update with a new photo message (see photo_message); the message."""
+        message = self.photo_message(jpeg, caption, **kwargs)
         self.push_update({"message": message})
         return message
 
@@ -319,6 +375,7 @@ class FakeTelegram:
         for stored in list(self._files.values()):
             if stored.file_path == path:
                 self.downloads.append(path)
+                self.calls.append(ApiCall("_download", {"file_path": path}))
                 return web.Response(body=stored.data, content_type="application/octet-stream")
         return _error(404, "Not Found")
 

@@ -9,6 +9,7 @@ from llm_bot_core.config import WorkerSettings, get_settings
 SUMMARIZE_TASK = "memory.summarize_session"
 INDEX_TASK = "rag.index_messages"
 EXTRACT_FACTS_TASK = "memory.extract_facts"
+DESCRIBE_PICTURES_TASK = "memory.describe_pictures"
 BROKER_SOCKET_TIMEOUT = 5.0
 
 

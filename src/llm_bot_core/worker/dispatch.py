@@ -85,6 +85,16 @@ class CeleryJobs:
             return
         self._tasks.spawn(self.publish(EXTRACT_FACTS_TASK, [user_id, chat_id]), "facts")
 
+    def describe_pictures(self, message_ids: Sequence[int]) -> None:
+        from llm_bot_core.worker.app import DESCRIBE_PICTURES_TASK
+
+        # No dedupe key: the pending row decides, and a duplicate job finds it gone.
+        if self._closing or not message_ids:
+            return
+        self._tasks.spawn(
+            self.publish(DESCRIBE_PICTURES_TASK, [list(message_ids)]), "describe_pictures"
+        )
+
     async def _summarize(self, session_id: uuid.UUID) -> None:
         from llm_bot_core.worker.app import SUMMARIZE_TASK
 

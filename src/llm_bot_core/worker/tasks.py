@@ -24,12 +24,19 @@ from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.llm.base import ChatModel, LLMUnavailable
 from llm_bot_core.llm.openai_compat import build_chat_model
 from llm_bot_core.memory.extraction import extract_facts
+from llm_bot_core.memory.pictures import describe_pictures
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.usage.ledger import UsageLedger
-from llm_bot_core.worker.app import EXTRACT_FACTS_TASK, INDEX_TASK, SUMMARIZE_TASK, celery_app
+from llm_bot_core.worker.app import (
+    DESCRIBE_PICTURES_TASK,
+    EXTRACT_FACTS_TASK,
+    INDEX_TASK,
+    SUMMARIZE_TASK,
+    celery_app,
+)
 from llm_bot_core.worker.dispatch import summary_lock_key
 
 log = logging.getLogger(__name__)
@@ -174,3 +181,32 @@ def extract_facts_task(user_id: str, chat_id: str, queued_at: float | None = Non
     finally:
         run(rt.ledger.flush())  # as summarize_session_task: written before the ack
     return result.batches
+
+
+@celery_app.task(
+    name=DESCRIBE_PICTURES_TASK,
+    autoretry_for=(LLMUnavailable, OSError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=8,
+)
+def describe_pictures_task(message_ids: list[int], queued_at: float | None = None) -> int:
+    """Describe the pending pictures of these messages (and stale ones); returns how many
+    messages got their descriptions."""
+    rt = runtime()
+    try:
+        result = run(
+            timed_job(
+                "pictures",
+                queued_at,
+                lambda: describe_pictures(
+                    rt.engine, rt.model, rt.settings.pictures, message_ids, ledger=rt.ledger
+                ),
+            )
+        )
+    finally:
+        run(rt.ledger.flush())  # as summarize_session_task: written before the ack
+    if result.described and rt.semantic.enabled:
+        # The description changed the messages' text: index them again now.
+        run(rt.semantic.index_messages(result.described))
+    return len(result.described)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from llm_bot_core.bot.handlers import chat, commands, errors, memory, other, usage, voice
+from llm_bot_core.bot.handlers import chat, commands, errors, memory, other, photos, usage, voice
 
 
 def create_router() -> Router:
@@ -16,6 +16,7 @@ def create_router() -> Router:
         usage.create_router(),
         # Before chat: an audio file with a caption is a recording, not a text message.
         voice.create_router(),
+        photos.create_router(),  # before chat: a photo's caption is not a text message
         chat.create_router(),
         other.create_router(),
         errors.create_router(),

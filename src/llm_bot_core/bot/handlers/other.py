@@ -33,7 +33,7 @@ USER_CONTENT = frozenset(
 
 
 async def text_only(message: Message, lang: Lang) -> None:
-    """Stickers, photos without a caption, voice, ...: we understand text only for now."""
+    """Stickers, voice, ...: we understand text (and pictures, handlers/photos.py) only."""
     await reply(message, t("text_only", lang))
 
 
