@@ -95,9 +95,13 @@ class SemanticMemory(Protocol):
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
+        fact_ids: Sequence[int] = (),
     ) -> list[RecalledFact]:
         """Top-K relevant past fragments of the memory this chat may see (a private chat: the
-        user's private chats; a group: that group); never raises (an outage: nothing)."""
+        user's private chats; a group: that group); never raises (an outage: nothing).
+
+        With `fact_ids` (the user's facts past the profile's budget), the closest of those facts
+        come first, with `message_id` the negated fact id."""
         ...
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
@@ -132,6 +136,7 @@ class DisabledSemanticMemory:
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
+        fact_ids: Sequence[int] = (),
     ) -> list[RecalledFact]:
         return []
 

@@ -59,4 +59,3 @@ async def reindex(settings: Settings, engine: AsyncEngine, *, batch: int = 256) 
         )
     finally:
         await memory.aclose()
-
