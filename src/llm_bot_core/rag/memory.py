@@ -144,16 +144,16 @@ class VectorSemanticMemory:
     # --- the SemanticMemory protocol -----------------------------------------------------------
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
+        done = 0
         try:
             indexer, _ = await self.ready()
             done = await indexer.index(list(message_ids), limit=max(len(message_ids), 1))
         except Exception as exc:
             # Not lost: the rows stay in the outbox and the sweeper retries them with backoff.
             log.warning("indexing of %s deferred: %r", list(message_ids), exc)
-            return 0
         try:
             # Facts written since (extraction, the API, an operator) ride along: one cheap
-            # claim when there are none.
+            # claim when there are none. They need no vector store, only the embedder.
             await self._facts.drain()
         except Exception as exc:
             log.warning("fact indexing deferred: %r", exc)
