@@ -140,6 +140,7 @@ class InProcessJobs:
                         *key,
                         fts_config=self._fts_config,
                         ledger=self._ledger,
+                        semantic=self._semantic,
                     ),
                 )
         finally:

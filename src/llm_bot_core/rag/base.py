@@ -108,6 +108,14 @@ class SemanticMemory(Protocol):
         """Index stored messages (idempotent); returns how many were indexed."""
         ...
 
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float
+    ) -> list[bool]:
+        """For each candidate fact, whether a current fact of the user already says it (same
+        content words, vectors at least `threshold` close); all False while the embedder is
+        unreachable or before the user's facts are indexed."""
+        ...
+
     async def forget(self, scope: Scope) -> None:
         """Delete the vectors of a session or a user; raises VectorStoreUnavailable if the
         store is unreachable. The rows they were made from are the caller's (memory/erase.py).
@@ -142,6 +150,11 @@ class DisabledSemanticMemory:
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
         return 0
+
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float
+    ) -> list[bool]:
+        return [False] * len(contents)
 
     async def forget(self, scope: Scope) -> None:
         return None

@@ -87,6 +87,20 @@ _CANDIDATES = text(
     """
 )
 
+# The user's current facts with a vector, and their content words (lexemes).
+_KNOWN = text(
+    """
+    SELECT e.embedding,
+           tsvector_to_array(coalesce(f.lexemes, to_tsvector(CAST(:cfg AS regconfig), f.content)))
+    FROM fact_embeddings e JOIN facts f ON f.id = e.fact_id
+    WHERE f.user_id = :user_id AND f.superseded_at IS NULL AND e.model = :model
+    """
+)
+_WORDS = text(
+    "SELECT tsvector_to_array(to_tsvector(CAST(:cfg AS regconfig), c)) "
+    "FROM unnest(CAST(:contents AS text[])) WITH ORDINALITY x(c, n) ORDER BY n"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class FactHit:
@@ -194,4 +208,36 @@ class FactIndexer:
             FactHit(rows[i][0], rows[i][1], rows[i][2], float(scores[i]))
             for i in order[:limit]
             if scores[i] >= min_score
+        ]
+
+    async def duplicates(
+        self, user_id: str, contents: Sequence[str], *, threshold: float
+    ) -> list[bool]:
+        """For each candidate, whether a current fact of the user already says it: every
+        content word of the candidate is one of the fact's, and their vectors are at least
+        `threshold` close. Either alone is not enough: "Has two cats" and "Has three cats" are
+        as close in e5's space as two wordings of one fact, and "Is not a pilot" has no word
+        "Works as a pilot" lacks."""
+        if not contents:
+            return []
+        async with self._engine.connect() as conn:
+            known = list(
+                await conn.execute(
+                    _KNOWN, {"user_id": user_id, "model": self._embedder.name, "cfg": self._cfg}
+                )
+            )
+            words = [
+                set(r[0] or ())
+                for r in await conn.execute(_WORDS, {"contents": list(contents), "cfg": self._cfg})
+            ]
+        if not known:
+            return [False] * len(contents)
+        vectors = np.asarray(await self._embedder.embed_documents(list(contents)), np.float32)
+        matrix = np.asarray([r[0] for r in known], dtype=np.float32)
+        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-9)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+        close = vectors @ matrix.T >= threshold
+        return [
+            any(close[i, j] and words[i] <= set(known[j][1] or ()) for j in range(len(known)))
+            for i in range(len(contents))
         ]

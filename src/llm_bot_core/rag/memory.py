@@ -240,6 +240,17 @@ class VectorSemanticMemory:
         )
         return await searcher.search(query, scope, exclude, options)
 
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float
+    ) -> list[bool]:
+        try:
+            # Off the reply path: a cold local model may take a while to load.
+            async with asyncio.timeout(max(self._settings.rag_timeout, 30.0)):
+                return await self._facts.duplicates(user_id, contents, threshold=threshold)
+        except Exception as exc:  # the lexical check under the lock still applies
+            log.warning("near-duplicate check of facts skipped: %r", exc)
+            return [False] * len(contents)
+
     async def forget(self, scope: Scope) -> None:
         """Delete the vectors of a session or a user (their rows are deleted by the caller)."""
         await self.ready()
