@@ -82,3 +82,17 @@ async def test_without_semantic_memory_only_the_wording_is_compared(
         await say(client, ALICE, ALICE, "And I am allergic to cats.")
         contents = [c for c, _, _ in await facts(db)]
         assert contents == [KNOWN, "Allergic to peanuts", "Allergic to cats"]
+
+
+async def test_in_a_group_only_the_groups_own_facts_make_a_near_duplicate(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine, tmp_path: Path
+) -> None:
+    # A private fact is not shown in the group (FACTS_IN_GROUPS=false), so saying it there is
+    # new to the group: it is stored for the group, not dropped as a duplicate of the private one.
+    async with running_app(extracting(clean_db, llm_server, tmp_path, rag=True)) as client:
+        await client.post(f"/v1/memory/users/{ALICE}/facts", json={"content": KNOWN})
+        await say(client, ALICE, ALICE, "Hello!")  # indexes the private fact
+        await say(client, ALICE, "-100", "By the way, I am allergic to peanuts.")
+        await say(client, ALICE, "-100", "Hello everyone.")
+        found = await rows(db, "SELECT content, chat_id FROM facts ORDER BY id")
+        assert [tuple(r) for r in found] == [(KNOWN, None), ("Allergic to peanuts", "-100")]

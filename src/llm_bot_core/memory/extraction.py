@@ -275,7 +275,11 @@ async def _extract_for(
         # call out, and no connection is held across one.
         adds = [(op.content or "").strip() for op in operations or () if op.op == "add"]
         flags = await semantic.duplicate_facts(
-            user_id, adds, threshold=settings.facts_duplicate_similarity
+            user_id,
+            adds,
+            threshold=settings.facts_duplicate_similarity,
+            # The facts the model was shown: in a group, by default, only the group's own.
+            chat_id=None if private or settings.facts_in_groups else chat_id,
         )
         said = {c for c, dup in zip(adds, flags, strict=True) if dup}
         async with engine.begin() as conn:

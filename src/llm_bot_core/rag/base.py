@@ -109,11 +109,12 @@ class SemanticMemory(Protocol):
         ...
 
     async def duplicate_facts(
-        self, user_id: str, contents: Sequence[str], *, threshold: float
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
     ) -> list[bool]:
         """For each candidate fact, whether a current fact of the user already says it (same
-        content words, vectors at least `threshold` close); all False while the embedder is
-        unreachable or before the user's facts are indexed."""
+        content words, vectors at least `threshold` close), among all their facts or (`chat_id`)
+        those learned in that group; all False while the embedder is unreachable or before the
+        user's facts are indexed."""
         ...
 
     async def forget(self, scope: Scope) -> None:
@@ -152,7 +153,7 @@ class DisabledSemanticMemory:
         return 0
 
     async def duplicate_facts(
-        self, user_id: str, contents: Sequence[str], *, threshold: float
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
     ) -> list[bool]:
         return [False] * len(contents)
 

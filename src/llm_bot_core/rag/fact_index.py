@@ -94,6 +94,7 @@ _KNOWN = text(
            tsvector_to_array(coalesce(f.lexemes, to_tsvector(CAST(:cfg AS regconfig), f.content)))
     FROM fact_embeddings e JOIN facts f ON f.id = e.fact_id
     WHERE f.user_id = :user_id AND f.superseded_at IS NULL AND e.model = :model
+      AND (CAST(:chat_id AS text) IS NULL OR f.chat_id = :chat_id)
     """
 )
 _WORDS = text(
@@ -211,19 +212,26 @@ class FactIndexer:
         ]
 
     async def duplicates(
-        self, user_id: str, contents: Sequence[str], *, threshold: float
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
     ) -> list[bool]:
         """For each candidate, whether a current fact of the user already says it: every
         content word of the candidate is one of the fact's, and their vectors are at least
         `threshold` close. Either alone is not enough: "Has two cats" and "Has three cats" are
         as close in e5's space as two wordings of one fact, and "Is not a pilot" has no word
-        "Works as a pilot" lacks."""
+        "Works as a pilot" lacks. With `chat_id`, only the facts learned in that group count
+        (what the group's prompt may show)."""
         if not contents:
             return []
         async with self._engine.connect() as conn:
             known = list(
                 await conn.execute(
-                    _KNOWN, {"user_id": user_id, "model": self._embedder.name, "cfg": self._cfg}
+                    _KNOWN,
+                    {
+                        "user_id": user_id,
+                        "model": self._embedder.name,
+                        "cfg": self._cfg,
+                        "chat_id": chat_id,
+                    },
                 )
             )
             words = [

@@ -241,12 +241,14 @@ class VectorSemanticMemory:
         return await searcher.search(query, scope, exclude, options)
 
     async def duplicate_facts(
-        self, user_id: str, contents: Sequence[str], *, threshold: float
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
     ) -> list[bool]:
         try:
             # Off the reply path: a cold local model may take a while to load.
             async with asyncio.timeout(max(self._settings.rag_timeout, 30.0)):
-                return await self._facts.duplicates(user_id, contents, threshold=threshold)
+                return await self._facts.duplicates(
+                    user_id, contents, threshold=threshold, chat_id=chat_id
+                )
         except Exception as exc:  # the lexical check under the lock still applies
             log.warning("near-duplicate check of facts skipped: %r", exc)
             return [False] * len(contents)
