@@ -59,3 +59,4 @@ async def reindex(settings: Settings, engine: AsyncEngine, *, batch: int = 256) 
         )
     finally:
         await memory.aclose()
+
