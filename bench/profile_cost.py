@@ -37,7 +37,7 @@ async def measure(url: str, repeat: int) -> dict[str, object]:
     try:
         for size in SIZES:
             async with engine.begin() as conn:
-                await conn.execute(text("TRUNCATE facts"))
+                await conn.execute(text("TRUNCATE facts CASCADE"))  # its outbox and vectors too
                 await conn.execute(
                     text(
                         "INSERT INTO facts (user_id, content, source, importance, lexemes) "

@@ -218,6 +218,51 @@ async def test_a_picture_left_pending_by_a_lost_job_is_described_by_the_next_one
     assert await scalar(db, "SELECT count(*) FROM pending_pictures") == 0
 
 
+async def test_a_description_keeps_the_facts_and_summaries_drawn_from_its_message(
+    picture_settings: Settings, db: AsyncEngine
+) -> None:
+    """Writing a description edits the message, but retracts nothing: the edit trigger that
+    forgets what was derived from an edited message (migration 0012) lets it be."""
+    settings = picture_settings.model_copy(
+        update={"pictures": picture_settings.pictures.model_copy(update={"describe_images": False})}
+    )
+    async with running_app(settings) as client:
+        await client.post("/v1/chat/handle", json=body("my dog Rex", image(jpeg(30, 30))))
+        await drain_jobs(client)
+    async with db.begin() as conn:  # a fact and a summary drawn from it before it was described
+        await conn.execute(text(
+            "INSERT INTO facts (user_id, content, source, source_message_ids) "
+            "SELECT 'u1', 'Has a dog named Rex', 'extracted', ARRAY[id] FROM messages "
+            "WHERE role = 'user'"
+        ))  # fmt: skip
+        await conn.execute(text(
+            "INSERT INTO conversation_summaries (session_id, version, content, last_message_id) "
+            "SELECT session_id, 1, 'The user showed their dog Rex.', max(id) FROM messages "
+            "GROUP BY session_id"
+        ))  # fmt: skip
+        await conn.execute(text(
+            "INSERT INTO pending_pictures (message_id, images, created_at) "
+            "SELECT id, ARRAY[CAST(:jpeg AS bytea)], now() - interval '1 hour' FROM messages "
+            "WHERE role = 'user'"
+        ), {"jpeg": jpeg(30, 30)})  # fmt: skip
+    async with running_app(picture_settings) as client:
+        await client.post("/v1/chat/handle", json=body("another", image(jpeg(40, 40))))
+        await drain_jobs(client)
+    assert await scalar(db, "SELECT count(*) FROM pending_pictures") == 0
+    assert await scalar(
+        db, "SELECT content FROM messages WHERE role = 'user' ORDER BY id LIMIT 1"
+    ) == "[Picture: A mostly red picture, 30x30 pixels.]\nmy dog Rex"
+    assert await scalar(db, "SELECT count(*) FROM facts WHERE content = 'Has a dog named Rex'") == 1
+    assert await scalar(
+        db, "SELECT count(*) FROM conversation_summaries WHERE content LIKE '%dog Rex%'"
+    ) == 1
+    # An operator's edit still forgets what the old wording said.
+    async with db.begin() as conn:
+        await conn.execute(text(
+            "UPDATE messages SET content = 'edited' WHERE id = (SELECT min(id) FROM messages)"))
+    assert await scalar(db, "SELECT count(*) FROM facts WHERE content = 'Has a dog named Rex'") == 0
+
+
 async def test_vision_model_answers_and_describes_pictures_only(
     picture_settings: Settings, fake_llm: FakeLLM
 ) -> None:

@@ -240,6 +240,13 @@ class MemorySettings(_Group):
         le=8000,
         description="Budget of the user's profile (current facts) in the system message.",
     )
+    facts_duplicate_similarity: float = Field(
+        default=0.9,
+        ge=0.0,
+        description="An extracted fact whose words a current fact already has and whose vector "
+        "is at least this close to it is a near duplicate: no new row (needs semantic memory; "
+        "above 1 turns the check off).",
+    )
     facts_in_groups: bool = Field(
         default=False,
         description="Show facts learned in private chats in group chats too; off: a group's "

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -337,6 +338,46 @@ class Fact(Base):
     )
 
 
+class FactOutbox(Base):
+    """Facts waiting to be (re)indexed or to lose their vector; filled by a trigger on facts
+    (migration 0012), so an operator's edit is indexed like a message edit."""
+
+    __tablename__ = "fact_outbox"
+
+    fact_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("facts.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_fact_outbox_next_attempt_at", "next_attempt_at"),)
+
+
+class FactEmbedding(Base):
+    """The vector of a current fact in the embedding space `model` (rag/fact_index.py).
+
+    A user has few facts, so they are ranked exactly in the app, whatever the vector store;
+    deleting the fact deletes its vector (ON DELETE CASCADE).
+    """
+
+    __tablename__ = "fact_embeddings"
+
+    fact_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("facts.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    embedding: Mapped[list[float]] = mapped_column(ARRAY(REAL), nullable=False)
+
+    __table_args__ = (Index("ix_fact_embeddings_user_id", "user_id"),)
+
+
 class FactExtraction(Base):
     """Per user and chat: the extraction watermark and what extraction has cost so far.
 
@@ -391,3 +432,5 @@ bot_users = BotUser.__table__
 facts = Fact.__table__
 fact_extraction = FactExtraction.__table__
 pending_pictures = PendingPicture.__table__
+fact_outbox = FactOutbox.__table__
+fact_embeddings = FactEmbedding.__table__

@@ -18,7 +18,7 @@ from llm_bot_core.config import MemorySettings, PictureSettings
 from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
-from llm_bot_core.memory.facts import Profile, read_profile
+from llm_bot_core.memory.facts import Profile, read_profile, related_facts
 from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.pictures import Picture, picture_text, record_pictures, with_pictures
 from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
@@ -252,7 +252,11 @@ class ChatService:
             session_id=user.session_id,
             query=text,
             exclude_message_ids=[m.id for m in recent],
+            fact_ids=profile.overflow_ids,
         )
+        # Facts past the profile's budget, by shared words and by meaning; the profile's own
+        # facts are never among them.
+        related, facts = related_facts(profile.related, facts)
         system_prompt, profile_header = settings.system_prompt, PROFILE_HEADER
         if not user.private:
             system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
@@ -262,7 +266,7 @@ class ChatService:
             system_prompt,
             summary,
             recent,
-            [*profile.related, *facts],
+            [*related, *facts],
             profile.lines,
             profile_header,
         )

@@ -17,7 +17,7 @@ extraction forever; an unreachable model moves nothing and the job is retried.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ from llm_bot_core.memory.facts import (
     supersede,
 )
 from llm_bot_core.metrics import FACT_BATCHES, UsageAccount, metered_completion
+from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
 from llm_bot_core.usage.ledger import UsageLedger
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,7 @@ async def extract_facts(
     *,
     fts_config: str,
     ledger: UsageLedger,
+    semantic: SemanticMemory | None = None,
 ) -> ExtractionRun:
     """Extract facts from every full batch of the user's messages in a chat past the watermark,
     and in a group of every other member's with a full batch too.
@@ -220,6 +222,7 @@ async def extract_facts(
     run = ExtractionRun()
     if not settings.facts_every:
         return run
+    semantic = semantic or DisabledSemanticMemory()
     # A group's message counter is the chat's, so the trigger lands on whoever spoke at that
     # moment: the job serves every member who has a full batch waiting.
     async with engine.connect() as conn:
@@ -230,7 +233,9 @@ async def extract_facts(
     for author in [user_id, *others]:
         # Each member's batch is their own cost (and counts against their daily budget).
         account = ledger.account(author, chat_id)
-        await _extract_for(engine, model, settings, fts_config, author, chat_id, run, account)
+        await _extract_for(
+            engine, model, settings, fts_config, author, chat_id, run, account, semantic
+        )
     return run
 
 
@@ -243,6 +248,7 @@ async def _extract_for(
     chat_id: str,
     run: ExtractionRun,
     account: UsageAccount,
+    semantic: SemanticMemory,
 ) -> None:
     every = settings.facts_every
     key = {"user_id": user_id, "chat_id": chat_id}
@@ -265,6 +271,17 @@ async def _extract_for(
         operations, completions = await _ask(
             model, settings, extraction_prompt(known, batch), account
         )
+        # Near duplicates by meaning, checked before the write transaction: embedding is a
+        # call out, and no connection is held across one.
+        adds = [(op.content or "").strip() for op in operations or () if op.op == "add"]
+        flags = await semantic.duplicate_facts(
+            user_id,
+            adds,
+            threshold=settings.facts_duplicate_similarity,
+            # The facts the model was shown: in a group, by default, only the group's own.
+            chat_id=None if private or settings.facts_in_groups else chat_id,
+        )
+        said = {c for c, dup in zip(adds, flags, strict=True) if dup}
         async with engine.begin() as conn:
             # The user's lock first, as erasure takes it: whichever comes second sees the
             # other's result (erased facts, or facts to erase).
@@ -297,6 +314,7 @@ async def _extract_for(
                     known,
                     operations,
                     fts_config,
+                    said,
                 )
             await conn.execute(
                 _ADVANCE,
@@ -383,6 +401,7 @@ async def _apply(
     known: Sequence[Known],
     operations: Sequence[Operation],
     fts_config: str,
+    said: Set[str] = frozenset(),
 ) -> None:
     # `scope`: facts learned in a private chat carry no chat; a group's carry it, so the
     # group's prompt can show only those.
@@ -405,6 +424,10 @@ async def _apply(
             continue
         if not content or is_duplicate(content, contents):
             run.ignored.append(f"{op.op} of a known or empty fact: {content[:80]!r}")
+            continue
+        if op.op == "add" and content in said:
+            # Only adds: a correction is close to what it corrects by design.
+            run.ignored.append(f"add of a near duplicate by meaning: {content[:80]!r}")
             continue
         new = await insert_fact(
             conn,

@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import zip_longest
 from typing import Any, Literal
 
 import orjson
@@ -25,6 +26,8 @@ Source = Literal["extracted", "user", "operator"]
 # The importance of a fact the user or an operator wrote: above anything extraction guesses.
 WRITTEN_IMPORTANCE = 1.0
 RELATED_LIMIT = 3
+# The facts past the budget whose vectors recall ranks (rag/fact_index.py): the best-ranked ones.
+OVERFLOW_LIMIT = 500
 # Two wordings whose word sets overlap this much (Jaccard) are one fact.
 NEAR_DUPLICATE = 0.8
 
@@ -46,6 +49,8 @@ class Profile:
 
     lines: list[str]
     related: list[RecalledFact]
+    overflow_ids: list[int]
+    """The facts past the budget (best-ranked first), for recall by meaning."""
 
 
 class FactNotFound(CoreError):
@@ -106,7 +111,10 @@ PROFILE_SQL = f"""
                                                    to_tsvector(CAST($4 AS regconfig), f.content))
                                    AS v) v
                WHERE f.used > $6 AND v.v @@ q.q
-               ORDER BY rank DESC LIMIT {RELATED_LIMIT}) r) AS related
+               ORDER BY rank DESC LIMIT {RELATED_LIMIT}) r) AS related,
+      (SELECT coalesce(json_agg(id ORDER BY used), '[]')
+         FROM (SELECT id, used FROM f WHERE used > $6 ORDER BY used LIMIT {OVERFLOW_LIMIT}) o)
+         AS overflow
 """
 
 
@@ -136,7 +144,22 @@ async def read_profile(
         )
         for i in _json(row[1]) or []
     ]
-    return Profile(lines=lines, related=related)
+    return Profile(lines=lines, related=related, overflow_ids=list(_json(row[2]) or []))
+
+
+def related_facts(
+    lexical: Sequence[RecalledFact], recalled: Sequence[RecalledFact]
+) -> tuple[list[RecalledFact], list[RecalledFact]]:
+    """The facts past the budget a prompt shows (RELATED_LIMIT of them, taken in turn from the
+    lexical and the semantic ranking, each once), and the recalled messages."""
+    semantic = [f for f in recalled if f.message_id < 0]
+    messages = [f for f in recalled if f.message_id >= 0]
+    chosen: dict[int, RecalledFact] = {}
+    for pair in zip_longest(lexical, semantic):
+        for fact in pair:
+            if fact is not None and len(chosen) < RELATED_LIMIT:
+                chosen.setdefault(fact.message_id, fact)
+    return list(chosen.values()), messages
 
 
 def profile_line(content: str, created_at: datetime | None) -> str:

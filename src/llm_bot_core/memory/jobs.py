@@ -174,6 +174,7 @@ class InProcessJobs:
                         *key,
                         fts_config=self._fts_config,
                         ledger=self._ledger,
+                        semantic=self._semantic,
                     ),
                 )
         finally:

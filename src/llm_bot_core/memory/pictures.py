@@ -295,6 +295,7 @@ _WRITE = text(
     "UPDATE messages SET content = :content, "
     "attachments = CAST(CAST(:attachments AS text) AS jsonb) WHERE id = :message_id"
 )
+_DESCRIBING = text("SELECT set_config('llmbot.describing', 'on', true)")
 _FAILED = text(
     "UPDATE pending_pictures SET attempts = attempts + 1 WHERE message_id = :message_id "
     "RETURNING attempts"
@@ -381,6 +382,9 @@ async def describe_pictures(
             # (a redelivered task beside the sweep) write it once.
             if (await conn.execute(_DONE, {"message_id": message_id})).first() is None:
                 continue
+            # The description adds to the message; the edit trigger of migration 0012 keeps
+            # the facts and summaries derived from it (they forget only retracted text).
+            await conn.execute(_DESCRIBING)
             await conn.execute(
                 _WRITE,
                 {

@@ -95,13 +95,26 @@ class SemanticMemory(Protocol):
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
+        fact_ids: Sequence[int] = (),
     ) -> list[RecalledFact]:
         """Top-K relevant past fragments of the memory this chat may see (a private chat: the
-        user's private chats; a group: that group); never raises (an outage: nothing)."""
+        user's private chats; a group: that group); never raises (an outage: nothing).
+
+        With `fact_ids` (the user's facts past the profile's budget), the closest of those facts
+        come first, with `message_id` the negated fact id."""
         ...
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
         """Index stored messages (idempotent); returns how many were indexed."""
+        ...
+
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
+    ) -> list[bool]:
+        """For each candidate fact, whether a current fact of the user already says it (same
+        content words, vectors at least `threshold` close), among all their facts or (`chat_id`)
+        those learned in that group; all False while the embedder is unreachable or before the
+        user's facts are indexed."""
         ...
 
     async def forget(self, scope: Scope) -> None:
@@ -132,11 +145,17 @@ class DisabledSemanticMemory:
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
+        fact_ids: Sequence[int] = (),
     ) -> list[RecalledFact]:
         return []
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
         return 0
+
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
+    ) -> list[bool]:
+        return [False] * len(contents)
 
     async def forget(self, scope: Scope) -> None:
         return None

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import RagSettings
 from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
 from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.fact_index import FactIndexer
 from llm_bot_core.rag.indexing import Indexer, Labels
 from llm_bot_core.rag.search import Hit, Searcher, SearchOptions
 from llm_bot_core.rag.vector_store import VectorStore
@@ -22,6 +23,9 @@ from llm_bot_core.rag.vector_store import VectorStore
 log = logging.getLogger(__name__)
 
 StoreFactory = Callable[[Embedder], Awaitable[VectorStore]]
+# How many facts past the profile's budget recall adds by meaning (memory/facts.py adds as many
+# by shared words; the prompt shows at most that many of both).
+FACT_HITS = 3
 
 
 class VectorSemanticMemory:
@@ -50,6 +54,7 @@ class VectorSemanticMemory:
         self._store: VectorStore | None = None
         self._indexer: Indexer | None = None
         self._searcher: Searcher | None = None
+        self._facts = FactIndexer(engine, embedder, fts_config=settings.rag_fts_config)
         self._opening = asyncio.Lock()
         self._sweeper: asyncio.Task[Any] | None = None
         self._open_failed_at: float | None = None
@@ -93,6 +98,8 @@ class VectorSemanticMemory:
                         store.description,
                         queued,
                     )
+                if facts := await self._facts.enqueue_stale():
+                    log.info("%d facts queued for indexing in %s", facts, self._embedder.name)
                 self._store = store
                 self._indexer = indexer
                 self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
@@ -123,7 +130,7 @@ class VectorSemanticMemory:
         total = 0
         while (done := await indexer.index(None, limit=batch)) > 0:
             total += done
-        return total
+        return total + await self._facts.drain(batch)
 
     async def aclose(self) -> None:
         if self._sweeper is not None:
@@ -137,13 +144,20 @@ class VectorSemanticMemory:
     # --- the SemanticMemory protocol -----------------------------------------------------------
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
+        done = 0
         try:
             indexer, _ = await self.ready()
-            return await indexer.index(list(message_ids), limit=max(len(message_ids), 1))
+            done = await indexer.index(list(message_ids), limit=max(len(message_ids), 1))
         except Exception as exc:
             # Not lost: the rows stay in the outbox and the sweeper retries them with backoff.
             log.warning("indexing of %s deferred: %r", list(message_ids), exc)
-            return 0
+        try:
+            # Facts written since (extraction, the API, an operator) ride along: one cheap
+            # claim when there are none. They need no vector store, only the embedder.
+            await self._facts.drain()
+        except Exception as exc:
+            log.warning("fact indexing deferred: %r", exc)
+        return done
 
     async def recall(
         self,
@@ -154,6 +168,7 @@ class VectorSemanticMemory:
         session_id: uuid.UUID,
         query: str,
         exclude_message_ids: Sequence[int],
+        fact_ids: Sequence[int] = (),
     ) -> list[RecalledFact]:
         scope = recall_scope(
             user_id=user_id,
@@ -166,8 +181,9 @@ class VectorSemanticMemory:
                 hits = await self.search(query, scope, exclude_message_ids)
         except Exception as exc:  # an outage means no recalled memory, never a failed reply
             log.warning("recall skipped: %r", exc)
-            return []
-        return [
+            hits = []
+        facts = await self._recall_facts(query, fact_ids)
+        return facts + [
             RecalledFact(
                 message_id=h.message_id,
                 role=h.role,
@@ -177,6 +193,32 @@ class VectorSemanticMemory:
                 user_name=h.user_name,
             )
             for h in hits
+        ]
+
+    async def _recall_facts(self, query: str, fact_ids: Sequence[int]) -> list[RecalledFact]:
+        """The facts among `fact_ids` (past the profile's budget) closest to the query, as
+        recalled fragments with the negated fact id; nothing on an outage."""
+        if not fact_ids:
+            return []
+        try:
+            async with asyncio.timeout(self._settings.rag_timeout):
+                vector = await self._embedder.embed_query(query)
+                min_score = _first(self._settings.rag_min_score, self._embedder.min_score)
+                found = await self._facts.search(
+                    vector, fact_ids, limit=FACT_HITS, min_score=min_score
+                )
+        except Exception as exc:
+            log.warning("fact recall skipped: %r", exc)
+            return []
+        return [
+            RecalledFact(
+                message_id=-h.fact_id,
+                role="user",
+                content=h.content,
+                created_at=h.created_at,
+                score=h.similarity,
+            )
+            for h in found
         ]
 
     async def search(
@@ -197,6 +239,19 @@ class VectorSemanticMemory:
             lexical_weight=s.rag_lexical_weight,
         )
         return await searcher.search(query, scope, exclude, options)
+
+    async def duplicate_facts(
+        self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None
+    ) -> list[bool]:
+        try:
+            # Off the reply path: a cold local model may take a while to load.
+            async with asyncio.timeout(max(self._settings.rag_timeout, 30.0)):
+                return await self._facts.duplicates(
+                    user_id, contents, threshold=threshold, chat_id=chat_id
+                )
+        except Exception as exc:  # the lexical check under the lock still applies
+            log.warning("near-duplicate check of facts skipped: %r", exc)
+            return [False] * len(contents)
 
     async def forget(self, scope: Scope) -> None:
         """Delete the vectors of a session or a user (their rows are deleted by the caller)."""

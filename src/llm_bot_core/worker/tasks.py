@@ -175,6 +175,7 @@ def extract_facts_task(user_id: str, chat_id: str, queued_at: float | None = Non
                     chat_id,
                     fts_config=rt.settings.rag.rag_fts_config,
                     ledger=rt.ledger,
+                    semantic=rt.semantic,
                 ),
             )
         )
