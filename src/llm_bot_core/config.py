@@ -102,7 +102,6 @@ class StorageSettings(_Group):
     migrate_on_start: bool = True
 
 
-
 class ServerSettings(_Group):
     """The HTTP server, the API's input limits and logging."""
 
@@ -178,7 +177,6 @@ class LLMSettings(_Group):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-
     @property
     def configured(self) -> bool:
         """A key for OpenRouter, or an explicit OpenAI-compatible base URL."""
@@ -218,6 +216,12 @@ class MemorySettings(_Group):
     # Unset: summaries are written by the chat model (the ChatModel's default).
     summary_model: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    persona_reload_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Personas are reloaded this often besides on every change (LISTEN/NOTIFY).",
+    )
     max_reply_chars: int = Field(default=16000, ge=100)
 
     # --- user facts (memory/facts.py, memory/extraction.py) -------------------------------
@@ -338,7 +342,6 @@ class UsageSettings(_Group):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.bot_timezone)
-
 
 
 GROUPS: dict[str, type[_Group]] = {

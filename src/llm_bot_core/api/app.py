@@ -16,6 +16,7 @@ from llm_bot_core.api.errors import install_error_handlers
 from llm_bot_core.api.facts_routes import facts
 from llm_bot_core.api.limits import BodySizeLimit
 from llm_bot_core.api.memory_routes import memory
+from llm_bot_core.api.persona_routes import personas as persona_routes
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.api.usage_routes import usage
 from llm_bot_core.config import Settings, get_settings
@@ -27,6 +28,7 @@ from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
+from llm_bot_core.memory.personas import PersonaCache
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
@@ -85,6 +87,12 @@ def create_app(
             zone=usage_settings.zone,
         )
         jobs = build_jobs(settings, engine, chat_model, semantic, ledger)
+        personas = PersonaCache(
+            engine,
+            fallback_instruction=settings.memory.system_prompt,
+            reload_seconds=settings.memory.persona_reload_seconds,
+        )
+        await personas.start()
         chat = ChatService(
             engine=engine,
             model=chat_model,
@@ -94,6 +102,7 @@ def create_app(
             ledger=ledger,
             budgets=budgets,
             fts_config=settings.rag.rag_fts_config,
+            personas=personas,
         )
         app.state.services = Services(
             settings=settings,
@@ -106,6 +115,7 @@ def create_app(
             ledger=ledger,
             budgets=budgets,
             facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
+            personas=personas,
         )
         try:
             yield
@@ -115,6 +125,7 @@ def create_app(
             await jobs.shutdown(settings.server.shutdown_grace_seconds)
             # After the summaries, whose calls are accounted too; before the engine goes.
             await ledger.aclose()
+            await personas.aclose()
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
@@ -132,6 +143,7 @@ def create_app(
     app.include_router(memory)
     app.include_router(usage)
     app.include_router(facts)
+    app.include_router(persona_routes)
     app.include_router(system)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestMetrics)

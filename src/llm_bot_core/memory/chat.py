@@ -18,6 +18,7 @@ from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
 from llm_bot_core.memory.facts import Profile, read_profile
 from llm_bot_core.memory.jobs import JobQueue
+from llm_bot_core.memory.personas import Persona, PersonaCache
 from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
 from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
@@ -48,6 +49,11 @@ class _Turn:
     """Who wrote the message: the answer is stored as answering them."""
     chat_id: str
     account: Account
+    persona: Persona
+
+    def llm_options(self) -> dict[str, Any]:
+        """The persona's model and temperature; None leaves the configured ones."""
+        return {"model": self.persona.model, "temperature": self.persona.temperature}
 
 
 class ChatService:
@@ -64,6 +70,7 @@ class ChatService:
         ledger: UsageLedger,
         budgets: Budgets,
         fts_config: str,
+        personas: PersonaCache,
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -78,6 +85,7 @@ class ChatService:
         self._streams = BackgroundTasks(_log_failure)
         self._ledger = ledger
         self._budgets = budgets
+        self._personas = personas
 
     async def handle(
         self,
@@ -97,7 +105,7 @@ class ChatService:
         )
         try:
             completion = await metered_completion(
-                self._model, "chat", turn.prompt, account=turn.account
+                self._model, "chat", turn.prompt, account=turn.account, **turn.llm_options()
             )
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
@@ -141,7 +149,7 @@ class ChatService:
         try:
             # Read to the end even once MAX_REPLY_CHARS is reached: the usage chunk comes last.
             async for item in metered_stream(
-                self._model, "chat", turn.prompt, account=turn.account
+                self._model, "chat", turn.prompt, account=turn.account, **turn.llm_options()
             ):
                 if isinstance(item, Completion):
                     completion = item
@@ -189,6 +197,7 @@ class ChatService:
                 profile = await self._profile(
                     conn, user, user_id=user_id, chat_id=chat_id, text=text
                 )
+                persona = await self._personas.for_chat(conn, chat_id)
         except store.Refused as refused:
             raise self._budgets.refusal(
                 blocked=refused.blocked, spent=refused.spent, limit=refused.limit
@@ -206,7 +215,8 @@ class ChatService:
             query=text,
             exclude_message_ids=[m.id for m in recent],
         )
-        system_prompt, profile_header = settings.system_prompt, PROFILE_HEADER
+        # The chat's persona (/mode) or the default one; operators edit them without a restart.
+        system_prompt, profile_header = persona.instruction, PROFILE_HEADER
         if not user.private:
             system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
             profile_header = GROUP_PROFILE_HEADER
@@ -225,6 +235,7 @@ class ChatService:
             user_id=user_id,
             chat_id=chat_id,
             account=self._ledger.account(user_id, chat_id),
+            persona=persona,
         )
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:
