@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -213,7 +213,9 @@ async def test_erasing_a_user_forgets_their_private_chats_persona_but_not_a_grou
 
 
 @pytest.fixture
-def two_workers(clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM):  # type: ignore[no-untyped-def]
+def two_workers(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM
+) -> Iterator[str]:
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="llmbot-personas-"))
     env = {k: v for k, v in os.environ.items() if k not in ("OPENROUTER_API_KEY",)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from llm_bot_core.bot.handlers import chat, commands, errors, memory, other, usage
+from llm_bot_core.bot.handlers import chat, commands, errors, memory, mode, other, usage
 
 
 def create_router() -> Router:
@@ -14,6 +14,7 @@ def create_router() -> Router:
         commands.create_router(),
         memory.create_router(),
         usage.create_router(),
+        mode.create_router(),
         chat.create_router(),
         other.create_router(),
         errors.create_router(),
