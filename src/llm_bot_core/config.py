@@ -216,9 +216,9 @@ class MemorySettings(_Group):
     # Unset: summaries are written by the chat model (the ChatModel's default).
     summary_model: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    persona_reload_seconds: float = Field(
-        default=30.0,
-        gt=0,
+    persona_reload_seconds: int = Field(
+        default=30,
+        ge=1,
         le=3600,
         description="Personas are reloaded this often besides on every change (LISTEN/NOTIFY).",
     )

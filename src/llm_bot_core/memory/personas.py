@@ -86,14 +86,21 @@ class PersonaCache:
         """Seed the default persona from SYSTEM_PROMPT when there is none, load, and listen.
 
         Only then: once seeded, the persona is the operators' to edit, and SYSTEM_PROMPT is not
-        read again."""
+        read again. A database that is down does not stop the backend from starting (it answers
+        503 meanwhile): the listener seeds and loads once it connects."""
+        try:
+            await self._seed()
+            await self.reload()
+        except Exception as exc:
+            log.warning("personas: not loaded yet (%r); SYSTEM_PROMPT answers meanwhile", exc)
+        self._task = asyncio.create_task(self._listen(), name="personas.listen")
+
+    async def _seed(self) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEED_LOCK})
             await conn.execute(
                 _SEED, {"name": DEFAULT_NAME, "instruction": self._fallback.instruction}
             )
-        await self.reload()
-        self._task = asyncio.create_task(self._listen(), name="personas.listen")
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -172,6 +179,8 @@ class PersonaCache:
             await driver.add_listener(CHANNEL, callback)
             try:
                 # Changes made while nobody listened (start, reconnect) are read now.
+                if self._default is None:
+                    await self._seed()
                 await self.reload()
                 while not driver.is_closed():
                     try:
