@@ -91,7 +91,7 @@ PANELS = (
           _per_day("messages", "created_at", "count", "id")),
     Panel("active_users", _panel_id(2), "Active users per day", "group", "time-series",
           25, 1, 24, 10,
-          _per_day("messages", "created_at", "count_distinct", "user_id",
+          _per_day("messages", "created_at", "countDistinct", "user_id",
                    filter={"_and": [{"role": {"_eq": "user"}}]})),
     Panel("tokens", _panel_id(3), "Tokens per day", "token", "time-series", 1, 11, 24, 10,
           _per_day("usage_daily", "day", "sum", "total_tokens")),

@@ -286,6 +286,11 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
             "display": "boolean",
             "note": "Answers chats that chose nothing. Ticking it here unticks the previous "
             "default; to change the default, tick another persona.",
+            # Unticking would leave no default: the database refuses it, which Directus would
+            # report as a 500. Ticking another persona is the way (its trigger unticks this one).
+            "validation": {"_and": [{"is_default": {"_neq": False}}]},
+            "validation_message": "One persona is always the default: tick Is Default on "
+            "another persona instead.",
         },
         "instruction": {
             "sort": 3,
