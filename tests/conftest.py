@@ -36,6 +36,10 @@ TABLES = (
     "bot_users",
     "facts",
     "fact_extraction",
+    "chat_settings",
+    "personas",
+    "job_failures",
+    "usage_daily",
 )
 
 

@@ -255,3 +255,22 @@ async def test_summary_due_while_the_broker_was_down_is_queued_once_it_is_back(
         ).scalar()
     assert watermark is not None and watermark >= THRESHOLD + 3  # everything said while down
     await assert_chunks_cover_each_message_once(db, fake_llm)
+
+
+async def test_a_task_that_fails_for_good_is_recorded_in_job_failures(
+    worker: Worker, celery_settings: Settings, db: AsyncEngine
+) -> None:
+    from llm_bot_core.worker.app import SUMMARIZE_TASK
+
+    async with running_app(celery_settings) as client:
+        jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+        # Not a session id: the task raises ValueError, which it does not retry.
+        await jobs.publish(SUMMARIZE_TASK, ["not-a-session-id"])
+        await wait_for(db, "SELECT count(*) FROM job_failures", 1)
+    async with db.connect() as conn:
+        task, arguments, error, attempts = (await conn.execute(text(
+            "SELECT task, arguments, error, attempts FROM job_failures"))).one()
+    assert task == SUMMARIZE_TASK
+    assert "not-a-session-id" in arguments
+    assert error.startswith("ValueError")
+    assert attempts == 1

@@ -812,3 +812,138 @@ def test_facts_collection_operators_correct_with_history_kept_and_the_next_promp
     asyncio.run(api("POST", "/v1/chat/handle",
                     json={"user_id": "4242", "chat_id": "4242", "text": "And now?"}))
     assert "Berlin" not in str(llm_server.fake.chat_requests[-1]["messages"])
+
+
+# --- personas and the dashboard (issue 17) -------------------------------------------------------
+
+
+async def test_a_persona_edited_through_directus_is_the_next_system_message_without_a_restart(
+    directus: Directus, users: None, llm_server: FakeLLMServer
+) -> None:
+    llm_server.fake.reset()
+    settings = make_settings(directus.database_url, llm_server.base_url,
+                             persona_reload_seconds=600)
+    async with running_app(settings) as client, httpx.AsyncClient(base_url=directus.url) as dx:
+        token = (await dx.post("/auth/login", json=dict(zip(("email", "password"), OPERATOR,
+                                                            strict=True)))).json()["data"]
+        dx.headers["Authorization"] = f"Bearer {token['access_token']}"
+        default = (await dx.get("/items/personas", params={"filter[is_default][_eq]": "true"}))
+        assert default.status_code == 200, default.text
+        [persona] = default.json()["data"]
+        edited = await dx.patch(f"/items/personas/{persona['id']}", json={
+            "instruction": "You are the lighthouse keeper.", "temperature": 0.3})
+        assert edited.status_code == 200, edited.text
+        out_of_range = await dx.patch(f"/items/personas/{persona['id']}",
+                                      json={"temperature": 5})
+        assert out_of_range.status_code == 400, out_of_range.text
+        assert "temperature" in out_of_range.json()["errors"][0]["message"]
+
+        cache = client.app.state.services.personas  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while cache.default().instruction != "You are the lighthouse keeper.":
+            assert time.monotonic() < deadline, "the edit did not reach the backend"
+            await asyncio.sleep(0.05)
+        response = await client.post("/v1/chat/handle", json={
+            "user_id": "777", "chat_id": "777", "text": "who are you?"})
+        assert response.status_code == 200, response.text
+        request = llm_server.fake.chat_requests[-1]
+        assert request["messages"][0]["content"].startswith("You are the lighthouse keeper.")
+        assert request["temperature"] == 0.3
+        created = await dx.post("/items/personas", json={
+            "name": "Lighthouse poet", "instruction": "Answer in verse.", "selectable": True})
+        assert created.status_code == 200, created.text
+        await dx.delete(f"/items/personas/{created.json()['data']['id']}")
+        restored = await dx.patch(f"/items/personas/{persona['id']}", json={
+            "instruction": persona["instruction"], "temperature": None})
+        assert restored.status_code == 200, restored.text
+
+
+def test_viewers_read_personas_and_the_dashboard_but_edit_neither_personas_nor_limits(
+    directus: Directus, users: None, conversation: dict[str, str]
+) -> None:
+    from llm_bot_core.admin.dashboard import DASHBOARD_ID, PANELS
+
+    with directus.login(VIEWER) as viewer:
+        personas = viewer.get("/items/personas")
+        assert personas.status_code == 200 and personas.json()["data"], personas.text
+        first = personas.json()["data"][0]["id"]
+        assert viewer.patch(f"/items/personas/{first}",
+                            json={"instruction": "hijacked"}).status_code == 403
+        assert viewer.post("/items/personas", json={"name": "x",
+                                                    "instruction": "y"}).status_code == 403
+        assert viewer.delete(f"/items/personas/{first}").status_code == 403
+        assert viewer.patch("/items/bot_users/12345",
+                            json={"daily_token_limit": 1}).status_code == 403
+        assert viewer.post("/items/bot_users", json={"user_id": "v1"}).status_code == 403
+        dashboard = viewer.get(f"/dashboards/{DASHBOARD_ID}")
+        assert dashboard.status_code == 200, dashboard.text
+        panels = viewer.get("/panels", params={"filter[dashboard][_eq]": DASHBOARD_ID})
+        assert {p["id"] for p in panels.json()["data"]} == {p.id for p in PANELS}
+        assert viewer.patch(f"/dashboards/{DASHBOARD_ID}",
+                            json={"name": "mine"}).status_code == 403
+        # What the panels query, as the app asks for it: per-day usage and the top users.
+        top = viewer.get("/items/llm_usage", params={
+            "aggregate[sum]": "total_tokens", "groupBy[]": "user_id"})
+        assert top.status_code == 200, top.text
+        assert any(row["user_id"] == "12345" and int(row["sum"]["total_tokens"]) > 0
+                   for row in top.json()["data"])
+        daily = viewer.get("/items/usage_daily", params={"fields": "day,purpose,total_tokens"})
+        assert daily.status_code == 200 and daily.json()["data"], daily.text
+    with directus.login(OPERATOR) as op:
+        assert op.get(f"/dashboards/{DASHBOARD_ID}").status_code == 200
+        assert op.patch(f"/dashboards/{DASHBOARD_ID}", json={"name": "mine"}).status_code == 403
+        assert op.post("/items/job_failures", json={
+            "task": "x", "arguments": "[]", "error": "e"}).status_code == 403
+
+
+def test_the_default_persona_cannot_be_unticked_from_the_admin_panel(
+    directus: Directus, users: None, conversation: dict[str, str]
+) -> None:
+    with directus.login(OPERATOR) as op:
+        [default] = op.get("/items/personas",
+                           params={"filter[is_default][_eq]": "true"}).json()["data"]
+        refused = op.patch(f"/items/personas/{default['id']}", json={"is_default": False})
+        assert refused.status_code == 400, refused.text
+        assert "is_default" in refused.json()["errors"][0]["message"]  # the form shows why
+    rows = asyncio.run(_query(directus.database_url,
+                              "SELECT count(*) FROM personas WHERE is_default"))
+    assert rows == [(1,)]
+
+
+async def test_operator_sees_the_dashboard_in_the_browser(
+    directus: Directus, users: None, conversation: dict[str, str], page: object, tmp_path: Path
+) -> None:
+    from playwright.async_api import Page, expect
+
+    from llm_bot_core.admin.dashboard import DASHBOARD_ID
+
+    assert isinstance(page, Page)
+    shots = ROOT / "docs" / "img" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+    await page.goto(f"{directus.url}/admin/login")
+    await page.locator("input[type=email]").fill(OPERATOR[0])
+    await page.locator("input[type=password]").fill(OPERATOR[1])
+    # The app routes itself after logging in; waiting for that "navigation" can hang.
+    await page.locator("button[type=submit]").click(no_wait_after=True)
+    await page.wait_for_url(lambda url: "/admin/login" not in url, timeout=30_000)
+    # The app asks for every panel's data in one GraphQL query: one bad panel empties them all.
+    answers: list[str] = []
+
+    async def keep(response: object) -> None:
+        if "/graphql" in response.url:  # type: ignore[attr-defined]
+            answers.append(await response.text())  # type: ignore[attr-defined]
+
+    page.on("response", keep)
+    await page.goto(f"{directus.url}/admin/insights/{DASHBOARD_ID}")
+    await expect(page.get_by_text("Messages per day").first).to_be_visible(timeout=30_000)
+    await expect(page.get_by_text("Top users by tokens, 30 days").first).to_be_visible()
+    await page.wait_for_timeout(3000)  # the charts draw after their queries return
+    assert answers, "the dashboard asked for no data"
+    assert not [a for a in answers if '"errors"' in a], answers
+    toggle = page.locator(".sidebar-toggle")
+    if await toggle.count():
+        await toggle.first.click()
+        await page.wait_for_timeout(1000)
+    shots.mkdir(parents=True, exist_ok=True)
+    png = shots / "directus-dashboard.png"
+    await page.screenshot(path=str(png), full_page=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -105,7 +105,6 @@ class StorageSettings(_Group):
     migrate_on_start: bool = True
 
 
-
 class ServerSettings(_Group):
     """The HTTP server, the API's input limits and logging."""
 
@@ -181,7 +180,6 @@ class LLMSettings(_Group):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-
     @property
     def configured(self) -> bool:
         """A key for OpenRouter, or an explicit OpenAI-compatible base URL."""
@@ -221,6 +219,12 @@ class MemorySettings(_Group):
     # Unset: summaries are written by the chat model (the ChatModel's default).
     summary_model: str | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    persona_reload_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Personas are reloaded this often besides on every change (LISTEN/NOTIFY).",
+    )
     max_reply_chars: int = Field(default=16000, ge=100)
 
     # --- user facts (memory/facts.py, memory/extraction.py) -------------------------------

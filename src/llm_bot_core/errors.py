@@ -24,6 +24,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "unauthorized": ErrorCode(401, "Missing or wrong bearer token (BACKEND_API_KEY)."),
     "not_found": ErrorCode(404, "No such endpoint."),
     "fact_not_found": ErrorCode(404, "The user has no such fact (or, for PATCH, no current one)."),
+    "persona_not_found": ErrorCode(404, "No selectable persona with this id."),
     "method_not_allowed": ErrorCode(405, "Method not allowed on this endpoint."),
     "user_blocked": ErrorCode(403, "An operator blocked this user; nothing was stored."),
     "session_gone": ErrorCode(409, "The session was deleted while the answer was generated."),

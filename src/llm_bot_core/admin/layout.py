@@ -14,7 +14,11 @@ SPEC_TABLES = ("chat_sessions", "messages", "conversation_summaries", "embedding
 FACT_TABLES = ("facts",)
 # Usage accounting (read-only everywhere) and operators' per-user limits and bans.
 USAGE_TABLES = ("llm_usage", "bot_users")
-PANEL_TABLES = SPEC_TABLES + FACT_TABLES + USAGE_TABLES
+# Personas operators edit (issue 17), the chats' choices, and what the dashboard reads: failed
+# jobs, the daily usage rollup and the indexing queue (read-only everywhere).
+PERSONA_TABLES = ("personas", "chat_settings")
+DASHBOARD_TABLES = ("job_failures", "usage_daily", "rag_outbox")
+PANEL_TABLES = SPEC_TABLES + FACT_TABLES + USAGE_TABLES + PERSONA_TABLES + DASHBOARD_TABLES
 
 # Fixed ids make "is it already there?" a lookup by id, immune to renames in the UI.
 OPERATOR_ROLE_ID = "5b0e6f1a-1c3d-4e0b-9a51-0d0c0a7e0001"
@@ -66,6 +70,38 @@ COLLECTIONS: dict[str, dict[str, Any]] = {
         "display_template": "{{user_id}}",
         "sort": 7,
     },
+    "personas": {
+        "icon": "theater_comedy",
+        "note": "System prompts. One is the default; selectable ones are offered by /mode. "
+        "A change reaches the next answer within seconds, without a restart.",
+        "display_template": "{{name}}",
+        "sort": 8,
+    },
+    "chat_settings": {
+        "icon": "tune",
+        "note": "The persona each chat chose with /mode (empty: the default).",
+        "display_template": "{{chat_id}}",
+        "sort": 9,
+    },
+    "job_failures": {
+        "icon": "error",
+        "note": "Background jobs (summaries, fact extraction) that failed after their retries.",
+        "display_template": "{{task}} · {{failed_at}}",
+        "sort": 10,
+    },
+    "usage_daily": {
+        "icon": "bar_chart",
+        "note": "Model usage per UTC day, model and purpose (kept by the database).",
+        "display_template": "{{day}} · {{model}} · {{purpose}}",
+        "sort": 11,
+    },
+    "rag_outbox": {
+        "icon": "pending_actions",
+        "note": "Messages waiting to be indexed into semantic memory.",
+        "display_template": "{{message_id}}",
+        "sort": 12,
+        "hidden": True,
+    },
 }
 
 # Columns the backend maintains: read-only in the app. Only there: a permission limited to some
@@ -111,6 +147,25 @@ READ_ONLY: dict[str, frozenset[str]] = {
         }
     ),
     "bot_users": frozenset({"created_at"}),
+    "personas": frozenset({"id", "created_at", "updated_at"}),
+    "chat_settings": frozenset({"updated_at"}),
+    "job_failures": frozenset({"id", "failed_at", "task", "arguments", "error", "attempts"}),
+    "usage_daily": frozenset(
+        {
+            "id",
+            "day",
+            "model",
+            "purpose",
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cost",
+        }
+    ),
+    "rag_outbox": frozenset(
+        {"message_id", "attempts", "next_attempt_at", "last_error", "enqueued_at"}
+    ),
 }
 
 SESSION_TEMPLATE = "{{user_id}} · {{chat_id}}"
@@ -233,6 +288,70 @@ FIELD_META: dict[str, dict[str, dict[str, Any]]] = {
         "note": {"sort": 4, "interface": "input-multiline"},
         "created_at": {"sort": 5, "display": "datetime", "display_options": {"relative": True}},
     },
+    "personas": {
+        "name": {
+            "sort": 1,
+            "width": "half",
+            "required": True,
+            "note": "Shown to users on the /mode buttons.",
+        },
+        "is_default": {
+            "sort": 2,
+            "width": "half",
+            "interface": "boolean",
+            "display": "boolean",
+            "note": "Answers chats that chose nothing. Ticking it here unticks the previous "
+            "default; to change the default, tick another persona.",
+            # Unticking would leave no default: the database refuses it, which Directus would
+            # report as a 500. Ticking another persona is the way (its trigger unticks this one).
+            "validation": {"_and": [{"is_default": {"_neq": False}}]},
+            "validation_message": "One persona is always the default: tick Is Default on "
+            "another persona instead.",
+        },
+        "instruction": {
+            "sort": 3,
+            "interface": "input-multiline",
+            "required": True,
+            "note": "The system prompt: the first part of the system message.",
+        },
+        "model": {
+            "sort": 4,
+            "width": "half",
+            "note": "Empty: the configured chat model (OPENROUTER_MODEL).",
+        },
+        "temperature": {
+            "sort": 5,
+            "width": "half",
+            "note": "Empty: LLM_TEMPERATURE.",
+            # The database's CHECK would refuse it too, but Directus reports that as a 500.
+            "validation": {
+                "_or": [
+                    {"temperature": {"_null": True}},
+                    {"_and": [{"temperature": {"_gte": 0}}, {"temperature": {"_lte": 2}}]},
+                ]
+            },
+            "validation_message": "The temperature is empty (the default) or from 0 to 2.",
+        },
+        "selectable": {
+            "sort": 6,
+            "width": "half",
+            "interface": "boolean",
+            "display": "boolean",
+            "note": "Offered to users by /mode.",
+        },
+        "created_at": {"sort": 7, "width": "half", "display": "datetime"},
+        "updated_at": {"sort": 8, "width": "half", "display": "datetime"},
+        "id": {"sort": 20},
+    },
+    "chat_settings": {
+        "persona_id": _many_to_one("{{name}}"),
+        "updated_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
+    "job_failures": {
+        "error": {"interface": "input-multiline"},
+        "arguments": {"interface": "input-multiline"},
+        "failed_at": {"display": "datetime", "display_options": {"relative": True}},
+    },
 }
 
 
@@ -262,6 +381,7 @@ RELATIONS = (
     Relation("embeddings", "message_id", "messages"),
     # A fact's history: the versions it replaced (their `superseded_by` points at it).
     Relation("facts", "superseded_by", "facts", "earlier_versions", "{{content}}", 20),
+    Relation("chat_settings", "persona_id", "personas"),
 )
 
 # The table view's default columns; sorted newest first.
@@ -290,11 +410,23 @@ LIST_COLUMNS: dict[str, list[str]] = {
         "audio_seconds",
     ],
     "bot_users": ["user_id", "blocked", "daily_token_limit", "note", "created_at"],
+    "personas": ["name", "is_default", "selectable", "model", "temperature", "updated_at"],
+    "chat_settings": ["chat_id", "persona_id", "updated_at"],
+    "job_failures": ["failed_at", "task", "error", "attempts", "arguments"],
+    "usage_daily": ["day", "model", "purpose", "calls", "total_tokens", "cost"],
+    "rag_outbox": ["message_id", "attempts", "next_attempt_at", "last_error", "enqueued_at"],
+}
+# Tables without created_at whose default view is sorted by another column, newest first.
+SORT_BY: dict[str, str] = {
+    "job_failures": "-failed_at",
+    "usage_daily": "-day",
+    "chat_settings": "-updated_at",
+    "rag_outbox": "-enqueued_at",
 }
 
-EDITABLE_BY_OPERATOR = ("messages", "chat_sessions", "facts", "bot_users")
-# Operators may also add a row: limit or block a user before their first message.
-CREATABLE_BY_OPERATOR = ("bot_users",)
+EDITABLE_BY_OPERATOR = ("messages", "chat_sessions", "facts", "bot_users", "personas")
+# Operators may also add a row: limit or block a user before their first message; a persona.
+CREATABLE_BY_OPERATOR = ("bot_users", "personas")
 
 
 @dataclass(frozen=True)
@@ -311,15 +443,15 @@ OPERATOR = Access(
     OPERATOR_POLICY_ID,
     "Operator",
     "support_agent",
-    "Reads all dialogue data and usage; fixes or deletes messages, sessions and facts; sets "
-    "users' daily limits and bans.",
+    "Reads all dialogue data, usage and the dashboard; fixes or deletes messages, sessions and "
+    "facts; sets users' daily limits and bans; edits personas.",
 )
 VIEWER = Access(
     VIEWER_ROLE_ID,
     VIEWER_POLICY_ID,
     "Viewer",
     "visibility",
-    "Read-only access to dialogue data and usage.",
+    "Read-only access to dialogue data, usage, personas and the dashboard.",
 )
 
 # Who may write what beyond the policies' collection rights. Directus 12 without a license

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from llm_bot_core.admin.dashboard import INSIGHTS_READ, DashboardProvisioner
 from llm_bot_core.admin.guard import GuardProvisioner, ProvisioningError, checked, data, differs
 from llm_bot_core.admin.layout import (
     COLLECTIONS,
@@ -29,6 +30,7 @@ from llm_bot_core.admin.layout import (
     PANEL_TABLES,
     READ_ONLY,
     RELATIONS,
+    SORT_BY,
     SPEC_TABLES,
     VIEWER,
     VIEWER_ROLE_ID,
@@ -79,10 +81,11 @@ class Provisioner:
                 self._relation(relation, columns)
         views = [self._default_view(table, columns[table]) for table in self.tables]
         self._access(OPERATOR, self._operator_permissions(columns))
-        self._access(VIEWER, {(table, "read"): ["*"] for table in self.tables})
+        self._access(VIEWER, self._viewer_permissions())
         guard = GuardProvisioner(self.client, self.changes)
         guard.flow()
         guard.sweep_shared_presets(keep=views)
+        DashboardProvisioner(self.client, self.changes).run()
         for change in self.changes:
             log.info("directus: %s", change)
         return self.changes
@@ -206,7 +209,10 @@ class Provisioner:
         Returns its id. It filters nothing: a filter here would hide rows from everyone.
         """
         visible = [c for c in LIST_COLUMNS.get(table, []) if c in columns] or columns[:6]
-        sort = ["-created_at"] if "created_at" in columns else []
+        if table in SORT_BY:
+            sort = [SORT_BY[table]]
+        else:
+            sort = ["-created_at"] if "created_at" in columns else []
         widths = {c: 420 for c in ("content",) if c in visible}
         desired = {
             "layout": "tabular",
@@ -241,9 +247,7 @@ class Provisioner:
     def _operator_permissions(
         self, columns: Mapping[str, list[str]]
     ) -> dict[tuple[str, str], list[str] | None]:
-        wanted: dict[tuple[str, str], list[str] | None] = {
-            (table, "read"): ["*"] for table in self.tables
-        }
+        wanted = self._viewer_permissions()
         for table in EDITABLE_BY_OPERATOR:
             if table in columns:
                 wanted[(table, "update")] = ["*"]
@@ -251,6 +255,15 @@ class Provisioner:
         for table in CREATABLE_BY_OPERATOR:
             if table in columns:
                 wanted[(table, "create")] = ["*"]
+        return wanted
+
+    def _viewer_permissions(self) -> dict[tuple[str, str], list[str] | None]:
+        """Reading every panel table and the dashboard: what Viewers may, and Operators too."""
+        wanted: dict[tuple[str, str], list[str] | None] = {
+            (table, "read"): ["*"] for table in self.tables
+        }
+        for collection in INSIGHTS_READ:
+            wanted[(collection, "read")] = ["*"]
         return wanted
 
     def _access(

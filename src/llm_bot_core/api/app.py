@@ -17,6 +17,7 @@ from llm_bot_core.api.facts_routes import facts
 from llm_bot_core.api.limits import CHAT_PATHS, BodySizeLimit, chat_body_limit
 from llm_bot_core.api.media_routes import MULTIPART_OVERHEAD, TRANSCRIPTIONS_PATH, media
 from llm_bot_core.api.memory_routes import memory
+from llm_bot_core.api.persona_routes import personas as persona_routes
 from llm_bot_core.api.routes import system, v1
 from llm_bot_core.api.usage_routes import usage
 from llm_bot_core.config import Settings, get_settings
@@ -30,6 +31,7 @@ from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
+from llm_bot_core.memory.personas import PersonaCache
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
@@ -95,6 +97,12 @@ def create_app(
             zone=usage_settings.zone,
         )
         jobs = build_jobs(settings, engine, chat_model, semantic, ledger)
+        personas = PersonaCache(
+            engine,
+            fallback_instruction=settings.memory.system_prompt,
+            reload_seconds=settings.memory.persona_reload_seconds,
+        )
+        await personas.start()
         chat = ChatService(
             engine=engine,
             model=chat_model,
@@ -106,6 +114,7 @@ def create_app(
             fts_config=settings.rag.rag_fts_config,
             pictures=settings.pictures,
             data_dir=settings.storage.data_dir,
+            personas=personas,
         )
         speech = transcriber or build_transcriber(
             settings.transcription,
@@ -135,6 +144,7 @@ def create_app(
             budgets=budgets,
             facts=FactService(engine, fts_config=settings.rag.rag_fts_config),
             voice=voice,
+            personas=personas,
         )
         try:
             yield
@@ -144,6 +154,7 @@ def create_app(
             await jobs.shutdown(settings.server.shutdown_grace_seconds)
             # After the summaries, whose calls are accounted too; before the engine goes.
             await ledger.aclose()
+            await personas.aclose()
             await semantic.aclose()
             if model is None:
                 await chat_model.aclose()
@@ -164,6 +175,7 @@ def create_app(
     app.include_router(usage)
     app.include_router(facts)
     app.include_router(media)
+    app.include_router(persona_routes)
     app.include_router(system)
     app.add_middleware(
         BodySizeLimit,

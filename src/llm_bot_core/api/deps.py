@@ -18,6 +18,7 @@ from llm_bot_core.memory.chat import ChatService
 from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import JobQueue
+from llm_bot_core.memory.personas import PersonaCache
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.usage.budget import Budgets
 from llm_bot_core.usage.ledger import UsageLedger
@@ -38,6 +39,7 @@ class Services:
     budgets: Budgets
     facts: FactService
     voice: VoiceService
+    personas: PersonaCache
 
 
 async def get_services(request: Request) -> Services:
@@ -74,6 +76,13 @@ async def get_fact_service(services: ServicesDep) -> FactService:
 
 
 FactServiceDep = Annotated[FactService, Depends(get_fact_service)]
+
+
+async def get_personas(services: ServicesDep) -> PersonaCache:
+    return services.personas
+
+
+PersonasDep = Annotated[PersonaCache, Depends(get_personas)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -336,6 +336,28 @@ class BackendClient:
         data = await self._send("DELETE", _user_path(user_id), None, request_id)
         return int(data.get("deleted_messages", 0))
 
+    async def personas(
+        self, *, chat_id: int | str, request_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The selectable personas (/mode's buttons) and the id of the chat's current one."""
+        request_id = request_id or str(uuid.uuid4())
+        listed = await self._send("GET", "/v1/personas", None, request_id)
+        current = await self._send("GET", _chat_persona_path(chat_id), None, request_id)
+        try:
+            return list(listed["personas"]), int(current["persona"]["id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BackendError(502, "bad_backend_response", f"unreadable personas: {exc}") from exc
+
+    async def choose_persona(
+        self, *, chat_id: int | str, persona_id: int, request_id: str | None = None
+    ) -> str:
+        """Answer in the chat with this persona from now on; its name. BackendError
+        persona_not_found when it is gone or no longer selectable."""
+        data = await self._send(
+            "PUT", _chat_persona_path(chat_id), {"persona_id": persona_id}, request_id
+        )
+        return str(data.get("persona", {}).get("name", ""))
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -485,6 +507,10 @@ def _seconds(value: str | None) -> float | None:
 
 def _user_path(user_id: int | str) -> str:
     return f"/v1/memory/users/{quote(str(user_id), safe='')}"
+
+
+def _chat_persona_path(chat_id: int | str) -> str:
+    return f"/v1/chats/{quote(str(chat_id), safe='')}/persona"
 
 
 def _facts_path(user_id: int | str) -> str:

@@ -33,6 +33,7 @@ COMMANDS = {
     "en": [
         BotCommand(command="start", description="Start a new conversation"),
         BotCommand(command="usage", description="Today's usage and the daily limit"),
+        BotCommand(command="mode", description="Choose how I answer"),
         BotCommand(command="help", description="What I can do"),
         BotCommand(command="memory", description="What I know about you"),
         BotCommand(command="remember", description="Remember a fact about you"),
@@ -42,6 +43,7 @@ COMMANDS = {
     "ru": [
         BotCommand(command="start", description="Начать новый диалог"),
         BotCommand(command="usage", description="Расход за сегодня и дневной лимит"),
+        BotCommand(command="mode", description="Выбрать стиль ответов"),
         BotCommand(command="help", description="Что я умею"),
         BotCommand(command="memory", description="Что я о вас знаю"),
         BotCommand(command="remember", description="Запомнить факт о вас"),

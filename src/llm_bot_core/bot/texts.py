@@ -21,6 +21,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "ru": "Я отвечаю на текстовые и голосовые сообщения и помню контекст разговора.\n\n"
         "/start — начать диалог заново (забыть текущий разговор)\n"
         "/usage — расход за сегодня и дневной лимит\n"
+        "/mode — выбрать стиль ответов\n"
         "/help — эта справка\n"
         "/memory — что я о вас знаю; /forget — забыть факт; /forget_all — стереть всё\n"
         "/remember текст — запомнить факт\n\n"
@@ -29,6 +30,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "en": "I answer text and voice messages and remember the conversation.\n\n"
         "/start — start over (forget the current conversation)\n"
         "/usage — today's usage and your daily limit\n"
+        "/mode — choose how I answer\n"
         "/help — this help\n"
         "/memory — what I know about you; /forget — forget a fact; /forget_all — erase all\n"
         "/remember text — remember a fact\n\n"
@@ -215,6 +217,23 @@ TEXTS: dict[str, dict[Lang, str]] = {
     "forget_all_done": {
         "ru": "Готово: я стёр всё, что о вас хранил ({messages} сообщ.).",
         "en": "Done: I erased everything I stored about you ({messages} messages).",
+    },
+    # /mode (bot/handlers/mode.py)
+    "mode_choose": {
+        "ru": "Сейчас: {current}. Выберите, как мне отвечать в этом чате:",
+        "en": "Now: {current}. Choose how I should answer in this chat:",
+    },
+    "mode_none": {
+        "ru": "Других режимов пока нет.",
+        "en": "There are no other modes yet.",
+    },
+    "mode_set": {
+        "ru": "Готово: дальше отвечаю в режиме «{name}».",
+        "en": "Done: from now on I answer as “{name}”.",
+    },
+    "mode_gone": {
+        "ru": "Этого режима больше нет. Наберите /mode, чтобы выбрать другой.",
+        "en": "That mode is no longer available. Send /mode to choose another.",
     },
 }
 

@@ -4,13 +4,15 @@ and the user facts of semantic memory (facts, fact_extraction)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -232,6 +234,10 @@ class LlmUsage(Base):
     # Seconds of audio a transcription call was billed for (purpose "transcription"); null for
     # other calls. Providers price speech by the minute, not by tokens (migration 0010).
     audio_seconds: Mapped[float | None] = mapped_column(Float)
+    # For the dashboard's "top users by tokens" (one field to sum); computed by PostgreSQL.
+    total_tokens: Mapped[int] = mapped_column(
+        Integer, Computed("prompt_tokens + completion_tokens", persisted=True), nullable=False
+    )
 
     __table_args__ = (
         # The budget check of every request and GET /v1/usage/users/{id}: one user's calls since
@@ -420,6 +426,93 @@ class PendingPicture(Base):
     )
 
     __table_args__ = (Index("ix_pending_pictures_created_at", "created_at"),)
+class Persona(Base):
+    """An operator's system prompt: the instruction and, when set, the model and temperature.
+
+    Exactly one is the default (migration 0009: a partial unique index, and a trigger that
+    clears the others and refuses to leave none); a change NOTIFYs every backend process
+    (memory/personas.py). Selectable ones are offered to users by /mode.
+    """
+
+    __tablename__ = "personas"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(always=False), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    instruction: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str | None] = mapped_column(String(200))
+    temperature: Mapped[float | None] = mapped_column(Float)
+    is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    selectable: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        Index(
+            "uq_personas_default", "is_default", unique=True, postgresql_where=text("is_default")
+        ),
+        CheckConstraint(
+            "temperature IS NULL OR (temperature >= 0 AND temperature <= 2)",
+            name="temperature_range",
+        ),
+        CheckConstraint("btrim(name) <> ''", name="name_not_blank"),
+    )
+
+
+class ChatSetting(Base):
+    """What a chat chose for itself: its persona (/mode); null or no row: the default."""
+
+    __tablename__ = "chat_settings"
+
+    chat_id: Mapped[str] = mapped_column(String(ID_MAX_LEN), primary_key=True)
+    persona_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("personas.id", ondelete="SET NULL")
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (Index("ix_chat_settings_persona_id", "persona_id"),)
+
+
+class JobFailure(Base):
+    """A background job that failed for good (its retries spent): for the dashboard."""
+
+    __tablename__ = "job_failures"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    task: Mapped[str] = mapped_column(String(200), nullable=False)
+    arguments: Mapped[str] = mapped_column(Text, nullable=False)
+    error: Mapped[str] = mapped_column(Text, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+
+    __table_args__ = (Index("ix_job_failures_failed_at", "failed_at"),)
+
+
+class UsageDaily(Base):
+    """llm_usage summed per UTC day, model and purpose; kept by a trigger (migration 0009)."""
+
+    __tablename__ = "usage_daily"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False)
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    completion_tokens: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    total_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    cost: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("day", "model", "purpose"),)
 
 
 chat_sessions = ChatSession.__table__
@@ -434,3 +527,7 @@ fact_extraction = FactExtraction.__table__
 pending_pictures = PendingPicture.__table__
 fact_outbox = FactOutbox.__table__
 fact_embeddings = FactEmbedding.__table__
+personas = Persona.__table__
+chat_settings = ChatSetting.__table__
+job_failures = JobFailure.__table__
+usage_daily = UsageDaily.__table__

@@ -94,6 +94,7 @@ class ChatModel(Protocol):
         model: str | None = None,
         max_tokens: int | None = None,
         response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> Completion:
         """One chat completion; raises LLMError subclasses only.
 
@@ -108,6 +109,7 @@ class ChatModel(Protocol):
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         """One streamed chat completion: deltas, then its Completion; raises LLMError only.
 
@@ -126,15 +128,19 @@ def completion_payload(
     response_format: dict[str, Any] | None = None,
     *,
     stream: bool = False,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """The body of a chat completion request, the same for both clients."""
+    """The body of a chat completion request, the same for both clients; `temperature`
+    (a persona's) overrides LLM_TEMPERATURE."""
     payload: dict[str, Any] = {
         "model": model_name,
         "messages": messages,
         "max_tokens": max_tokens or settings.llm_max_tokens,
     }
-    if settings.llm_temperature is not None:
-        payload["temperature"] = settings.llm_temperature
+    if temperature is None:
+        temperature = settings.llm_temperature
+    if temperature is not None:
+        payload["temperature"] = temperature
     if settings.is_openrouter:
         payload["usage"] = {"include": True}  # OpenRouter then reports the call's cost
     if response_format is not None:

@@ -35,12 +35,17 @@ class FallbackChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
         response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> Completion:
         chain = self._chain(model)
         for index, name in enumerate(chain):
             try:
                 completion = await self._model.complete(
-                    messages, model=name, max_tokens=max_tokens, response_format=response_format
+                    messages,
+                    model=name,
+                    max_tokens=max_tokens,
+                    response_format=response_format,
+                    temperature=temperature,
                 )
             except LLMUnavailable as exc:
                 if index == len(chain) - 1:
@@ -58,12 +63,15 @@ class FallbackChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         chain = self._chain(model)
         for index, name in enumerate(chain):
             started = False
             try:
-                async for item in self._model.stream(messages, model=name, max_tokens=max_tokens):
+                async for item in self._model.stream(
+                    messages, model=name, max_tokens=max_tokens, temperature=temperature
+                ):
                     if isinstance(item, Completion):
                         if index:
                             log.info("answered by fallback model %s", item.model)

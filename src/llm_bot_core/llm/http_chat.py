@@ -70,10 +70,16 @@ class HttpChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
         response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
         payload = completion_payload(
-            self._settings, messages, model_name, max_tokens, response_format
+            self._settings,
+            messages,
+            model_name,
+            max_tokens,
+            response_format,
+            temperature=temperature,
         )
         body = orjson.dumps(payload)
         started = time.perf_counter()
@@ -87,9 +93,12 @@ class HttpChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         model_name = model or self._settings.chat_model
-        payload = completion_payload(self._settings, messages, model_name, max_tokens, stream=True)
+        payload = completion_payload(
+            self._settings, messages, model_name, max_tokens, stream=True, temperature=temperature
+        )
         body = orjson.dumps(payload)
 
         async def attempt(reader: ChunkReader) -> AsyncIterator[str]:

@@ -55,6 +55,7 @@ class OpenAIChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
         response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> Completion:
         model_name = model or self._settings.chat_model
         started = time.perf_counter()
@@ -67,7 +68,12 @@ class OpenAIChatModel:
             response: Any = await self._client.post(
                 "/chat/completions",
                 body=completion_payload(
-                    self._settings, messages, model_name, max_tokens, response_format
+                    self._settings,
+                    messages,
+                    model_name,
+                    max_tokens,
+                    response_format,
+                    temperature=temperature,
                 ),
                 cast_to=object,
             )
@@ -87,9 +93,12 @@ class OpenAIChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         model_name = model or self._settings.chat_model
-        payload = completion_payload(self._settings, messages, model_name, max_tokens, stream=True)
+        payload = completion_payload(
+            self._settings, messages, model_name, max_tokens, stream=True, temperature=temperature
+        )
 
         async def attempt(reader: ChunkReader) -> AsyncIterator[str]:
             try:
@@ -140,6 +149,7 @@ class UnconfiguredChatModel:
         model: str | None = None,
         max_tokens: int | None = None,
         response_format: dict[str, Any] | None = None,
+        temperature: float | None = None,
     ) -> Completion:
         raise LLMNotConfigured(self.MESSAGE)
 
@@ -149,6 +159,7 @@ class UnconfiguredChatModel:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
+        temperature: float | None = None,
     ) -> AsyncIterator[StreamItem]:
         raise LLMNotConfigured(self.MESSAGE)
         yield  # an async generator, like the real clients' streams

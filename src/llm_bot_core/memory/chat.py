@@ -20,6 +20,7 @@ from llm_bot_core.llm.base import ChatMessage, ChatModel, Completion
 from llm_bot_core.memory import store
 from llm_bot_core.memory.facts import Profile, read_profile, related_facts
 from llm_bot_core.memory.jobs import JobQueue
+from llm_bot_core.memory.personas import Persona, PersonaCache
 from llm_bot_core.memory.pictures import Picture, picture_text, record_pictures, with_pictures
 from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
 from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
@@ -51,10 +52,18 @@ class _Turn:
     """Who wrote the message: the answer is stored as answering them."""
     chat_id: str
     account: Account
+    persona: Persona
     pictures: int = 0
     """How many pictures the message carries (their description is queued after it)."""
     model: str | None = None
-    """The model that answers: VISION_MODEL for a message with pictures, else the chat model."""
+    """VISION_MODEL for a message with pictures (it reads them); else the persona's model."""
+
+    def llm_options(self) -> dict[str, Any]:
+        """The model and the persona's temperature; None leaves the configured ones."""
+        return {
+            "model": self.model or self.persona.model,
+            "temperature": self.persona.temperature,
+        }
 
 
 class ChatService:
@@ -71,6 +80,7 @@ class ChatService:
         ledger: UsageLedger,
         budgets: Budgets,
         fts_config: str,
+        personas: PersonaCache,
         pictures: PictureSettings | None = None,
         data_dir: Path = Path("data"),
     ) -> None:
@@ -89,6 +99,7 @@ class ChatService:
         self._budgets = budgets
         self._pictures = pictures or PictureSettings()
         self._data_dir = data_dir  # KEEP_IMAGES keeps pictures under it
+        self._personas = personas
 
     async def handle(
         self,
@@ -119,7 +130,7 @@ class ChatService:
         )
         try:
             completion = await metered_completion(
-                self._model, "chat", turn.prompt, account=turn.account, model=turn.model
+                self._model, "chat", turn.prompt, account=turn.account, **turn.llm_options()
             )
         finally:
             # Queued whatever happens: the user message counts towards the summary and is
@@ -171,7 +182,7 @@ class ChatService:
         try:
             # Read to the end even once MAX_REPLY_CHARS is reached: the usage chunk comes last.
             async for item in metered_stream(
-                self._model, "chat", turn.prompt, account=turn.account, model=turn.model
+                self._model, "chat", turn.prompt, account=turn.account, **turn.llm_options()
             ):
                 if isinstance(item, Completion):
                     completion = item
@@ -236,6 +247,7 @@ class ChatService:
                 profile = await self._profile(
                     conn, user, user_id=user_id, chat_id=chat_id, text=text
                 )
+                persona = await self._personas.for_chat(conn, chat_id)
         except store.Refused as refused:
             raise self._budgets.refusal(
                 blocked=refused.blocked, spent=refused.spent, limit=refused.limit
@@ -257,7 +269,8 @@ class ChatService:
         # Facts past the profile's budget, by shared words and by meaning; the profile's own
         # facts are never among them.
         related, facts = related_facts(profile.related, facts)
-        system_prompt, profile_header = settings.system_prompt, PROFILE_HEADER
+        # The chat's persona (/mode) or the default one; operators edit them without a restart.
+        system_prompt, profile_header = persona.instruction, PROFILE_HEADER
         if not user.private:
             system_prompt = f"{system_prompt}\n\n{GROUP_NOTE}"
             profile_header = GROUP_PROFILE_HEADER
@@ -278,6 +291,7 @@ class ChatService:
             account=self._ledger.account(user_id, chat_id),
             pictures=len(pictures),
             model=self._pictures.vision_model if pictures else None,
+            persona=persona,
         )
 
     async def _finish(self, turn: _Turn, answer: str, completion: Completion) -> Reply:

@@ -16,6 +16,8 @@ This is the one place that knows all those stores:
     bot_users                              the DELETE in erase_user
     pending_pictures                       ON DELETE CASCADE from messages
     kept pictures (KEEP_IMAGES, DATA_DIR)  the files, after the transaction (memory/pictures.py)
+    chat_settings (/mode)                  erase_user's DELETE: their private chats' choice
+    usage_daily (dashboard)                kept: per day, model and purpose, nobody's
 
 A group's session belongs to the chat and stays; the user's messages in it (and the answers to
 them) are deleted one by one, with the summaries built from them, and the messages indexed with
@@ -70,6 +72,11 @@ _DELETE_FACTS_OF_USER = text("DELETE FROM facts WHERE user_id = :value")
 _DELETE_EXTRACTION_OF_USER = text("DELETE FROM fact_extraction WHERE user_id = :value")
 _ANONYMISE_USAGE = text(
     "UPDATE llm_usage SET user_id = NULL, chat_id = NULL WHERE user_id = :value"
+)
+# What the user chose for their private chats (/mode); a group's choice is the group's.
+_FORGET_CHAT_SETTINGS = text(
+    "DELETE FROM chat_settings WHERE chat_id = :value "
+    "OR chat_id IN (SELECT chat_id FROM chat_sessions WHERE user_id = :value)"
 )
 _FORGET_USER = text("DELETE FROM bot_users WHERE user_id = :value")
 _PRIVATE_SESSIONS_OF_USER = text("SELECT id FROM chat_sessions WHERE user_id = :value")
@@ -172,6 +179,7 @@ class EraseService:
             sessions = [
                 r[0] for r in await conn.execute(_PRIVATE_SESSIONS_OF_USER, {"value": user_id})
             ]
+            await conn.execute(_FORGET_CHAT_SETTINGS, {"value": user_id})
             private = await _delete_sessions(conn, _DELETE_SESSIONS_OF_USER, user_id)
             await conn.execute(_ANONYMISE_USAGE, {"value": user_id})
             await conn.execute(_FORGET_USER, {"value": user_id})

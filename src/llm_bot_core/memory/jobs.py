@@ -16,6 +16,7 @@ from llm_bot_core.background import BackgroundTasks
 from llm_bot_core.config import MemorySettings, PictureSettings
 from llm_bot_core.llm.base import ChatModel
 from llm_bot_core.memory.extraction import extract_facts
+from llm_bot_core.memory.failures import record_failure
 from llm_bot_core.memory.pictures import describe_pictures
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
@@ -23,6 +24,10 @@ from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.usage.ledger import UsageLedger
 
 log = logging.getLogger(__name__)
+
+# The names the Celery tasks have too (worker/app.py), so job_failures reads the same either way.
+SUMMARIZE_JOB = "memory.summarize_session"
+EXTRACT_FACTS_JOB = "memory.extract_facts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,12 @@ class InProcessJobs:
                         semantic=self._semantic,
                     ),
                 )
+        except Exception as exc:
+            # No retry in-process: this attempt was the last one.
+            await record_failure(
+                self._engine, task=EXTRACT_FACTS_JOB, arguments=list(key), error=exc
+            )
+            raise
         finally:
             self._waiting.discard(task)
             self._extracting.discard(key)
@@ -195,6 +206,11 @@ class InProcessJobs:
                         self._engine, self._model, self._settings, session_id, ledger=self._ledger
                     ),
                 )
+        except Exception as exc:
+            await record_failure(
+                self._engine, task=SUMMARIZE_JOB, arguments=[str(session_id)], error=exc
+            )
+            raise
         finally:
             self._waiting.discard(task)
             self._summarizing.discard(session_id)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import redis
 from celery.signals import (
+    task_failure,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -24,6 +25,7 @@ from llm_bot_core.db.engine import create_engine, resolve_database_url
 from llm_bot_core.llm.base import ChatModel, LLMUnavailable
 from llm_bot_core.llm.openai_compat import build_chat_model
 from llm_bot_core.memory.extraction import extract_facts
+from llm_bot_core.memory.failures import record_failure
 from llm_bot_core.memory.pictures import describe_pictures
 from llm_bot_core.memory.summary import summarize_session
 from llm_bot_core.metrics import timed_job
@@ -106,6 +108,30 @@ def _flush_usage(**_: Any) -> None:
     # Tasks flush their own records; this catches any a failed flush kept for a retry.
     if _runtime is not None and _runtime.pid == os.getpid():
         _runtime.loop.run_until_complete(_runtime.ledger.aclose())
+
+
+@task_failure.connect
+def _record_failure(
+    sender: Any = None,
+    exception: BaseException | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    # Sent once a task fails for good: a retried attempt raises Retry, not this signal.
+    if sender is None or exception is None:
+        return
+    request = getattr(sender, "request", None)
+    attempts = (getattr(request, "retries", 0) or 0) + 1
+    run(
+        record_failure(
+            runtime().engine,
+            task=sender.name,
+            arguments={"args": list(args or ()), "kwargs": dict(kwargs or {})},
+            error=exception,
+            attempts=attempts,
+        )
+    )
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

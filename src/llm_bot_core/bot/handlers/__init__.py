@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from llm_bot_core.bot.handlers import chat, commands, errors, memory, other, photos, usage, voice
+from llm_bot_core.bot.handlers import (
+    chat,
+    commands,
+    errors,
+    memory,
+    mode,
+    other,
+    photos,
+    usage,
+    voice,
+)
 
 
 def create_router() -> Router:
@@ -17,6 +27,7 @@ def create_router() -> Router:
         # Before chat: an audio file with a caption is a recording, not a text message.
         voice.create_router(),
         photos.create_router(),  # before chat: a photo's caption is not a text message
+        mode.create_router(),
         chat.create_router(),
         other.create_router(),
         errors.create_router(),
