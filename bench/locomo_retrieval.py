@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import statistics
@@ -41,8 +42,20 @@ from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"
 CATEGORIES = (1, 2, 3, 4)
+
+
+def default_data() -> Path:
+    """LOCOMO_DATA, else `shared/bench/locomo/locomo_dev.json` beside the checkout (or beside
+    its parent, for a worktree under wt/), else /work/shared's copy."""
+    if env := os.environ.get("LOCOMO_DATA"):
+        return Path(env)
+    relative = Path("shared", "bench", "locomo", "locomo_dev.json")
+    places = [REPO.parent / relative, REPO.parent.parent / relative, Path("/work") / relative]
+    return next((p for p in places if p.exists()), places[0])
+
+
+DEFAULT_DATA = default_data()
 
 
 def parse_date(raw: str) -> datetime:
