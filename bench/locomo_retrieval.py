@@ -270,6 +270,13 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     )
     if not isinstance(memory, VectorSemanticMemory):
         raise SystemExit("semantic memory did not start (see the log)")
+    if args.cache:
+        from embedding_cache import CachedEmbedder
+
+        # Before the store opens: the indexer and the searcher take the embedder then. Stored
+        # turns' vectors come from disk (index_per_s no longer measures the model); queries
+        # still go to the model, so search latency is the real one.
+        memory._embedder = CachedEmbedder(memory._embedder, Path(args.cache), queries=False)
     indexer, _ = await memory.ready()
     ids: dict[str, dict[int, str]] = {}
     index_seconds = 0.0
@@ -325,6 +332,9 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=0, help="only the first N")
     parser.add_argument("--pad-to", type=int, default=0,
                         help="then grow each user to N messages and measure search again")
+    parser.add_argument("--cache", default=None,
+                        help="an embedding cache file (bench/embedding_cache.py), e.g. "
+                        ".cache/embeddings.sqlite: fast reruns, index_per_s not the model")
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL with pgvector; default: an embedded one in a temp dir")
     args = parser.parse_args()

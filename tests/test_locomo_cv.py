@@ -95,7 +95,7 @@ async def test_cross_validation_reports_held_in_and_held_out_folds_and_matches_t
         assert 0 <= r5["min"] <= r5["mean"] <= r5["max"] <= 1 and r5["sd"] >= 0
         assert set(baseline[side]) == {"all", "1", "2", "4"}
     dates = result["experiments"]["when → turns with a time"]
-    grid = [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+    grid = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
     assert all(f["chosen"]["date_boost"] in grid for f in dates["folds"])
     assert dates["default"]["date_boost"] in grid
     assert dates["held_out_gain_r5"] == round(
