@@ -56,7 +56,7 @@ DEPTH = 80
 """Candidates recorded per side: the deepest rerank depth tried."""
 
 # Ranking before this work (the product's defaults until then): every boost off.
-BASELINE = SearchOptions(limit=10, min_score=-1.0)
+BASELINE = SearchOptions(limit=10, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
 
 # Each experiment: the constants it tunes and the values tried (the first is the neutral one,
 # kept on ties, so a constant moves only when it helps the held-in folds).

@@ -86,7 +86,8 @@ def candidate(mid: int, content: str, *, session: str = "s1", when: datetime = M
                      prev_id=prev_id, next_id=next_id)
 
 
-OPTIONS = SearchOptions(limit=3, min_score=-1.0)
+# Every boost off: each test turns on the one it checks.
+OPTIONS = SearchOptions(limit=3, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
 
 
 def ids(hits: list[Hit]) -> list[int]:
@@ -174,3 +175,14 @@ def test_the_rerank_depth_cuts_each_side_before_fusion() -> None:
     rows = {i: candidate(i, f"turn number {i} here") for i in range(1, 5)}
     dense = [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)]
     assert ids(rank("q", dense, [], rows, replace(OPTIONS, limit=4, candidates=2))) == [1, 2]
+
+
+def test_the_date_boosts_are_on_by_default_as_cross_validation_chose() -> None:
+    rows = {
+        1: candidate(1, "The support group was so inspiring"),
+        2: candidate(2, "I went to the support group yesterday"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    defaults = SearchOptions(limit=3, min_score=-1.0)
+    assert (defaults.date_boost, defaults.session_date_boost) == (1.0, 1.0)
+    assert ids(rank("When did she go to the support group?", dense, [], rows, defaults)) == [2, 1]
