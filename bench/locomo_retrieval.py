@@ -277,6 +277,9 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         # turns' vectors come from disk (index_per_s no longer measures the model); queries
         # still go to the model, so search latency is the real one.
         memory._embedder = CachedEmbedder(memory._embedder, Path(args.cache), queries=False)
+        # build_semantic_memory already opened the store around the plain embedder: open it
+        # again (the table exists, nothing is re-queued) so indexing reads the cache.
+        memory._indexer = memory._searcher = memory._store = None
     indexer, _ = await memory.ready()
     ids: dict[str, dict[int, str]] = {}
     index_seconds = 0.0
