@@ -44,15 +44,31 @@ _TEMPORAL_QUESTION = re.compile(
     re.IGNORECASE,
 )
 
-_TIME_EXPRESSION = re.compile(
-    r"\b(yesterday|today|tonight|tomorrow|ago|last|next|recently|earlier|"
-    r"weekend|week|month|year|monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
-    rf"{_EN_MONTH}|(19|20)\d\d|"
-    r"вчера|позавчера|сегодня|завтра|назад|недавно|прошл\w+|следующ\w+|выходн\w+|недел\w+|"
-    r"месяц\w*|год\w*|понедельник\w*|вторник\w*|сред[уае]|четверг\w*|пятниц\w+|суббот\w+|"
-    rf"воскресень\w+|{_RU_MONTH})\b",
-    re.IGNORECASE,
+# Time words, matched per word (a set and a prefix tuple): one regular expression with all of
+# them took 5 ms per question over 80 candidates, this takes a tenth of that.
+_TIME_WORDS = frozenset(
+    "yesterday today tonight tomorrow ago last next recently earlier weekend week month year "
+    "monday tuesday wednesday thursday friday saturday sunday "
+    "вчера позавчера сегодня завтра назад недавно среду среда среде май мая мае".split()
+    + [n.lower() for n in calendar.month_name[1:] if n != "May"]
 )
+_TIME_PREFIXES = (
+    "прошл",
+    "следующ",
+    "выходн",
+    "недел",
+    "месяц",
+    "год",
+    "понедельник",
+    "вторник",
+    "четверг",
+    "пятниц",
+    "суббот",
+    "воскресень",
+    *(stem for stem in _MONTH_STEMS_RU if stem.isalpha()),
+)
+_WORDS = re.compile(r"\w+")
+_YEAR_WORD = re.compile(r"(19|20)\d\d")
 
 _YEAR = r"(?P<year>(19|20)\d\d)"
 _DAY = r"(?P<day>[0-3]?\d)(st|nd|rd|th)?"
@@ -100,7 +116,16 @@ def is_temporal_question(query: str) -> bool:
 
 def has_time_expression(content: str) -> bool:
     """Whether a turn says when something happened (a relative or absolute time)."""
-    return _TIME_EXPRESSION.search(content) is not None
+    for word in _WORDS.findall(content):
+        lowered = word.lower()
+        if (
+            lowered in _TIME_WORDS
+            or word == "May"  # "may" the verb is no month
+            or lowered.startswith(_TIME_PREFIXES)
+            or _YEAR_WORD.fullmatch(word)
+        ):
+            return True
+    return False
 
 
 def _month_of(name: str) -> int | None:
