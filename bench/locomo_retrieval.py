@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import statistics
@@ -41,8 +42,20 @@ from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "bench" / "locomo" / "locomo_dev.json"
 CATEGORIES = (1, 2, 3, 4)
+
+
+def default_data() -> Path:
+    """LOCOMO_DATA, else `shared/bench/locomo/locomo_dev.json` beside the checkout (or beside
+    its parent, for a worktree under wt/), else /work/shared's copy."""
+    if env := os.environ.get("LOCOMO_DATA"):
+        return Path(env)
+    relative = Path("shared", "bench", "locomo", "locomo_dev.json")
+    places = [REPO.parent / relative, REPO.parent.parent / relative, Path("/work") / relative]
+    return next((p for p in places if p.exists()), places[0])
+
+
+DEFAULT_DATA = default_data()
 
 
 def parse_date(raw: str) -> datetime:
@@ -257,6 +270,16 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     )
     if not isinstance(memory, VectorSemanticMemory):
         raise SystemExit("semantic memory did not start (see the log)")
+    if args.cache:
+        from embedding_cache import CachedEmbedder
+
+        # Before the store opens: the indexer and the searcher take the embedder then. Stored
+        # turns' vectors come from disk (index_per_s no longer measures the model); queries
+        # still go to the model, so search latency is the real one.
+        memory._embedder = CachedEmbedder(memory._embedder, Path(args.cache), queries=False)
+        # build_semantic_memory already opened the store around the plain embedder: open it
+        # again (the table exists, nothing is re-queued) so indexing reads the cache.
+        memory._indexer = memory._searcher = memory._store = None
     indexer, _ = await memory.ready()
     ids: dict[str, dict[int, str]] = {}
     index_seconds = 0.0
@@ -312,6 +335,9 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=0, help="only the first N")
     parser.add_argument("--pad-to", type=int, default=0,
                         help="then grow each user to N messages and measure search again")
+    parser.add_argument("--cache", default=None,
+                        help="an embedding cache file (bench/embedding_cache.py), e.g. "
+                        ".cache/embeddings.sqlite: fast reruns, index_per_s not the model")
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL with pgvector; default: an embedded one in a temp dir")
     args = parser.parse_args()

@@ -1,0 +1,188 @@
+"""Recall's ranking on its own: dates in questions and turns, and each boost of `rank`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime
+
+import pytest
+
+from llm_bot_core.rag.dates import (
+    NamedDate,
+    has_time_expression,
+    is_temporal_question,
+    named_dates,
+)
+from llm_bot_core.rag.search import Candidate, Hit, SearchOptions, rank
+
+MAY_8 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+JULY_2 = datetime(2023, 7, 2, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("question", "temporal"),
+    [
+        ("When did Caroline go to the support group?", True),
+        ("What year did she move to Sweden?", True),
+        ("How long ago was her birthday?", True),
+        ("Когда Аня переехала в Казань?", True),
+        ("В каком году ты закончил школу?", True),
+        ("What did Caroline research?", False),
+        ("Где работает мой брат?", False),
+    ],
+)
+def test_temporal_questions_are_told_apart_from_others(question: str, temporal: bool) -> None:
+    assert is_temporal_question(question) is temporal
+
+
+@pytest.mark.parametrize(
+    ("turn", "carries"),
+    [
+        ("I went to a LGBTQ support group yesterday.", True),
+        ("We painted a sunrise last week!", True),
+        ("She was born in 1994.", True),
+        ("It was on 8 May.", True),
+        ("Вчера ходили в кино.", True),
+        ("Переехал в марте.", True),
+        ("I may go there some time.", False),  # "may" the verb is no month
+        ("Мама приготовила маленький пирог.", False),  # nor are "мама", "маленький"
+        ("That painting looks lovely.", False),
+    ],
+)
+def test_time_expressions_are_found_in_english_and_russian(turn: str, carries: bool) -> None:
+    assert has_time_expression(turn) is carries
+
+
+def test_named_dates_are_read_with_day_month_and_year_in_either_order() -> None:
+    assert named_dates("What did she show on October 13, 2023?") == [NamedDate(10, 13, 2023)]
+    assert named_dates("What happened on 8 May, 2023?") == [NamedDate(5, 8, 2023)]
+    assert named_dates("What setback did she face in October 2023?") == [
+        NamedDate(10, None, 2023)
+    ]
+    assert named_dates("When did Melanie go camping in June?") == [NamedDate(6, None, None)]
+    assert named_dates("Что было 8 мая 2023 года?") == [NamedDate(5, 8, 2023)]
+    assert named_dates("Куда мы ездили в августе?") == [NamedDate(8, None, None)]
+    assert named_dates("How many times did she go to the beach in 2023?") == [
+        NamedDate(None, None, 2023)
+    ]
+    assert named_dates("Which book did she read?") == []
+    assert named_dates("I may come") == []
+
+
+def test_a_named_period_covers_its_days_and_the_slack_after_it_only() -> None:
+    june = NamedDate(6, None, None)
+    assert june.covers(date(2023, 6, 30))
+    assert not june.covers(date(2023, 7, 2))
+    assert june.covers(date(2023, 7, 2), slack_days=3)  # told a couple of days later
+    assert not june.covers(date(2023, 5, 31), slack_days=30)  # never before it
+    day = NamedDate(5, 8, 2023)
+    assert day.covers(date(2023, 5, 8)) and not day.covers(date(2024, 5, 8))
+
+
+def candidate(mid: int, content: str, *, session: str = "s1", when: datetime = MAY_8,
+              prev_id: int | None = None, next_id: int | None = None) -> Candidate:
+    return Candidate(message_id=mid, role="user", content=content, created_at=when,
+                     content_words=len(content.split()), session_id=session,
+                     prev_id=prev_id, next_id=next_id)
+
+
+# Every boost off: each test turns on the one it checks.
+OPTIONS = SearchOptions(limit=3, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
+
+
+def ids(hits: list[Hit]) -> list[int]:
+    return [h.message_id for h in hits]
+
+
+def test_fusion_orders_by_both_sides_and_keeps_the_threshold_and_the_filters() -> None:
+    rows = {
+        1: candidate(1, "I adore hiking in the mountains"),
+        2: candidate(2, "Hiking boots are on sale"),
+        3: candidate(3, "Ok"),  # no content to remember
+        4: candidate(4, "I adore hiking in the mountains!"),  # near duplicate of 1
+        5: candidate(5, "Mountains make me calm"),
+    }
+    dense = [(2, 0.9), (1, 0.85), (3, 0.84), (4, 0.83), (5, 0.5)]
+    lexical = [(1, 3.0)]
+    hits = rank("hiking", dense, lexical, rows, OPTIONS)
+    assert ids(hits) == [1, 2, 5]  # found by both sides first
+    strict = rank("hiking", dense, lexical, rows, replace(OPTIONS, min_score=0.8))
+    assert ids(strict) == [1, 2]  # 5 is a dense-only match below the threshold
+
+
+def test_a_when_question_favours_the_turn_that_says_when() -> None:
+    rows = {
+        1: candidate(1, "The support group was so inspiring"),
+        2: candidate(2, "I went to the support group yesterday"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    boosted = replace(OPTIONS, date_boost=0.3)
+    assert ids(rank("When did she go to the support group?", dense, [], rows, OPTIONS)) == [1, 2]
+    assert ids(rank("When did she go to the support group?", dense, [], rows, boosted)) == [2, 1]
+    # Only a "when" question gets the boost.
+    assert ids(rank("What was the support group like?", dense, [], rows, boosted)) == [1, 2]
+
+
+def test_a_named_date_favours_turns_of_the_sessions_held_then() -> None:
+    rows = {
+        1: candidate(1, "We went camping by the lake", when=MAY_8, session="may"),
+        2: candidate(2, "Camping with the kids was fun", when=JULY_2, session="july"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    question = "What did Melanie do camping in June?"
+    on_time = replace(OPTIONS, session_date_boost=0.5)
+    assert ids(rank(question, dense, [], rows, on_time)) == [1, 2]  # July 2 is not in June
+    late = replace(on_time, date_slack_days=7)
+    assert ids(rank(question, dense, [], rows, late)) == [2, 1]
+
+
+def test_a_turn_next_to_a_strong_hit_rises_with_the_neighbour_weight() -> None:
+    rows = {
+        1: candidate(1, "Did you finally adopt the puppy?", next_id=2),
+        2: candidate(2, "Yes, we named him Max", prev_id=1),
+        3: candidate(3, "Puppies need a lot of walks"),
+    }
+    dense = [(1, 0.9), (3, 0.89), (2, 0.8)]
+    assert ids(rank("puppy name", dense, [], rows, OPTIONS)) == [1, 3, 2]
+    near = replace(OPTIONS, neighbour_weight=0.3)
+    assert ids(rank("puppy name", dense, [], rows, near)) == [1, 2, 3]
+
+
+def test_session_diversity_lets_another_session_in() -> None:
+    rows = {
+        1: candidate(1, "Running a marathon in spring", session="a"),
+        2: candidate(2, "Training for the marathon daily", session="a"),
+        3: candidate(3, "Marathon medal hangs on the wall", session="b"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.88)]
+    two = replace(OPTIONS, limit=2)
+    assert ids(rank("marathon", dense, [], rows, two)) == [1, 2]
+    assert ids(rank("marathon", dense, [], rows, replace(two, session_diversity=0.3))) == [1, 3]
+
+
+def test_a_turn_that_is_itself_a_question_weighs_less() -> None:
+    rows = {
+        1: candidate(1, "Where do you work these days?"),
+        2: candidate(2, "I work at a bakery downtown"),
+    }
+    dense = [(1, 0.9), (2, 0.89)]
+    assert ids(rank("Where does she work?", dense, [], rows, OPTIONS)) == [1, 2]
+    demoted = replace(OPTIONS, question_weight=0.8)
+    assert ids(rank("Where does she work?", dense, [], rows, demoted)) == [2, 1]
+
+
+def test_the_rerank_depth_cuts_each_side_before_fusion() -> None:
+    rows = {i: candidate(i, f"turn number {i} here") for i in range(1, 5)}
+    dense = [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)]
+    assert ids(rank("q", dense, [], rows, replace(OPTIONS, limit=4, candidates=2))) == [1, 2]
+
+
+def test_the_date_boosts_are_on_by_default_as_cross_validation_chose() -> None:
+    rows = {
+        1: candidate(1, "The support group was so inspiring"),
+        2: candidate(2, "I went to the support group yesterday"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    defaults = SearchOptions(limit=3, min_score=-1.0)
+    assert (defaults.date_boost, defaults.session_date_boost) == (1.0, 1.0)
+    assert ids(rank("When did she go to the support group?", dense, [], rows, defaults)) == [2, 1]
