@@ -6,6 +6,7 @@ import importlib.util
 import random
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from llm_bot_core.rag import russian
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
@@ -100,7 +101,7 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
     questions = [{"q": q, "fact": fact, "type": kind, "part": "all"}
                  for fact, (q, kind) in facts.items()]
 
-    async def recall(expansion: bool) -> dict[str, object]:
+    async def recall(expansion: bool) -> dict[str, Any]:
         # A user of its own per run: the other run's questions must not be recalled.
         plan = [{"user": f"ru-exp-{expansion}", "chat": f"ru-exp-chat-{expansion}",
                  "sessions": sessions, "questions": questions}]
@@ -109,7 +110,7 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
         if not await has_pgvector(clean_db):
             overrides["qdrant_path"] = tmp_path / f"qdrant-{expansion}"
         settings = make_settings(clean_db, llm_server.base_url, **overrides)
-        result: dict[str, object] = await bench.evaluate(
+        result: dict[str, Any] = await bench.evaluate(
             settings, fake_llm, plan=plan, replies=data["assistant_replies"])
         return result
 
@@ -117,5 +118,5 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
     expanded = await recall(True)
     assert expanded["found"] == 3, expanded["misses"]
     # The dense side alone ranks small talk above the fact: "тружусь" needed "работать".
-    assert [m["question"] for m in plain["misses"]] == ["Кем я тружусь?"]  # type: ignore[attr-defined]
-    assert set(expanded["by_type"]) == {"synonym", "negation"}  # type: ignore[arg-type]
+    assert [m["question"] for m in plain["misses"]] == ["Кем я тружусь?"]
+    assert set(expanded["by_type"]) == {"synonym", "negation"}
