@@ -25,8 +25,10 @@ import json
 import logging
 import random
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,25 @@ def paraphrase_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         plan.append({"user": f"ru-para-{u}", "chat": f"ru-para-chat-{u}", "sessions": sessions,
                      "questions": questions})
     return plan
+
+
+def expansion_ms(plan: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Latency of the Russian query expansion per question, its cache emptied first."""
+    from llm_bot_core.rag import russian
+
+    found = russian.neighbours()
+    if found is None:
+        return None
+    found.clear_cache()
+    times = []
+    for dialogue in plan:
+        for item in dialogue["questions"]:
+            start = time.perf_counter()
+            russian.expand(item["q"])
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"p50": round(statistics.median(times), 2),
+            "p95": round(times[int(len(times) * 0.95)], 2), "questions": len(times)}
 
 
 def _share(found: int, total: int) -> float:
@@ -194,7 +215,8 @@ def main() -> None:
                                           part=args.part))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {"set": args.which, "part": args.part, **result}
+    result = {"set": args.which, "part": args.part, **result,
+              "expansion_cold_ms": expansion_ms(plan)}
     if not args.misses:
         result["misses"] = [m["question"] for m in result["misses"]]
     print(json.dumps(result, ensure_ascii=False))

@@ -120,3 +120,11 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
     # The dense side alone ranks small talk above the fact: "тружусь" needed "работать".
     assert [m["question"] for m in plain["misses"]] == ["Кем я тружусь?"]
     assert set(expanded["by_type"]) == {"synonym", "negation"}
+
+
+def test_full_text_reads_lemmas_so_forms_snowball_cannot_join_meet() -> None:
+    assert russian.lemmatize("Я шёл домой") == "я идти домой"
+    assert russian.lemmatize("Людей") == "человек"
+    assert russian.lemmatize("Мою собаку зовут Рыжик, ей 5 лет") == (
+        "мой собака звать рыжик, она 5 год")
+    assert russian.lemmatize("Where is John?") == "where is john?"  # other scripts as they are

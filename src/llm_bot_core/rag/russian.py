@@ -1,4 +1,7 @@
-"""Russian query expansion for the lexical side: the query's words and their nearest neighbours.
+"""Russian on the lexical side: lemmas, and the query's words' nearest neighbours.
+
+Messages and questions reach PostgreSQL's full text as lemmas (pymorphy3), which the `russian`
+configuration then stems: forms that snowball alone cannot join meet ("людей", "человек").
 
 A question rarely repeats the fact's words ("Где я пашу?" for "Я работаю в Яндексе"), and
 PostgreSQL's snowball stems only join forms of one word. Here each content word of the query
@@ -117,6 +120,9 @@ class Neighbours:
                     best[word] = similarity
         return Expansion(list(best), [round(s * weight, 4) for s in best.values()])
 
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
     def _neighbours(
         self, pairs: list[tuple[str, str]], per_word: int, min_similarity: float
     ) -> list[list[tuple[str, float, str]]]:
@@ -184,3 +190,32 @@ def expand(query: str) -> Expansion:
     if found is None:
         return Expansion([], [])
     return found.expand(query, PER_WORD, MIN_SIMILARITY, WEIGHT)
+
+
+LEMMAS = True
+"""Index and search Russian words by their lemma (pymorphy3), which snowball then stems.
+
+Snowball cuts endings and cannot join "шёл" and "идти", "людей" and "человек", or tell "стекла"
+(glass) from "стекла" (flowed); a lemma first does. Measured on the paraphrase set's tune part
+(docs/retrieval-experiments.md) before it was kept.
+"""
+
+
+@lru_cache(maxsize=1)
+def _morph() -> Any:
+    import pymorphy3
+
+    return pymorphy3.MorphAnalyzer()
+
+
+@lru_cache(maxsize=100_000)
+def _lemma(word: str) -> str:
+    lemma: str = _morph().parse(word)[0].normal_form
+    return lemma
+
+
+def lemmatize(text: str) -> str:
+    """The text with each Russian word replaced by its lemma: what the full-text side reads."""
+    if not LEMMAS:
+        return text
+    return _WORD.sub(lambda m: _lemma(m.group(0)), text.lower())

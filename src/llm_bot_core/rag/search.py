@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.russian import Expansion
@@ -172,12 +173,12 @@ class Searcher:
                 {
                     **params,
                     "cfg": self._cfg,
-                    "query": query,
+                    "query": russian.lemmatize(query),
                     "exclude": list(exclude),
                     "limit": limit,
                     "scope": f"{column[0]}:{value}",
                     "rare_share": RARE_SHARE,
-                    "words": expansion.words,
+                    "words": [russian.lemmatize(w) for w in expansion.words],
                     "word_weights": expansion.weights,
                 },
             )
