@@ -172,10 +172,9 @@ def _load() -> Neighbours | None:
     if path is None:
         log.warning("natasha's navec vectors not installed: Russian query expansion is off")
         return None
-    import pymorphy3
     from navec import Navec
 
-    return Neighbours(Navec.load(str(path)), pymorphy3.MorphAnalyzer())
+    return Neighbours(Navec.load(str(path)), _morph(), CANDIDATES)
 
 
 def neighbours() -> Neighbours | None:
