@@ -300,7 +300,7 @@ class RagSettings(_Group):
         description="PostgreSQL text search configuration of the lexical side.",
     )
     rag_query_expansion: bool = Field(
-        default=True,
+        default=False,
         description="Add Russian words near the query's (navec vectors) to the full-text side.",
     )
     rag_context_turns: int = Field(default=1, ge=0, le=CONTEXT_TURNS_MAX)

@@ -178,7 +178,7 @@ class Searcher:
                     "limit": limit,
                     "scope": f"{column[0]}:{value}",
                     "rare_share": RARE_SHARE,
-                    "words": [russian.lemmatize(w) for w in expansion.words],
+                    "words": expansion.words,
                     "word_weights": expansion.weights,
                 },
             )
