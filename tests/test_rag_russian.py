@@ -35,12 +35,12 @@ async def test_facts_told_in_russian_come_back_when_asked_in_other_words(
 
     result = await bench_module().evaluate(settings, fake_llm)
 
-    # Measured 0.92 with the defaults (23/25; 0.84 before the full-text side read lemmas and
-    # navec neighbours of the question's words). The misses are paraphrases with no shared word
-    # nor a near one in navec, where the small e5 model is weakest. The bar leaves room for
-    # two more misses on another CPU.
+    # Measured 0.84 with the defaults (21/25, with or without lemmas on the full-text side;
+    # 0.92 with RAG_QUERY_EXPANSION=true). The misses are paraphrases with no shared word
+    # ("Кем я тружусь?" for "Я работаю бухгалтером"), where the small e5 model is weakest. The
+    # bar leaves room for one more miss on another CPU.
     assert result["questions"] == 25
-    assert result["recall"] >= 0.84, result["misses"]
+    assert result["recall"] >= 0.8, result["misses"]
 
 
 # --- the paraphrase set (bench/russian_recall.py --set paraphrase) ----------------------------
