@@ -11,7 +11,9 @@ wheel ships (250k words, offline): "тружусь" brings "работать", "
 written (their lexemes in `lexical_stats`) and weighs them below the query's own words.
 
 Only the most frequent words are candidates, held as one normalised float32 matrix: a query's
-neighbours are one matrix product, a few milliseconds, and the vectors load once per process.
+new words are one matrix product (tens of milliseconds on a busy two-core machine, which is why
+RAG_QUERY_EXPANSION is off by default), known words come from a cache, and the vectors load
+once per searching process.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 NAVEC_FILE = "data/emb/navec_news_v1_1B_250K_300d_100q.tar"
-# The most frequent Cyrillic words of navec's vocabulary are the neighbour candidates: 50k
-# cover everyday speech (the rarest kept is seen ~1,500 times in the news corpus) in 60 MB.
+# The most frequent Cyrillic words of navec's vocabulary are the neighbour candidates: 30k in
+# 36 MB. 15k halved the cost but lost recall on the paraphrase set's report part.
 CANDIDATES = 30_000
 PER_WORD = 6
 """Neighbours taken per query word, before the user's vocabulary filters them."""
