@@ -7,7 +7,13 @@ generic answers ("Понятно!", "Хорошо, я запомню."), which a
 share of questions whose fact appears in the prompt actually sent to the model, with the
 product's defaults (top-K, similarity threshold, de-duplication). Prints one JSON object.
 
-    python bench/russian_recall.py [--store pgvector|qdrant-local] [--embedder e5|use]
+Two sets: `memory` (bench/data/russian_memory.json, 25 questions, one user, the suite's
+regression guard) and `paraphrase` (bench/data/russian_paraphrase.json: 122 facts told by six
+users, 236 questions labelled by paraphrase type, split by a fixed seed into a `tune` part that
+changes are chosen on and a `report` part that is only reported).
+
+    python bench/russian_recall.py [--set memory|paraphrase] [--part tune|report|all]
+                                   [--store pgvector|qdrant-local] [--embedder e5|use]
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import shutil
+import statistics
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,63 +42,162 @@ from llm_bot_core.memory.prompt import RECALL_FOOTER, RECALL_HEADER
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 
 DATA = Path(__file__).resolve().parent / "data" / "russian_memory.json"
+PARAPHRASE = Path(__file__).resolve().parent / "data" / "russian_paraphrase.json"
 
 
 def load() -> dict[str, Any]:
+    """The 25-question set in its own format (sessions, questions pointing into them)."""
     data: dict[str, Any] = json.loads(DATA.read_text())
     return data
 
 
-async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | None = None,
-                   user: str = "ru-user", chat: str = "ru-chat") -> dict[str, Any]:
-    """Run the dialogue through a fresh app and score every question."""
+def memory_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The 25-question set as one user's dialogue."""
     data = data or load()
-    replies = itertools.cycle(data["assistant_replies"])
-    fake.reply = lambda messages: next(replies)
+    questions = [
+        {"q": item["q"], "fact": data["sessions"][item["fact"][0]][item["fact"][1]],
+         "type": "mixed", "part": "all"}
+        for item in data["questions"]
+    ]
+    return [{"user": "ru-user", "chat": "ru-chat", "sessions": data["sessions"],
+             "questions": questions}]
+
+
+def load_paraphrase() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(PARAPHRASE.read_text())
+    return data
+
+
+def paraphrase_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The paraphrase set as `users` dialogues, laid out by the file's seed.
+
+    Every question is asked whatever `part` is scored (earlier questions are messages too, and
+    compete for the prompt): a part's figure is the same alone or within `all`.
+    """
+    data = data or load_paraphrase()
+    rng = random.Random(data["seed"])
+    facts = data["facts"]
+    per_user = -(-len(facts) // data["users"])
+    plan = []
+    for u in range(data["users"]):
+        mine = facts[u * per_user : (u + 1) * per_user]
+        sessions = []
+        for start in range(0, len(mine), data["facts_per_session"]):
+            session = [rng.choice(data["filler"][:6])]
+            for fact in mine[start : start + data["facts_per_session"]]:
+                lines = [*rng.sample(data["filler"], data["filler_per_fact"]), fact["text"]]
+                rng.shuffle(lines)
+                session += lines
+            sessions.append(session)
+        questions = [
+            {"q": q["q"], "fact": fact["text"], "type": q["type"], "part": fact["part"],
+             "id": fact["id"]}
+            for fact in mine
+            for q in fact["questions"]
+        ]
+        plan.append({"user": f"ru-para-{u}", "chat": f"ru-para-chat-{u}", "sessions": sessions,
+                     "questions": questions})
+    return plan
+
+
+def expansion_ms(plan: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Latency of the Russian query expansion per question, its cache emptied first."""
+    from llm_bot_core.rag import russian
+
+    found = russian.neighbours()
+    if found is None:
+        return None
+    found.clear_cache()
+    times = []
+    for dialogue in plan:
+        for item in dialogue["questions"]:
+            start = time.perf_counter()
+            russian.expand(item["q"])
+            times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"p50": round(statistics.median(times), 2),
+            "p95": round(times[int(len(times) * 0.95)], 2), "questions": len(times)}
+
+
+def _share(found: int, total: int) -> float:
+    return round(found / total, 4) if total else 0.0
+
+
+async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | None = None,
+                   plan: list[dict[str, Any]] | None = None,
+                   replies: list[str] | None = None, part: str = "all") -> dict[str, Any]:
+    """Run every user's dialogue through a fresh app and score the questions of `part`."""
+    if plan is None:
+        plan = memory_plan(data)
+    cycle = itertools.cycle(replies or (data or load())["assistant_replies"])
+    fake.reply = lambda messages: next(cycle)
     app = create_app(settings)
     misses: list[dict[str, Any]] = []
-    found = 0
+    counts: dict[str, dict[str, list[int]]] = {"type": defaultdict(lambda: [0, 0]),
+                                               "part": defaultdict(lambda: [0, 0])}
+    found = total = 0
     async with app.router.lifespan_context(app):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b")
         jobs = app.state.services.jobs
+        for dialogue in plan:
 
-        async def say(message: str) -> None:
-            response = await client.post("/v1/chat/handle",
-                                         json={"user_id": user, "chat_id": chat,
-                                               "chat_type": "private", "text": message})
-            response.raise_for_status()
-            await jobs.drain()
+            async def say(message: str, dialogue: dict[str, Any] = dialogue) -> None:
+                response = await client.post(
+                    "/v1/chat/handle",
+                    json={"user_id": dialogue["user"], "chat_id": dialogue["chat"],
+                          "chat_type": "private", "text": message})
+                response.raise_for_status()
+                await jobs.drain()
 
-        for session in data["sessions"]:
-            for message in session:
-                await say(message)
-            await client.post("/v1/chat/reset", json={"chat_id": chat})
-        for item in data["questions"]:
-            fact = data["sessions"][item["fact"][0]][item["fact"][1]]
-            await say(item["q"])
-            last_turn = fake.chat_requests[-1]["messages"][-1]["content"]
-            block = (last_turn.split(RECALL_FOOTER, 1)[0]
-                     if last_turn.startswith(RECALL_HEADER) else "")
-            if fact in block:
-                found += 1
-            else:
-                misses.append({"question": item["q"], "fact": fact,
-                               "recalled": block.splitlines()[1:]})
+            for session in dialogue["sessions"]:
+                for message in session:
+                    await say(message)
+                await client.post("/v1/chat/reset", json={"chat_id": dialogue["chat"]})
+            for item in dialogue["questions"]:
+                await say(item["q"])
+                last_turn = fake.chat_requests[-1]["messages"][-1]["content"]
+                block = (last_turn.split(RECALL_FOOTER, 1)[0]
+                         if last_turn.startswith(RECALL_HEADER) else "")
+                hit = item["fact"] in block
+                if part not in ("all", item["part"]):
+                    continue
+                total += 1
+                found += hit
+                for key in ("type", "part"):
+                    counts[key][item[key]][0] += hit
+                    counts[key][item[key]][1] += 1
+                if not hit:
+                    misses.append({"question": item["q"], "fact": item["fact"],
+                                   "type": item["type"], "part": item["part"],
+                                   "recalled": block.splitlines()[1:]})
+            await client.post("/v1/chat/reset", json={"chat_id": dialogue["chat"]})
         await client.aclose()
         description = getattr(app.state.services.semantic, "description", "off")
-    total = len(data["questions"])
-    return {"questions": total, "recall": round(found / total, 4), "found": found,
+    by = {key: {name: {"recall": _share(*c), "found": c[0], "questions": c[1]}
+                for name, c in sorted(value.items())}
+          for key, value in counts.items()}
+    return {"questions": total, "recall": _share(found, total), "found": found,
+            "by_part": by["part"], "by_type": by["type"],
             "semantic_memory": description, "top_k": settings.rag.rag_top_k, "misses": misses}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", choices=("memory", "paraphrase"), default="memory",
+                        dest="which")
+    parser.add_argument("--part", choices=("tune", "report", "all"), default="all",
+                        help="paraphrase set: which facts' questions to score (all are asked)")
     parser.add_argument("--store", choices=("pgvector", "qdrant-local"), default="pgvector")
     parser.add_argument("--embedder", choices=("e5", "use"), default="e5")
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.which == "paraphrase":
+        para = load_paraphrase()
+        plan, replies = paraphrase_plan(para), para["assistant_replies"]
+    else:
+        plan, replies = memory_plan(), load()["assistant_replies"]
     workdir = Path(tempfile.mkdtemp(prefix="ru-recall-"))
     workdir.chmod(0o755)
     try:
@@ -102,9 +211,12 @@ def main() -> None:
                 migrate_on_start=False, rag_enabled=True, rag_embedder="local",
                 local_embedding_model=args.embedder,
                 qdrant_path=workdir / "qdrant" if args.store == "qdrant-local" else None)
-            result = asyncio.run(evaluate(settings, server.fake))
+            result = asyncio.run(evaluate(settings, server.fake, plan=plan, replies=replies,
+                                          part=args.part))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    result = {"set": args.which, "part": args.part, **result,
+              "expansion_cold_ms": expansion_ms(plan)}
     if not args.misses:
         result["misses"] = [m["question"] for m in result["misses"]]
     print(json.dumps(result, ensure_ascii=False))

@@ -313,6 +313,10 @@ class RagSettings(_Group):
         pattern=r"^[a-z_]+$",
         description="PostgreSQL text search configuration of the lexical side.",
     )
+    rag_query_expansion: bool = Field(
+        default=False,
+        description="Add Russian words near the query's (navec vectors) to the full-text side.",
+    )
     rag_context_turns: int = Field(default=1, ge=0, le=CONTEXT_TURNS_MAX)
     rag_timeout: float = Field(default=3.0, gt=0)
     rag_retry_seconds: float = Field(default=30.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import RagSettings
+from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
 from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, build_embedder
 from llm_bot_core.rag.indexing import Labels
@@ -54,6 +56,9 @@ async def build_semantic_memory(
         log.warning("semantic memory is configured but not reachable yet: %r", exc)
     if sweeper:
         memory.start_sweeper()
+        if settings.rag_query_expansion:
+            # The searching process only (the worker indexes): a second or two of loading.
+            await asyncio.to_thread(russian.neighbours)
     return memory
 
 

@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag import russian
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.vector_store import Point, VectorStore
 
@@ -247,7 +248,7 @@ class Indexer:
                     _UPSERT_METADATA,
                     {
                         "ids": [r[0] for r in rows],
-                        "texts": texts,
+                        "texts": [russian.lemmatize(t) for t in texts],
                         "model": self._embedder.name,
                         "cfg": self._cfg,
                     },

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import RagSettings
+from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.fact_index import FactIndexer
@@ -102,7 +103,13 @@ class VectorSemanticMemory:
                     log.info("%d facts queued for indexing in %s", facts, self._embedder.name)
                 self._store = store
                 self._indexer = indexer
-                self._searcher = Searcher(self._engine, self._embedder, store, s.rag_fts_config)
+                self._searcher = Searcher(
+                    self._engine,
+                    self._embedder,
+                    store,
+                    s.rag_fts_config,
+                    expand=russian.expand if s.rag_query_expansion else None,
+                )
                 self.description = (
                     f"{store.description}; scope={s.rag_scope}, "
                     f"lexical weight={s.rag_lexical_weight}"

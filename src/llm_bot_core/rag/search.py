@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.dates import has_time_expression, is_temporal_question, named_dates
 from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.russian import Expansion
 from llm_bot_core.rag.vector_store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,26 @@ MIN_CONTENT_WORDS = 2
 # messages that contain a user's own name is what made the query slow.
 RARE_SHARE = 0.05
 _BM25 = """
-WITH stats AS MATERIALIZED (
+WITH terms AS MATERIALIZED (
+    SELECT lexeme, max(weight) AS weight FROM (
+        SELECT lexeme, 1.0::float8 AS weight
+        FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query))
+        UNION ALL
+        SELECT (unnest(to_tsvector(CAST(:cfg AS regconfig), x.word))).lexeme, x.weight
+        FROM unnest(CAST(:words AS text[]), CAST(:word_weights AS float8[])) AS x(word, weight)
+    ) t GROUP BY lexeme
+),
+stats AS MATERIALIZED (
     SELECT s.lexeme, s.df::float8 AS df, c.df::float8 AS n,
-           c.len::float8 / greatest(c.df, 1) AS avgdl
+           c.len::float8 / greatest(c.df, 1) AS avgdl, t.weight
     FROM lexical_stats c
     JOIN lexical_stats s ON s.scope = c.scope
-        AND s.lexeme IN (SELECT lexeme FROM unnest(to_tsvector(CAST(:cfg AS regconfig), :query)))
+    JOIN terms t ON t.lexeme = s.lexeme
     WHERE c.scope = :scope AND c.lexeme = '' AND s.df > 0
 ),
 weights AS MATERIALIZED (
     SELECT to_tsquery('simple', quote_literal(lexeme)) AS tq,
-           ln(1 + (n - df + 0.5) / (df + 0.5)) AS idf,
+           ln(1 + (n - df + 0.5) / (df + 0.5)) * weight AS idf,
            df <= greatest(n * :rare_share, (SELECT min(df) FROM stats)) AS rare, avgdl
     FROM stats
 ),
@@ -122,13 +133,21 @@ class SearchOptions:
 
 class Searcher:
     def __init__(
-        self, engine: AsyncEngine, embedder: Embedder, store: VectorStore, fts_config: str
+        self,
+        engine: AsyncEngine,
+        embedder: Embedder,
+        store: VectorStore,
+        fts_config: str,
+        expand: Callable[[str], Expansion] | None = None,
     ) -> None:
         # Every read is one statement: autocommit saves the BEGIN and ROLLBACK round trips.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._embedder = embedder
         self._store = store
         self._cfg = fts_config
+        # Words near the query's own (rag/russian.py), searched with a lower weight; the SQL
+        # keeps only those in the scope's vocabulary.
+        self._expand = expand
 
     async def search(
         self, query: str, scope: Scope, exclude: Sequence[int], options: SearchOptions
@@ -167,17 +186,22 @@ class Searcher:
         # vocabulary, or a user's across their private chats.
         where, params = scope.where("e.")
         sql = text(_BM25.format(where=where))
+        expansion = Expansion([], [])
+        if self._expand is not None:
+            expansion = await asyncio.to_thread(self._expand, query)
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 sql,
                 {
                     **params,
                     "cfg": self._cfg,
-                    "query": query,
+                    "query": russian.lemmatize(query),
                     "exclude": list(exclude),
                     "limit": limit,
                     "scope": f"{column[0]}:{value}",
                     "rare_share": RARE_SHARE,
+                    "words": expansion.words,
+                    "word_weights": expansion.weights,
                 },
             )
             return [(int(r[0]), float(r[1])) for r in rows]
