@@ -18,7 +18,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "now on. Ask me anything; /help lists the commands.",
     },
     "help": {
-        "ru": "Я отвечаю на текстовые и голосовые сообщения и помню контекст разговора.\n\n"
+        "ru": "Я отвечаю на текст, голосовые сообщения и картинки и помню контекст разговора.\n\n"
         "/start — начать диалог заново (забыть текущий разговор)\n"
         "/usage — расход за сегодня и дневной лимит\n"
         "/mode — выбрать стиль ответов\n"
@@ -27,7 +27,7 @@ TEXTS: dict[str, dict[Lang, str]] = {
         "/remember текст — запомнить факт\n\n"
         "В группах я отвечаю, когда меня упоминают (@{username}) или отвечают на моё "
         "сообщение.",
-        "en": "I answer text and voice messages and remember the conversation.\n\n"
+        "en": "I answer text and voice messages and pictures and remember the conversation.\n\n"
         "/start — start over (forget the current conversation)\n"
         "/usage — today's usage and your daily limit\n"
         "/mode — choose how I answer\n"
