@@ -2,9 +2,10 @@
 
 Every backend process keeps all personas in a `PersonaCache`. A change in the `personas` table
 NOTIFYs `personas_changed` (a trigger, migration 0009); the cache LISTENs on a connection of its
-own and reloads within moments. A notification lost with a dropped connection is caught by the
-periodic reload (PERSONA_RELOAD_SECONDS), and the listener reconnects. Chats choose a persona
-with /mode; their choice is one row of `chat_settings`, read with each message.
+own, outside the request pool, and reloads within moments. A notification lost with a dropped
+connection is caught by the periodic reload (PERSONA_RELOAD_SECONDS), and the listener
+reconnects. Chats choose a persona with /mode; their choice is one row of `chat_settings`,
+read with each message.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from llm_bot_core.errors import CoreError
 
@@ -73,6 +75,9 @@ class PersonaCache:
         reload_seconds: float = 30.0,
     ) -> None:
         self._engine = engine
+        # The listener's connection is its own, outside the pool: a pool of DB_POOL_SIZE serves
+        # requests, and holding one of its connections for good would take it from them.
+        self._listen_engine = create_async_engine(engine.url, poolclass=NullPool)
         self._fallback = Persona(0, DEFAULT_NAME, fallback_instruction, None, None, True, True)
         self._reload_seconds = reload_seconds
         self._by_id: dict[int, Persona] = {}
@@ -107,6 +112,7 @@ class PersonaCache:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await self._listen_engine.dispose()
 
     async def reload(self) -> None:
         """Read every persona again."""
@@ -172,7 +178,7 @@ class PersonaCache:
                 await asyncio.sleep(min(self._reload_seconds, 5.0))
 
     async def _listen_once(self) -> None:
-        async with self._engine.connect() as conn:
+        async with self._listen_engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
             callback: Callable[..., None] = lambda *_: self._changed.set()  # noqa: E731
