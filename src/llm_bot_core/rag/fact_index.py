@@ -118,6 +118,9 @@ class FactIndexer:
         self._engine = engine
         self._embedder = embedder
         self._cfg = fts_config
+        # One drain at a time in a process: a message's job that finds the sweeper draining waits
+        # for it instead of returning at once, so once the job is done its facts are indexed.
+        self._draining = asyncio.Lock()
 
     async def index(self, fact_ids: Sequence[int] | None = None, limit: int = 64) -> int:
         """Index due outbox rows (only `fact_ids` when given); returns how many were handled.
@@ -150,8 +153,9 @@ class FactIndexer:
     async def drain(self, batch: int = 64) -> int:
         """Index every due outbox row."""
         total = 0
-        while (done := await self.index(None, limit=batch)) > 0:
-            total += done
+        async with self._draining:
+            while (done := await self.index(None, limit=batch)) > 0:
+                total += done
         return total
 
     async def _index_claimed(self, ids: list[int]) -> None:
