@@ -129,6 +129,11 @@ class SearchOptions:
     """Discount per hit already taken from the same session (0: none)."""
     question_weight: float = 1.0
     """Score factor of a turn that is itself a question (it rarely holds the answer)."""
+    assistant_weight: float = 1.0
+    """Score factor of an assistant turn (the bot's replies are mostly generic)."""
+    echo_new_words: int | None = None
+    """If set, the two factors above apply only to turns adding at most this many content words
+    beyond the question's own (a turn that brings something new keeps its score)."""
 
 
 class Searcher:
@@ -345,6 +350,7 @@ def _adjust(
             near = max(fused.get(row.prev_id or 0, 0.0), fused.get(row.next_id or 0, 0.0))
             scores[mid] += options.neighbour_weight * near
     temporal = options.date_boost > 0 and is_temporal_question(query)
+    asked = _content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
     for mid in scores:
         row = rows[mid]
@@ -356,9 +362,25 @@ def _adjust(
             if any(d.covers(day, options.date_slack_days) for d in named):
                 factor += options.session_date_boost
         if options.question_weight != 1.0 and row.content.rstrip().endswith("?"):
-            factor *= options.question_weight
+            factor *= _if_echo(row.content, asked, options, options.question_weight)
+        if options.assistant_weight != 1.0 and row.role == "assistant":
+            factor *= _if_echo(row.content, asked, options, options.assistant_weight)
         scores[mid] *= factor
     return scores
+
+
+def _if_echo(content: str, asked: set[str], options: SearchOptions, weight: float) -> float:
+    """`weight`, unless the turn adds more than `echo_new_words` content words to the query."""
+    if options.echo_new_words is None:
+        return weight
+    return weight if len(_content_words(content) - asked) <= options.echo_new_words else 1.0
+
+
+def _content_words(text_: str) -> set[str]:
+    # Language-independent: numbers and words of four letters or more (function words are
+    # mostly shorter), compared by their first five letters so that inflected forms
+    # ("работаю", "работает") match the question's own words.
+    return {w[:5] for w in _WORD.findall(text_.lower()) if len(w) >= 4 or w.isdigit()}
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
