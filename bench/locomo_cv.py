@@ -85,6 +85,11 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
         **ON, "question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
     },
     "defaults + near duplicates (Jaccard)": {**ON, "dedupe_jaccard": [0.75, 0.6, 0.5, 0.4, 0.3]},
+    "defaults + user turn and its answer as one unit": {
+        **ON,
+        "answer_share": [0.0, 0.5, 1.0],
+        "assistant_weight": [1.0, 0.5, 0.0],
+    },
 }
 
 

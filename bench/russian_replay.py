@@ -45,6 +45,10 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
     "assistant turns weigh less": {"assistant_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]},
     "question turns weigh less": {"question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]},
     "near duplicates (Jaccard threshold)": {"dedupe_jaccard": [0.75, 0.6, 0.5, 0.4, 0.3]},
+    "user turn + its answer as one unit": {
+        "answer_share": [0.0, 0.5, 1.0],
+        "assistant_weight": [1.0, 0.5, 0.0],
+    },
 }
 # Tried after the single experiments: the two weights together, and each only for turns that
 # add few content words beyond the question.

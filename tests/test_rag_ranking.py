@@ -233,3 +233,20 @@ def test_the_new_weights_are_neutral_by_default() -> None:
     defaults = SearchOptions(limit=3, min_score=-1.0)
     assert (defaults.assistant_weight, defaults.question_weight) == (1.0, 1.0)
     assert defaults.echo_new_words is None
+
+
+def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
+    rows = {
+        1: candidate(1, "Я работаю стоматологом", next_id=2),
+        2: replace(candidate(2, "Здорово, расскажи ещё про работу!", prev_id=1), role="assistant"),
+        3: candidate(3, "Мой друг тоже работает врачом"),
+    }
+    dense = [(2, 0.9), (3, 0.89), (1, 0.8)]
+    pair = replace(OPTIONS, answer_share=1.0, assistant_weight=0.0)
+    assert ids(rank("Кем я работаю?", dense, [], rows, OPTIONS)) == [2, 3, 1]
+    # The reply found by meaning brings up the turn it answers, and gives up its own place.
+    assert ids(rank("Кем я работаю?", dense, [], rows, pair)) == [1, 3, 2]
+    # A user turn followed by another user turn gets nothing.
+    rows[2] = candidate(2, "Здорово, расскажи ещё про работу!", prev_id=1)
+    plain_pair = replace(pair, assistant_weight=1.0)
+    assert ids(rank("Кем я работаю?", dense, [], rows, plain_pair)) == [2, 3, 1]

@@ -131,6 +131,9 @@ class SearchOptions:
     """Score factor of a turn that is itself a question (it rarely holds the answer)."""
     assistant_weight: float = 1.0
     """Score factor of an assistant turn (the bot's replies are mostly generic)."""
+    answer_share: float = 0.0
+    """Share of the score of the assistant turn answering it that a user turn receives (the
+    pair as one unit: a reply found by meaning brings up what it answered)."""
     echo_new_words: int | None = None
     """If set, the two factors above apply only to turns adding at most this many content words
     beyond the question's own (a turn that brings something new keeps its score)."""
@@ -349,6 +352,11 @@ def _adjust(
             row = rows[mid]
             near = max(fused.get(row.prev_id or 0, 0.0), fused.get(row.next_id or 0, 0.0))
             scores[mid] += options.neighbour_weight * near
+    if options.answer_share > 0:
+        for mid in fused:
+            answer = rows.get(rows[mid].next_id or 0)
+            if rows[mid].role == "user" and answer is not None and answer.role == "assistant":
+                scores[mid] += options.answer_share * fused.get(answer.message_id, 0.0)
     temporal = options.date_boost > 0 and is_temporal_question(query)
     asked = _content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
