@@ -172,6 +172,19 @@ def cross_validate(questions: list[Question], grid: dict[str, list[Any]]) -> dic
             }
         )
     report = fold_report(folds)
+    # Every grid point as a fixed choice (no tuning): its mean over the five conversations of
+    # each conversation's R@5, the held-out figure of a constant chosen elsewhere (the Russian
+    # set), comparable to the held-out means above.
+    report["fixed_points"] = [
+        {
+            "point": point,
+            "r5_mean_over_conversations": statistics.fmean(
+                statistics.fmean(scores[id(q)][0] for q in questions if q.conversation == c)
+                for c in conversations
+            ),
+        }
+        for point, scores in scored
+    ]
     return report
 
 
