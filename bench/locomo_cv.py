@@ -56,7 +56,14 @@ DEPTH = 80
 """Candidates recorded per side: the deepest rerank depth tried."""
 
 # Ranking before this work (the product's defaults until then): every boost off.
-BASELINE = SearchOptions(limit=10, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
+BASELINE = SearchOptions(
+    limit=10,
+    min_score=-1.0,
+    date_boost=0.0,
+    session_date_boost=0.0,
+    question_weight=1.0,
+    echo_new_words=None,
+)
 
 # Today's defaults as a grid of one point each.
 ON: dict[str, list[Any]] = {"date_boost": [1.0], "session_date_boost": [1.0]}
@@ -83,6 +90,11 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
     },
     "defaults + question turns weigh less": {
         **ON, "question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    },
+    "defaults + question turns adding few words weigh less": {
+        **ON,
+        "question_weight": [1.0, 0.6, 0.4, 0.2],
+        "echo_new_words": [5, 2, 3, 4, 6],
     },
     "defaults + near duplicates (Jaccard)": {**ON, "dedupe_jaccard": [0.75, 0.6, 0.5, 0.4, 0.3]},
     "defaults + user turn and its answer as one unit": {
@@ -373,6 +385,9 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "neighbour_weight",
                 "session_diversity",
                 "question_weight",
+                "echo_new_words",
+                "assistant_weight",
+                "answer_share",
             )
         },
         "all_dev": await product_check(memory, questions),

@@ -87,7 +87,14 @@ def candidate(mid: int, content: str, *, session: str = "s1", when: datetime = M
 
 
 # Every boost off: each test turns on the one it checks.
-OPTIONS = SearchOptions(limit=3, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
+OPTIONS = SearchOptions(
+    limit=3,
+    min_score=-1.0,
+    date_boost=0.0,
+    session_date_boost=0.0,
+    question_weight=1.0,
+    echo_new_words=None,
+)
 
 
 def ids(hits: list[Hit]) -> list[int]:
@@ -194,7 +201,7 @@ def test_assistant_turns_weigh_less_with_the_assistant_weight() -> None:
         2: candidate(2, "Я работаю стоматологом в клинике"),
     }
     dense = [(1, 0.9), (2, 0.89)]
-    assert ids(rank("Кем я тружусь?", dense, [], rows, OPTIONS)) == [1, 2]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(OPTIONS, limit=2))) == [1, 2]
     demoted = replace(OPTIONS, assistant_weight=0.5)
     assert ids(rank("Кем я тружусь?", dense, [], rows, demoted)) == [2, 1]
     # The weight touches assistant turns only: a user turn in first place stays first.
@@ -229,10 +236,22 @@ def test_a_lower_jaccard_threshold_collapses_looser_near_duplicates() -> None:
     assert ids(rank("собака", dense, [], rows, replace(two, dedupe_jaccard=0.6))) == [1, 3]
 
 
-def test_the_new_weights_are_neutral_by_default() -> None:
-    defaults = SearchOptions(limit=3, min_score=-1.0)
-    assert (defaults.assistant_weight, defaults.question_weight) == (1.0, 1.0)
-    assert defaults.echo_new_words is None
+def test_by_default_a_question_turn_adding_little_gives_way_to_the_fact() -> None:
+    defaults = SearchOptions(limit=2, min_score=-1.0)
+    assert (defaults.question_weight, defaults.echo_new_words) == (0.4, 5)
+    assert (defaults.assistant_weight, defaults.answer_share) == (1.0, 0.0)  # not kept
+    rows = {
+        1: candidate(1, "Кем работает моя сестра?"),  # an earlier question: crowds the fact
+        2: candidate(2, "Какая у меня машина?"),
+        3: candidate(3, "Я работаю стоматологом"),
+        # A question that tells a lot keeps its score: six new content words.
+        4: candidate(4, "Помнишь, мы с сестрой летом ездили в Казань на машине к бабушке?"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.88)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(OPTIONS, limit=2))) == [1, 2]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [3, 1]
+    dense = [(4, 0.9), (3, 0.88)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [4, 3]
 
 
 def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
