@@ -130,7 +130,8 @@ class SearchOptions:
     session_diversity: float = 0.0
     """Discount per hit already taken from the same session (0: none)."""
     question_weight: float = 0.4
-    """Score factor of a turn that is itself a question (it rarely holds the answer)."""
+    """Score factor of a turn that is itself a question (it rarely holds the answer). Earlier
+    questions of the user sit close to any new question and crowded facts out of the prompt."""
     assistant_weight: float = 1.0
     """Score factor of an assistant turn (the bot's replies are mostly generic)."""
     answer_share: float = 0.0
