@@ -87,7 +87,14 @@ def candidate(mid: int, content: str, *, session: str = "s1", when: datetime = M
 
 
 # Every boost off: each test turns on the one it checks.
-OPTIONS = SearchOptions(limit=3, min_score=-1.0, date_boost=0.0, session_date_boost=0.0)
+OPTIONS = SearchOptions(
+    limit=3,
+    min_score=-1.0,
+    date_boost=0.0,
+    session_date_boost=0.0,
+    question_weight=1.0,
+    echo_new_words=None,
+)
 
 
 def ids(hits: list[Hit]) -> list[int]:
@@ -186,3 +193,79 @@ def test_the_date_boosts_are_on_by_default_as_cross_validation_chose() -> None:
     defaults = SearchOptions(limit=3, min_score=-1.0)
     assert (defaults.date_boost, defaults.session_date_boost) == (1.0, 1.0)
     assert ids(rank("When did she go to the support group?", dense, [], rows, defaults)) == [2, 1]
+
+
+def test_assistant_turns_weigh_less_with_the_assistant_weight() -> None:
+    rows = {
+        1: replace(candidate(1, "Рад слышать, расскажи ещё!"), role="assistant"),
+        2: candidate(2, "Я работаю стоматологом в клинике"),
+    }
+    dense = [(1, 0.9), (2, 0.89)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(OPTIONS, limit=2))) == [1, 2]
+    demoted = replace(OPTIONS, assistant_weight=0.5)
+    assert ids(rank("Кем я тружусь?", dense, [], rows, demoted)) == [2, 1]
+    # The weight touches assistant turns only: a user turn in first place stays first.
+    rows[1] = candidate(1, "Рад слышать, расскажи ещё!")
+    assert ids(rank("Кем я тружусь?", dense, [], rows, demoted)) == [1, 2]
+
+
+def test_only_turns_echoing_the_question_are_demoted_when_echo_words_are_set() -> None:
+    rows = {
+        1: candidate(1, "Где ты работаешь сейчас?"),  # the question again, nothing new
+        2: candidate(2, "Где работает твоя сестра, в больнице или в аптеке?"),  # new content
+        3: candidate(3, "Работаю бухгалтером на заводе"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.88)]
+    question = "Где я работаю?"
+    everywhere = replace(OPTIONS, question_weight=0.5)
+    assert ids(rank(question, dense, [], rows, everywhere)) == [3, 1, 2]
+    echo_only = replace(everywhere, echo_new_words=1)
+    # "сейчас" is the one new word of turn 1: demoted; turn 2 brings four and keeps its score.
+    assert ids(rank(question, dense, [], rows, echo_only)) == [2, 3, 1]
+
+
+def test_a_lower_jaccard_threshold_collapses_looser_near_duplicates() -> None:
+    rows = {
+        1: candidate(1, "Как дела у тебя сегодня?"),
+        2: candidate(2, "Как дела у тебя вечером?"),
+        3: candidate(3, "Моя собака Рыжик любит гулять"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.8)]
+    two = replace(OPTIONS, limit=2)
+    assert ids(rank("собака", dense, [], rows, two)) == [1, 2]  # Jaccard 4/6 < 0.75: both kept
+    assert ids(rank("собака", dense, [], rows, replace(two, dedupe_jaccard=0.6))) == [1, 3]
+
+
+def test_by_default_a_question_turn_adding_little_gives_way_to_the_fact() -> None:
+    defaults = SearchOptions(limit=2, min_score=-1.0)
+    assert (defaults.question_weight, defaults.echo_new_words) == (0.4, 5)
+    assert (defaults.assistant_weight, defaults.answer_share) == (1.0, 0.0)  # not kept
+    rows = {
+        1: candidate(1, "Кем работает моя сестра?"),  # an earlier question: crowds the fact
+        2: candidate(2, "Какая у меня машина?"),
+        3: candidate(3, "Я работаю стоматологом"),
+        # A question that tells a lot keeps its score: six new content words.
+        4: candidate(4, "Помнишь, мы с сестрой летом ездили в Казань на машине к бабушке?"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.88)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(OPTIONS, limit=2))) == [1, 2]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [3, 1]
+    dense = [(4, 0.9), (3, 0.88)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [4, 3]
+
+
+def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
+    rows = {
+        1: candidate(1, "Я работаю стоматологом", next_id=2),
+        2: replace(candidate(2, "Здорово, расскажи ещё про работу!", prev_id=1), role="assistant"),
+        3: candidate(3, "Мой друг тоже работает врачом"),
+    }
+    dense = [(2, 0.9), (3, 0.89), (1, 0.8)]
+    pair = replace(OPTIONS, answer_share=1.0, assistant_weight=0.0)
+    assert ids(rank("Кем я работаю?", dense, [], rows, OPTIONS)) == [2, 3, 1]
+    # The reply found by meaning brings up the turn it answers, and gives up its own place.
+    assert ids(rank("Кем я работаю?", dense, [], rows, pair)) == [1, 3, 2]
+    # A user turn followed by another user turn gets nothing.
+    rows[2] = candidate(2, "Здорово, расскажи ещё про работу!", prev_id=1)
+    plain_pair = replace(pair, assistant_weight=1.0)
+    assert ids(rank("Кем я работаю?", dense, [], rows, plain_pair)) == [2, 3, 1]

@@ -115,8 +115,10 @@ class SearchOptions:
     dedupe_jaccard: float = 0.75
     # Language-independent boosts, each off at its neutral value. The two date boosts are on:
     # LoCoMo's leave-one-conversation-out cross-validation kept them (+0.041 R@5 on held-out
-    # folds) and these are the medians of the folds' choices; the others did not add half a
-    # point on held-out folds and stay off (docs/retrieval-experiments.md).
+    # folds) and these are the medians of the folds' choices. The question weight is on for
+    # question turns adding at most five content words to the query: chosen on the Russian
+    # set's tune part (report part 0.843 -> 0.886), LoCoMo held-out R@5 unchanged (0.672 ->
+    # 0.673). The others stay off (docs/retrieval-experiments.md).
     date_boost: float = 1.0
     """A "when" question: score x (1 + this) for turns that say when something happened."""
     session_date_boost: float = 1.0
@@ -127,8 +129,17 @@ class SearchOptions:
     """Share of the better neighbouring turn's score a turn receives."""
     session_diversity: float = 0.0
     """Discount per hit already taken from the same session (0: none)."""
-    question_weight: float = 1.0
-    """Score factor of a turn that is itself a question (it rarely holds the answer)."""
+    question_weight: float = 0.4
+    """Score factor of a turn that is itself a question (it rarely holds the answer). Earlier
+    questions of the user sit close to any new question and crowded facts out of the prompt."""
+    assistant_weight: float = 1.0
+    """Score factor of an assistant turn (the bot's replies are mostly generic)."""
+    answer_share: float = 0.0
+    """Share of the score of the assistant turn answering it that a user turn receives (the
+    pair as one unit: a reply found by meaning brings up what it answered)."""
+    echo_new_words: int | None = 5
+    """If set, the two factors above apply only to turns adding at most this many content words
+    beyond the question's own (a turn that brings something new keeps its score)."""
 
 
 class Searcher:
@@ -344,7 +355,13 @@ def _adjust(
             row = rows[mid]
             near = max(fused.get(row.prev_id or 0, 0.0), fused.get(row.next_id or 0, 0.0))
             scores[mid] += options.neighbour_weight * near
+    if options.answer_share > 0:
+        for mid in fused:
+            answer = rows.get(rows[mid].next_id or 0)
+            if rows[mid].role == "user" and answer is not None and answer.role == "assistant":
+                scores[mid] += options.answer_share * fused.get(answer.message_id, 0.0)
     temporal = options.date_boost > 0 and is_temporal_question(query)
+    asked = _content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
     for mid in scores:
         row = rows[mid]
@@ -356,9 +373,25 @@ def _adjust(
             if any(d.covers(day, options.date_slack_days) for d in named):
                 factor += options.session_date_boost
         if options.question_weight != 1.0 and row.content.rstrip().endswith("?"):
-            factor *= options.question_weight
+            factor *= _if_echo(row.content, asked, options, options.question_weight)
+        if options.assistant_weight != 1.0 and row.role == "assistant":
+            factor *= _if_echo(row.content, asked, options, options.assistant_weight)
         scores[mid] *= factor
     return scores
+
+
+def _if_echo(content: str, asked: set[str], options: SearchOptions, weight: float) -> float:
+    """`weight`, unless the turn adds more than `echo_new_words` content words to the query."""
+    if options.echo_new_words is None:
+        return weight
+    return weight if len(_content_words(content) - asked) <= options.echo_new_words else 1.0
+
+
+def _content_words(text_: str) -> set[str]:
+    # Language-independent: numbers and words of four letters or more (function words are
+    # mostly shorter), compared by their first five letters so that inflected forms
+    # ("работаю", "работает") match the question's own words.
+    return {w[:5] for w in _WORD.findall(text_.lower()) if len(w) >= 4 or w.isdigit()}
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

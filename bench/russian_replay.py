@@ -1,0 +1,179 @@
+"""Ranking experiments on the Russian paraphrase set, replayed on recorded candidates.
+
+`bench/russian_recall.py --set paraphrase` runs the whole product once (fake chat model, e5,
+pgvector): here every call of `rag.search.rank` it makes is recorded with what the two search
+sides found, and the questions' calls are then replayed with other ranking constants. Nothing
+the ranking decides changes what is stored (the fake model's replies cycle whatever the prompt
+holds), so the replay of a question is what the product would recall with those constants. A
+question counts if its fact is among the recalled turns, as in the end-to-end bench; the replay
+with the product's defaults must give the bench's own figure (`check` in the output).
+
+    python bench/russian_replay.py                 # record (~10 min), then replay; prints JSON
+    python bench/russian_replay.py --calls .cache/russian_calls.pkl     # replay a recording
+
+Constants are chosen on the `tune` part only (the neutral value kept on ties); `report` is
+printed beside them and never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import pickle
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from russian_recall import evaluate, load_paraphrase, paraphrase_plan
+
+from llm_bot_core.config import Settings
+from llm_bot_core.db.migrate import upgrade_to_head
+from llm_bot_core.rag import search
+from llm_bot_core.rag.search import SearchOptions
+from llm_bot_core.testing.fake_llm import FakeLLMServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Each experiment: constants and the values tried, the first one neutral.
+EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
+    "baseline": {},
+    "assistant turns weigh less": {"assistant_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]},
+    "question turns weigh less": {"question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]},
+    "near duplicates (Jaccard threshold)": {"dedupe_jaccard": [0.75, 0.6, 0.5, 0.4, 0.3]},
+    "user turn + its answer as one unit": {
+        "answer_share": [0.0, 0.5, 1.0],
+        "assistant_weight": [1.0, 0.5, 0.0],
+    },
+}
+# Tried after the single experiments: the two weights together, and each only for turns that
+# add few content words beyond the question.
+JOINT: dict[str, dict[str, list[Any]]] = {
+    "assistant + question weights": {
+        "assistant_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+        "question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+    },
+    "assistant + question weights, only echoing turns": {
+        "assistant_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+        "question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+        "echo_new_words": [None, 0, 1, 2, 3],
+    },
+}
+
+
+def record(settings: Settings, fake: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the end-to-end bench once; every `rank` call with its inputs and options."""
+    calls: list[dict[str, Any]] = []
+    original = search.rank
+
+    def recording(query: str, dense: Any, lexical: Any, rows: Any, options: SearchOptions) -> Any:
+        calls.append({"query": query, "dense": list(dense), "lexical": list(lexical),
+                      "rows": dict(rows), "options": options})
+        return original(query, dense, lexical, rows, options)
+
+    search.rank = recording
+    try:
+        para = load_paraphrase()
+        result = asyncio.run(evaluate(settings, fake, plan=paraphrase_plan(para),
+                                      replies=para["assistant_replies"]))
+    finally:
+        search.rank = original
+    return calls, result
+
+
+def questions(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded call of each question, in the plan's order (told messages are skipped)."""
+    wanted = [item for dialogue in paraphrase_plan() for item in dialogue["questions"]]
+    found, i = [], 0
+    for call in calls:
+        if i < len(wanted) and call["query"] == wanted[i]["q"]:
+            found.append({**wanted[i], **call})
+            i += 1
+    if i != len(wanted):
+        raise RuntimeError(f"matched {i} of {len(wanted)} questions to recorded calls")
+    return found
+
+
+def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, list[int]] = {"tune": [0, 0], "report": [0, 0]}
+    for q in qs:
+        options = replace(q["options"], **changes)
+        hits = search.rank(q["query"], q["dense"], q["lexical"], q["rows"], options)
+        hit = any(q["fact"] in h.content for h in hits)
+        out[q["part"]][0] += hit
+        out[q["part"]][1] += 1
+    f = {p: round(c[0] / c[1], 4) for p, c in out.items()}
+    return {**f, "found": {p: c[0] for p, c in out.items()},
+            "all": round((out["tune"][0] + out["report"][0])
+                         / (out["tune"][1] + out["report"][1]), 4)}
+
+
+def choose(qs: list[dict[str, Any]], grid: dict[str, list[Any]]) -> dict[str, Any]:
+    """Coordinate ascent on the tune part (two passes), the neutral values kept on ties."""
+    point = {k: v[0] for k, v in grid.items()}
+    best = score(qs, point)
+    tried = []
+    for _ in range(2):
+        for name, values in grid.items():
+            for value in values:
+                trial = {**point, name: value}
+                s = score(qs, trial)
+                tried.append({"changes": trial, **s})
+                if s["tune"] > best["tune"] + 1e-9:
+                    point, best = trial, s
+    return {"chosen": point, **best, "grid": tried}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=Path, default=None,
+                        help="replay this recording instead of running the bench")
+    parser.add_argument("--save", type=Path, default=REPO / ".cache" / "russian_calls.pkl")
+    parser.add_argument("--grids", action="store_true", help="print every grid point tried")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    bench: dict[str, Any] | None = None
+    if args.calls:
+        calls = pickle.loads(args.calls.read_bytes())
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="ru-replay-"))
+        workdir.chmod(0o755)
+        try:
+            from llm_bot_core.db.embedded import start_embedded_postgres
+
+            url = start_embedded_postgres(workdir)
+            upgrade_to_head(url)
+            with FakeLLMServer() as server:
+                settings = Settings(
+                    _env_file=None, database_url=url, data_dir=workdir,
+                    llm_base_url=server.base_url, migrate_on_start=False, rag_enabled=True,
+                    rag_embedder="local", local_embedding_model="e5")
+                calls, bench = record(settings, server.fake)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_bytes(pickle.dumps(calls))
+    qs = questions(calls)
+    result: dict[str, Any] = {"questions": len(qs), "calls": len(calls), "experiments": {}}
+    base = score(qs, {})
+    result["replayed_defaults"] = base
+    if bench is not None:
+        result["check"] = {"bench_all": bench["recall"], "replay_all": base["all"],
+                           "equal": abs(bench["recall"] - base["all"]) < 1e-9}
+    for name, grid in {**EXPERIMENTS, **JOINT}.items():
+        report = choose(qs, grid) if grid else {"chosen": {}, **base, "grid": []}
+        if not args.grids:
+            report.pop("grid")
+        report["report_gain"] = round(report["report"] - base["report"], 4)
+        report["tune_gain"] = round(report["tune"] - base["tune"], 4)
+        result["experiments"][name] = report
+    print(json.dumps(result, ensure_ascii=False, default=str))
+
+
+if __name__ == "__main__":
+    main()
