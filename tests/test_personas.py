@@ -163,16 +163,25 @@ async def test_exactly_one_default_is_kept_by_the_database(
         await _sql(db, "INSERT INTO personas (name, instruction, temperature) VALUES ('C', 'c', 3)")
 
 
+# This test database's persona listener (the machine's server holds other test databases too).
+LISTENER = "query LIKE 'LISTEN%personas_changed%' AND datname = current_database()"
+
+
 async def test_the_listener_reconnects_after_its_connection_is_killed(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
     settings = make_settings(clean_db, llm_server.base_url, persona_reload_seconds=1)
     async with running_app(settings) as client:
         cache = client.app.state.services.personas  # type: ignore[attr-defined]
+
+        async def listening() -> bool:
+            rows = await _sql(db, f"SELECT count(*) FROM pg_stat_activity WHERE {LISTENER}")
+            return bool(rows[0][0] == 1)
+
+        # The listener connects on its own connection in the background: wait until it listens.
+        await _eventually(listening, timeout=10)
         killed = await _sql(
-            db,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE query LIKE 'LISTEN%personas_changed%'",
+            db, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {LISTENER}"
         )
         assert killed == [(True,)]
         await _sql(db, "UPDATE personas SET instruction = 'After the outage.' WHERE is_default")
@@ -181,14 +190,6 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
             return bool(cache.default().instruction == "After the outage.")
 
         await _eventually(seen, timeout=10)
-
-        async def listening() -> bool:
-            rows = await _sql(
-                db,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%personas_changed%'",
-            )
-            return bool(rows[0][0] == 1)
-
         await _eventually(listening, timeout=10)
 
 
