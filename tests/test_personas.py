@@ -251,9 +251,7 @@ async def test_two_worker_processes_both_answer_with_the_edited_persona_within_s
     two_workers: str, db: AsyncEngine, fake_llm: FakeLLM
 ) -> None:
     async def listeners() -> bool:
-        rows = await _sql(
-            db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%personas_changed%'"
-        )
+        rows = await _sql(db, f"SELECT count(*) FROM pg_stat_activity WHERE {LISTENER}")
         return bool(rows[0][0] == 2)
 
     await _eventually(listeners, timeout=30)  # each worker process listens on its own
