@@ -78,10 +78,7 @@ async def answer_text(
                     input_mode=input_mode,
                 )
     except (BackendError, BackendUnavailable) as exc:
-        if isinstance(exc, BackendError) and exc.code in REFUSALS:
-            log.info("backend refused user %s: %s", user_id, exc.code)
-            if notices.first(user_id, exc.code, exc.retry_after):
-                await reply(message, error_text(exc, lang))
+        if await told_refusal(message, exc, lang, notices, user_id):
             return
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
         await reply(message, error_text(exc, lang))
@@ -92,6 +89,22 @@ async def answer_text(
         return
     sent = await send_answer(message, answer)
     log.info("answered chat %s in %d message(s)", message.chat.id, sent)
+
+
+async def told_refusal(
+    message: Message,
+    exc: BackendError | BackendUnavailable,
+    lang: Lang,
+    notices: Notices,
+    user_id: int,
+) -> bool:
+    """A ban or a spent budget: said once, later ones stay silent; False for any other error."""
+    if not (isinstance(exc, BackendError) and exc.code in REFUSALS):
+        return False
+    log.info("backend refused user %s: %s", user_id, exc.code)
+    if notices.first(user_id, exc.code, exc.retry_after):
+        await reply(message, error_text(exc, lang))
+    return True
 
 
 def create_router() -> Router:

@@ -20,9 +20,9 @@ from aiogram.types import Message
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, send_answer, typing
-from llm_bot_core.bot.handlers.chat import error_text
+from llm_bot_core.bot.handlers.chat import error_text, told_refusal
 from llm_bot_core.bot.handlers.filters import Addressed
-from llm_bot_core.bot.notices import REFUSALS, Notices
+from llm_bot_core.bot.notices import Notices
 from llm_bot_core.bot.texts import Lang, t
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,7 @@ async def answer_pictures(
                 images=images,
             )
         except (BackendError, BackendUnavailable) as exc:
-            if isinstance(exc, BackendError) and exc.code in REFUSALS:
-                if notices.first(user_id, exc.code, exc.retry_after):
-                    await reply(message, error_text(exc, lang))
+            if await told_refusal(message, exc, lang, notices, user_id):
                 return
             log.warning("backend failed for pictures in chat %s: %s", message.chat.id, exc)
             if isinstance(exc, BackendError) and exc.code in _PICTURE_ERRORS:

@@ -20,10 +20,10 @@ from aiohttp import ClientError
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, typing
-from llm_bot_core.bot.handlers.chat import answer_text, error_text
+from llm_bot_core.bot.handlers.chat import answer_text, error_text, told_refusal
 from llm_bot_core.bot.handlers.filters import Addressed
 from llm_bot_core.bot.media import FileTooLarge, download
-from llm_bot_core.bot.notices import REFUSALS, Notices
+from llm_bot_core.bot.notices import Notices
 from llm_bot_core.bot.streaming import DraftGate
 from llm_bot_core.bot.texts import Lang, t
 
@@ -157,12 +157,9 @@ async def _refuse(
     notices: Notices,
     user_id: int,
 ) -> None:
+    if await told_refusal(message, exc, lang, notices, user_id):
+        return
     if isinstance(exc, BackendError):
-        if exc.code in REFUSALS:
-            log.info("backend refused user %s: %s", user_id, exc.code)
-            if notices.first(user_id, exc.code, exc.retry_after):
-                await reply(message, error_text(exc, lang))
-            return
         if exc.code == "audio_too_long":
             limit = limit_text(settings.voice_max_seconds, lang)
             await reply(message, t("voice_too_long", lang, limit=limit))
