@@ -79,6 +79,28 @@ async def test_query_issued_during_indexing_batch_finishes_before_the_batch(
     assert np.allclose(query, model.query("Когда день рождения у Маши?"), atol=1e-5)
 
 
+async def test_question_does_not_wait_for_long_messages_used_as_queries(
+    embedder: LocalEmbedder, model: Any
+) -> None:
+    # Three 16,000-character messages as queries: each a 128-token forward pass on their lane.
+    longs = [words(16_000, seed) for seed in range(3)]
+    finished: list[str] = []
+
+    async def ask(text_: str, name: str) -> list[float]:
+        vector = await embedder.embed_query(text_)
+        finished.append(name)
+        return vector
+
+    flood = [asyncio.create_task(ask(t, "long")) for t in longs]
+    await asyncio.sleep(0.01)  # the first long query is running
+    question = "Когда день рождения у Маши?"
+    vector = await ask(question, "question")
+    await asyncio.gather(*flood)
+
+    assert finished[0] == "question"
+    assert np.allclose(vector, model.query(question), atol=1e-5)
+
+
 async def test_long_message_is_cut_to_the_model_window_before_embedding(
     embedder: LocalEmbedder, model: Any
 ) -> None:
@@ -157,3 +179,35 @@ async def test_other_users_new_message_is_claimed_in_the_first_batch_despite_a_b
         assert await scalar(db, "SELECT count(*) FROM rag_outbox") == 301 - 16
     finally:
         await memory.aclose()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="thread priorities are Linux's")
+async def test_indexing_yields_the_cpu_to_searches(
+    embedder: LocalEmbedder, model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from llm_bot_core.rag import embedders
+
+    thread_id = embedder.index_thread_id
+    assert thread_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, thread_id) >= embedders.INDEX_NICE
+    assert os.getpriority(os.PRIO_PROCESS, 0) < embedders.INDEX_NICE  # the rest of the process
+    documents = [words(1200, seed) for seed in range(2)]
+
+    # No search lately: indexing uses every core OpenMP would.
+    monkeypatch.setattr(embedders, "SEARCH_RECENT_SECONDS", 0.2)
+    await asyncio.sleep(0.25)
+    await embedder.embed_documents(documents)
+    full = embedder.index_team
+    assert full == int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+    # Right after a search: one thread, and the vectors are the same.
+    await embedder.embed_query("Где я работаю?")
+    vectors = await embedder.embed_documents(documents)
+    assert embedder.index_team == 1
+    assert np.allclose(vectors, model.passage(documents), atol=1e-5)
+
+    await asyncio.sleep(0.25)
+    await embedder.embed_documents(documents[:1])
+    assert embedder.index_team == full

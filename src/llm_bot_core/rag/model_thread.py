@@ -27,12 +27,18 @@ _Job = tuple[int, int, Callable[[], Any] | None, Future[Any] | None]
 class ModelThread:
     """Runs jobs one at a time on a dedicated thread, smallest `size` first."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
+        self._setup = setup  # runs first on the thread (its priority, before any job)
         self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
         self._order = itertools.count()  # ties keep arrival order, never compare the jobs
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def native_id(self) -> int | None:
+        """The OS id of the thread (its scheduling priority is per thread on Linux)."""
+        return self._thread.native_id
 
     async def run(self, size: int, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on this thread, after the waiting jobs of smaller size."""
@@ -50,6 +56,8 @@ class ModelThread:
             self._jobs.put((_STOP, next(self._order), None, None))
 
     def _serve(self) -> None:
+        if self._setup is not None:
+            self._setup()
         while True:
             _, _, job, future = self._jobs.get()
             if job is None or future is None:
