@@ -74,6 +74,26 @@ def test_paraphrase_set_has_every_type_and_a_stable_seeded_split() -> None:
     assert sum(len(d["questions"]) for d in plan) == sum(len(f["questions"]) for f in facts)
 
 
+def test_final_set_is_apart_from_the_tuned_one() -> None:
+    bench = bench_module()
+    final = bench.load_paraphrase(bench.FINAL)
+    tuned = bench.load_paraphrase()
+    facts = final["facts"]
+    assert len(facts) >= 30
+    assert {f["part"] for f in facts} == {"final"}
+    assert {q["type"] for f in facts for q in f["questions"]} <= TYPES
+    # Nothing in it was seen while tuning: no fact, question or filler line in common.
+    def lines(data: dict[str, Any]) -> set[str]:
+        found = {f["text"] for f in data["facts"]}
+        found |= {q["q"] for f in data["facts"] for q in f["questions"]}
+        return found | set(data["filler"])
+
+    assert not lines(final) & lines(tuned)
+    plan = bench.paraphrase_plan(final)
+    told = [m for dialogue in plan for session in dialogue["sessions"] for m in session]
+    assert all(f["text"] in told for f in facts)
+
+
 def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
     expander = russian.neighbours()
     assert expander is not None, "natasha's navec vectors are a dependency"
