@@ -156,6 +156,17 @@ async def test_without_the_setting_no_rewrite_call_is_made_and_the_fact_stays_ou
     assert await rows(db, "SELECT purpose FROM llm_usage WHERE purpose = :p", p=PURPOSE) == []
 
 
+async def test_with_semantic_memory_off_the_setting_makes_no_rewrite_call(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM
+) -> None:
+    settings = make_settings(clean_db, llm_server.base_url, rag_query_rewrite=True)
+    async with running_app(settings) as client:
+        await say(client, "alice", "alice", FACT)
+        await say(client, "alice", "alice", QUESTION)
+    assert fake_llm.rewrite_requests == []
+    assert len(fake_llm.chat_requests) == 2
+
+
 @pytest.mark.parametrize("fault", ["error", "slow", "empty"])
 async def test_a_failed_rewrite_leaves_recall_on_the_message_and_the_chat_answers(
     fault: str,
