@@ -317,6 +317,15 @@ class RagSettings(_Group):
         default=False,
         description="Add Russian words near the query's (navec vectors) to the full-text side.",
     )
+    rag_query_rewrite: bool = Field(
+        default=False,
+        description="Before recall, the chat model rewrites the message (with the recent turns) "
+        "into a standalone search query; one more model call before every answer.",
+    )
+    rag_query_rewrite_model: Annotated[str | None, BlankIsNone] = Field(
+        default=None,
+        description="Model of the query rewrite; unset: the chat's model (its persona's).",
+    )
     rag_context_turns: int = Field(default=1, ge=0, le=CONTEXT_TURNS_MAX)
     rag_timeout: float = Field(default=3.0, gt=0)
     rag_retry_seconds: float = Field(default=30.0, gt=0)

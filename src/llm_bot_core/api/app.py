@@ -32,6 +32,7 @@ from llm_bot_core.memory.erase import EraseService
 from llm_bot_core.memory.facts import FactService
 from llm_bot_core.memory.jobs import InProcessJobs, JobQueue
 from llm_bot_core.memory.personas import PersonaCache
+from llm_bot_core.memory.query_rewrite import QueryRewriter
 from llm_bot_core.metrics import RequestMetrics
 from llm_bot_core.rag.base import SemanticMemory
 from llm_bot_core.rag.factory import build_semantic_memory
@@ -62,6 +63,14 @@ def build_jobs(
         fts_config=settings.rag.rag_fts_config,
         pictures=settings.pictures,
     )
+
+
+def build_rewriter(settings: Settings, model: ChatModel) -> QueryRewriter | None:
+    """The query rewrite before recall when RAG_QUERY_REWRITE is on; None (no call) when off."""
+    rag = settings.rag
+    if not rag.rag_query_rewrite:
+        return None
+    return QueryRewriter(model, timeout=rag.rag_timeout, model_name=rag.rag_query_rewrite_model)
 
 
 def create_app(
@@ -115,6 +124,7 @@ def create_app(
             pictures=settings.pictures,
             data_dir=settings.storage.data_dir,
             personas=personas,
+            rewriter=build_rewriter(settings, chat_model),
         )
         speech = transcriber or build_transcriber(
             settings.transcription,

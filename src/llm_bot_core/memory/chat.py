@@ -23,6 +23,7 @@ from llm_bot_core.memory.jobs import JobQueue
 from llm_bot_core.memory.personas import Persona, PersonaCache
 from llm_bot_core.memory.pictures import Picture, picture_text, record_pictures, with_pictures
 from llm_bot_core.memory.prompt import GROUP_PROFILE_HEADER, PROFILE_HEADER, build_prompt
+from llm_bot_core.memory.query_rewrite import QueryRewriter
 from llm_bot_core.memory.speakers import GROUP_NOTE, chat_type_of, label_facts, label_turns
 from llm_bot_core.memory.streaming import ReplyStream, ReplyText
 from llm_bot_core.metrics import metered_completion, metered_stream
@@ -83,6 +84,7 @@ class ChatService:
         personas: PersonaCache,
         pictures: PictureSettings | None = None,
         data_dir: Path = Path("data"),
+        rewriter: QueryRewriter | None = None,
     ) -> None:
         # Each statement of the use case is atomic on its own, so autocommit saves the
         # BEGIN/COMMIT round trips without weakening any invariant.
@@ -100,6 +102,8 @@ class ChatService:
         self._pictures = pictures or PictureSettings()
         self._data_dir = data_dir  # KEEP_IMAGES keeps pictures under it
         self._personas = personas
+        # RAG_QUERY_REWRITE: None when off (no model call before recall) or semantic memory is.
+        self._rewriter = rewriter if semantic.enabled else None
 
     async def handle(
         self,
@@ -255,6 +259,16 @@ class ChatService:
         if settings.short_history_limit == 0:
             recent = recent[-1:]  # the window is off, but the model must see the question
 
+        account = self._ledger.account(user_id, chat_id)
+        rewrite = None
+        if self._rewriter is not None:
+            # The message's own words (a picture's caption): no call for a bare picture.
+            rewrite = await self._rewriter.rewrite(
+                caption if pictures else text,
+                [m for m in recent if m.id != user.message_id],
+                account=account,
+                chat_model=persona.model,
+            )
         # The session's kind decides, not this request's: a client cannot turn a group's
         # session into a private one and pull someone's private memory into the group.
         facts = await self._semantic.recall(
@@ -265,6 +279,7 @@ class ChatService:
             query=text,
             exclude_message_ids=[m.id for m in recent],
             fact_ids=profile.overflow_ids,
+            rewrite=rewrite,
         )
         # Facts past the profile's budget, by shared words and by meaning; the profile's own
         # facts are never among them.
@@ -288,7 +303,7 @@ class ChatService:
             with_pictures(prompt, pictures),
             user_id=user_id,
             chat_id=chat_id,
-            account=self._ledger.account(user_id, chat_id),
+            account=account,
             pictures=len(pictures),
             model=self._pictures.vision_model if pictures else None,
             persona=persona,

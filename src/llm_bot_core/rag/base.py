@@ -96,12 +96,14 @@ class SemanticMemory(Protocol):
         query: str,
         exclude_message_ids: Sequence[int],
         fact_ids: Sequence[int] = (),
+        rewrite: str | None = None,
     ) -> list[RecalledFact]:
         """Top-K relevant past fragments of the memory this chat may see (a private chat: the
         user's private chats; a group: that group); never raises (an outage: nothing).
 
         With `fact_ids` (the user's facts past the profile's budget), the closest of those facts
-        come first, with `message_id` the negated fact id."""
+        come first, with `message_id` the negated fact id. `rewrite` (RAG_QUERY_REWRITE): the
+        message rewritten as a standalone query, searched besides `query`."""
         ...
 
     async def index_messages(self, message_ids: Sequence[int]) -> int:
@@ -146,6 +148,7 @@ class DisabledSemanticMemory:
         query: str,
         exclude_message_ids: Sequence[int],
         fact_ids: Sequence[int] = (),
+        rewrite: str | None = None,
     ) -> list[RecalledFact]:
         return []
 

@@ -176,6 +176,7 @@ class VectorSemanticMemory:
         query: str,
         exclude_message_ids: Sequence[int],
         fact_ids: Sequence[int] = (),
+        rewrite: str | None = None,
     ) -> list[RecalledFact]:
         scope = recall_scope(
             user_id=user_id,
@@ -185,11 +186,12 @@ class VectorSemanticMemory:
         )
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
-                hits = await self.search(query, scope, exclude_message_ids)
+                hits = await self.search(query, scope, exclude_message_ids, rewrite=rewrite)
         except Exception as exc:  # an outage means no recalled memory, never a failed reply
             log.warning("recall skipped: %r", exc)
             hits = []
-        facts = await self._recall_facts(query, fact_ids)
+        # Facts are ranked by meaning alone: by the standalone query when there is one.
+        facts = await self._recall_facts(rewrite or query, fact_ids)
         return facts + [
             RecalledFact(
                 message_id=h.message_id,
@@ -236,8 +238,10 @@ class VectorSemanticMemory:
         *,
         limit: int | None = None,
         min_score: float | None = None,
+        rewrite: str | None = None,
     ) -> list[Hit]:
-        """The search behind recall (the benchmark calls it directly)."""
+        """The search behind recall (the benchmark calls it directly); `rewrite`: the query
+        rewrite's standalone query (Searcher.search says how it is used)."""
         _, searcher = await self.ready()
         s = self._settings
         options = SearchOptions(
@@ -245,7 +249,7 @@ class VectorSemanticMemory:
             min_score=_first(min_score, s.rag_min_score, self._embedder.min_score),
             lexical_weight=s.rag_lexical_weight,
         )
-        return await searcher.search(query, scope, exclude, options)
+        return await searcher.search(query, scope, exclude, options, rewrite=rewrite)
 
     async def duplicate_facts(
         self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None

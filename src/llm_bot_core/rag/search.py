@@ -161,16 +161,31 @@ class Searcher:
         self._expand = expand
 
     async def search(
-        self, query: str, scope: Scope, exclude: Sequence[int], options: SearchOptions
+        self,
+        query: str,
+        scope: Scope,
+        exclude: Sequence[int],
+        options: SearchOptions,
+        *,
+        rewrite: str | None = None,
     ) -> list[Hit]:
-        """The most relevant messages in `scope`; either side may fail, the other still answers."""
+        """The most relevant messages in `scope`; either side may fail, the other still answers.
+
+        `rewrite` (RAG_QUERY_REWRITE): the message as a standalone query. The dense side then
+        embeds it alone (a short, self-contained query is what e5 was trained on; the two
+        together would blur it and pass the short-query lane's length), and the lexical side
+        and the boosts read the message and the rewrite together: its words only add."""
+        if rewrite:
+            dense_query, query = rewrite, f"{query}\n{rewrite}"
+        else:
+            dense_query = query
         # The query embedding runs first and alone: the local model spreads a forward pass over
         # every core, and a database query beside it slowed both. The two database queries
         # then run side by side on two connections.
         failures: list[BaseException] = []
         sides = {}
         try:
-            vector = await self._embedder.embed_query(query)
+            vector = await self._embedder.embed_query(dense_query)
             sides["dense"] = self._store.search(vector, scope, exclude, options.candidates)
         except Exception as exc:
             failures.append(exc)

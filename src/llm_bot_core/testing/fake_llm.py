@@ -22,6 +22,7 @@ from llm_bot_core.llm.strict_chat import ALTERNATION_ERROR, chat_problems
 from llm_bot_core.memory.extraction import EXTRACTION_SYSTEM_PROMPT
 from llm_bot_core.memory.pictures import DESCRIBE_SYSTEM_PROMPT
 from llm_bot_core.memory.prompt import TURN_SEPARATOR
+from llm_bot_core.memory.query_rewrite import REWRITE_SYSTEM_PROMPT
 from llm_bot_core.memory.summary import SUMMARY_SYSTEM_PROMPT
 from llm_bot_core.testing.threaded import ThreadedServer
 
@@ -38,6 +39,15 @@ def is_extraction_request(messages: list[dict[str, Any]]) -> bool:
 
 def is_description_request(messages: list[dict[str, Any]]) -> bool:
     return bool(messages) and messages[0].get("content") == DESCRIBE_SYSTEM_PROMPT
+
+
+def is_rewrite_request(messages: list[dict[str, Any]]) -> bool:
+    return bool(messages) and messages[0].get("content") == REWRITE_SYSTEM_PROMPT
+
+
+def rewritten_message(messages: list[dict[str, Any]]) -> str:
+    """The latest message a query rewrite request asks about."""
+    return str(messages[-1]["content"]).rpartition("Latest message:\n")[2]
 
 
 def text_of(content: Any) -> str:
@@ -158,6 +168,8 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
         return scripted_facts(messages)
     if is_description_request(messages):
         return " ".join(describe_image(url) for url in image_urls(messages))
+    if is_rewrite_request(messages):
+        return rewritten_message(messages)  # the message itself: a rewrite that adds nothing
     if is_summary_request(messages):
         body = messages[-1]["content"]
         new = [line for line in body.splitlines() if line.startswith("[")]
@@ -196,6 +208,7 @@ class FakeLLM:
     malformed_facts: int = 0
     """The next this many fact extraction requests get an answer that is not JSON."""
     facts_latency: float | None = None
+    rewrite_latency: float | None = None
     # Streaming (`"stream": true`): the answer in chunks of `chunk_chars` characters, the first
     # after `latency`, each next one `chunk_delay` seconds later.
     chunk_chars: int = 8
@@ -234,6 +247,7 @@ class FakeLLM:
         self.cost = None
         self.malformed_facts = 0
         self.facts_latency = None
+        self.rewrite_latency = None
         self.vision = True
 
     @property
@@ -245,6 +259,15 @@ class FakeLLM:
             and not is_summary_request(r["messages"])
             and not is_extraction_request(r["messages"])
             and not is_description_request(r["messages"])
+            and not is_rewrite_request(r["messages"])
+        ]
+
+    @property
+    def rewrite_requests(self) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.requests
+            if r.get("_kind") == "chat" and is_rewrite_request(r["messages"])
         ]
 
     @property
@@ -288,6 +311,8 @@ class FakeLLM:
             delay = self.summary_latency
         if self.facts_latency is not None and is_extraction_request(messages):
             delay = self.facts_latency
+        if self.rewrite_latency is not None and is_rewrite_request(messages):
+            delay = self.rewrite_latency
         # Decided on arrival: a slow request still sleeping from an earlier test must not
         # consume a failure queued for the next one.
         failure = self._failures.pop(0) if self._failures else None
