@@ -74,13 +74,17 @@ async def test_a_voice_message_is_quoted_answered_and_remembered_as_spoken(
     fake_transcription.script(VOICE_OGG, TRANSCRIPT)
     async with running_bot(make_bot_settings(telegram_server, voice_backend.url)):
         telegram.send_voice(VOICE_OGG, 3, chat_id=601, user_id=601, language_code="ru")
-        sent = await telegram.wait_for("sendMessage", 2, chat_id=601)
+        await telegram.wait_for("sendMessage", 2, chat_id=601)
+        telegram.send_text("/usage", chat_id=601, user_id=601, language_code="ru")
+        sent = await telegram.wait_for("sendMessage", 3, chat_id=601)
 
-    quote, answer = sent
+    quote, answer, usage = sent
     assert quote.params["text"] == f"<blockquote>{TRANSCRIPT}</blockquote>"
     assert quote.params["parse_mode"] == "HTML" and quote.plain_text == TRANSCRIPT
     assert answer.plain_text == f"Echo: {VOICE_MARKER}\n{TRANSCRIPT}"
     assert quote.at < answer.at
+    # /usage counts the recording's seconds beside the tokens.
+    assert str(usage.plain_text).split("\n")[1] == "Голосовых распознано: 1 (3 с)."
     # Downloaded through getFile and the file URL, sent on as the OGG it is.
     [get_file] = telegram.calls_to("getFile")
     assert telegram.downloads == [get_file.result["file_path"]]
