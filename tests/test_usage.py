@@ -284,3 +284,13 @@ async def test_a_streamed_answer_is_accounted_and_the_stream_refuses_over_budget
         db, "SELECT purpose, prompt_tokens, completion_tokens, cost FROM llm_usage"
     ) == [("chat", 40, 15, 0.0007)]
     assert await scalar(db, "SELECT count(*) FROM messages") == 2
+
+
+async def test_the_voice_and_picture_totals_are_described_in_openapi(
+    app_client: httpx.AsyncClient,
+) -> None:
+    spec = (await app_client.get("/openapi.json")).json()
+    totals = spec["components"]["schemas"]["DayTotals"]["properties"]
+    for name in ("audio_seconds", "transcriptions", "pictures_described"):
+        assert totals[name]["description"], name
+        assert totals[name]["minimum"] == 0
