@@ -18,14 +18,9 @@ the constants now in `SearchOptions` over all dev conversations, which must equa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import json
-import logging
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -37,13 +32,13 @@ from locomo_retrieval import (
     CATEGORIES,
     DEFAULT_DATA,
     normalise_evidence,
+    run_on_database,
     store_conversation,
     vacuum,
 )
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.engine import create_engine
-from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.embedders import Embedder, LocalEmbedder
 from llm_bot_core.rag.indexing import Labels
@@ -465,22 +460,7 @@ def main() -> None:
         default=None,
         help="a PostgreSQL with pgvector; default: an embedded one in a temp dir",
     )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    workdir = Path(tempfile.mkdtemp(prefix="locomo-cv-"))
-    workdir.chmod(0o755)  # pgserver runs PostgreSQL as its own user when we are root
-    try:
-        if args.database_url:
-            url = args.database_url
-        else:
-            from llm_bot_core.db.embedded import start_embedded_postgres
-
-            url = start_embedded_postgres(workdir)
-        upgrade_to_head(url)
-        result = asyncio.run(run(args, url, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, ensure_ascii=False))
+    run_on_database(run, parser.parse_args(), prefix="locomo-cv-")
 
 
 if __name__ == "__main__":

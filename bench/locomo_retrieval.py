@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,29 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     return result
 
 
+Run = Callable[[argparse.Namespace, str, Path], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def run_on_database(bench: Run, args: argparse.Namespace, *, prefix: str) -> None:
+    """`bench(args, url, workdir)` on --database-url, or on an embedded PostgreSQL in a temporary
+    workdir (removed after), the database migrated first; prints the result as JSON."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)  # pgserver runs PostgreSQL as its own user when we are root
+    try:
+        if args.database_url:
+            url = args.database_url
+        else:
+            from llm_bot_core.db.embedded import start_embedded_postgres
+
+            url = start_embedded_postgres(workdir)
+        upgrade_to_head(url)
+        result = asyncio.run(bench(args, url, workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result, ensure_ascii=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,23 +364,7 @@ def main() -> None:
                         ".cache/embeddings.sqlite: fast reruns, index_per_s not the model")
     parser.add_argument("--database-url", default=None,
                         help="a PostgreSQL with pgvector; default: an embedded one in a temp dir")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-
-    workdir = Path(tempfile.mkdtemp(prefix="locomo-bench-"))
-    workdir.chmod(0o755)  # pgserver runs PostgreSQL as its own user when we are root
-    try:
-        if args.database_url:
-            url = args.database_url
-        else:
-            from llm_bot_core.db.embedded import start_embedded_postgres
-
-            url = start_embedded_postgres(workdir)
-        upgrade_to_head(url)
-        result = asyncio.run(run(args, url, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(result, ensure_ascii=False))
+    run_on_database(run, parser.parse_args(), prefix="locomo-bench-")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
+from aiogram.types import Chat, Message, User
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.bot.handlers.chat import speaker
 from llm_bot_core.bot.handlers.memory import EraseAll
 from llm_bot_core.bot.middlewares import SlidingWindowLimiter
 from llm_bot_core.testing.fake_llm import FakeLLM
@@ -162,3 +166,13 @@ async def test_button_presses_count_against_the_rate_limit(
     assert answer.params["text"].startswith("Too many messages in a row")
     assert telegram.calls_to("editMessageText", chat_id=chat) == []
     assert await rows(db, "SELECT count(*) FROM facts WHERE user_id = :u", u=str(chat)) == [(1,)]
+
+
+def test_the_author_is_the_user_or_for_a_channel_post_or_anonymous_admin_the_chat() -> None:
+    group = Chat(id=-100777, type="supergroup", title="Beekeepers")
+    anna = User(id=42, is_bot=False, first_name="Anna", last_name="K")
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    by_user = Message(message_id=1, date=when, chat=group, text="hi", from_user=anna)
+    anonymous = Message(message_id=2, date=when, chat=group, text="hi", sender_chat=group)
+    assert speaker(by_user) == (42, "Anna K")
+    assert speaker(anonymous) == (-100777, "Beekeepers")

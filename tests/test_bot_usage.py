@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.bot.handlers.usage import usage_text
 from llm_bot_core.bot.notices import Notices, duration
 from llm_bot_core.config import Settings
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
@@ -116,3 +118,23 @@ def test_durations_read_naturally_in_both_languages() -> None:
     assert duration(30, "en") == "1 min"
     assert duration(3600, "en") == "1 h"
     assert duration(3 * 3600 + 19 * 60 + 5, "ru") == "3 ч 20 мин"
+
+
+def test_usage_shows_voice_seconds_and_pictures_in_the_users_language_when_any() -> None:
+    resets_at = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    day = {"prompt_tokens": 70, "completion_tokens": 30, "cost": None, "calls": 4,
+           "audio_seconds": 7.4, "transcriptions": 2, "pictures_described": 1}  # fmt: skip
+    data = {"today": day, "daily_token_limit": 0, "resets_at": resets_at}
+    assert usage_text(data, "en").split("\n")[:4] == [
+        "Today: 100 tokens (70 in prompts, 30 in answers), 4 model calls.",
+        "Voice messages transcribed: 2 (8 s).",
+        "Pictures described: 1.",
+        "No daily limit.",
+    ]
+    assert usage_text(data, "ru").split("\n")[1:3] == [
+        "Голосовых распознано: 2 (8 с).",
+        "Картинок описано: 1.",
+    ]
+    quiet = {**data, "today": {**day, "audio_seconds": 0.0, "transcriptions": 0,
+                               "pictures_described": 0}}  # fmt: skip
+    assert usage_text(quiet, "en").split("\n")[1] == "No daily limit."

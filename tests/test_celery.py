@@ -10,7 +10,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -58,6 +59,71 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def __enter__(self) -> Worker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def kill_once_asked(
+        self, requests: Callable[[], list[Any]], what: str, timeout: float = 20
+    ) -> None:
+        """SIGKILL the worker as soon as the fake model got its request (`what` it asks for)."""
+        deadline = time.monotonic() + timeout
+        while not requests() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert requests(), f"the worker never asked for {what}"
+        self.kill()
+
+
+def worker_env(
+    database_url: str, redis_url: str, llm_base_url: str, queue: str, **settings: object
+) -> dict[str, str]:
+    """A worker's environment, configured like the app under test; `settings` by variable name
+    in lower case (`facts_every=2` is FACTS_EVERY=2)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_QUEUE": queue,
+        "LLM_BASE_URL": llm_base_url,
+        "OPENROUTER_MODEL": "test-model",
+        "SUMMARY_LOCK_SECONDS": str(REDELIVERY_SECONDS),
+        "LLM_MAX_RETRIES": "0",
+        "RAG_ENABLED": "false",
+        **{name.upper(): str(value) for name, value in settings.items()},
+    }
+
+
+def worker_fixture(**settings: object) -> Callable[..., Iterator[Worker]]:
+    """A `worker` fixture: the worker of this test's database and queue, with `settings` (as
+    worker_env takes them), stopped after the test."""
+
+    @pytest.fixture(name="worker")
+    def worker(
+        clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str
+    ) -> Iterator[Worker]:
+        with Worker(worker_env(clean_db, redis_url, llm_server.base_url, queue, **settings)) as w:
+            yield w
+
+    return worker
+
+
+def celery_app_settings(
+    database_url: str, llm_base_url: str, redis_url: str, queue: str, **overrides: object
+) -> Settings:
+    """The app's settings when background jobs go to the worker on `queue`."""
+    return make_settings(
+        database_url,
+        llm_base_url,
+        use_celery_for_summary=True,
+        celery_broker_url=redis_url,
+        celery_queue=queue,
+        summary_lock_seconds=REDELIVERY_SECONDS,
+        **overrides,
+    )
+
 
 @pytest.fixture(scope="module")
 def queue() -> str:
@@ -68,23 +134,12 @@ def queue() -> str:
 def worker(
     clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str
 ) -> Iterator[Worker]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": clean_db,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_QUEUE": queue,
-        "LLM_BASE_URL": llm_server.base_url,
-        "OPENROUTER_MODEL": "test-model",
-        "SUMMARY_THRESHOLD": str(THRESHOLD),
-        "SUMMARY_LOCK_SECONDS": str(REDELIVERY_SECONDS),
-        "LLM_MAX_RETRIES": "0",
-        "RAG_ENABLED": "false",
-        "LOG_LEVEL": "INFO",
-    }
-    w = Worker(env)
-    w.start()
-    yield w
-    w.stop()
+    env = worker_env(
+        clean_db, redis_url, llm_server.base_url, queue,
+        summary_threshold=THRESHOLD, log_level="INFO",
+    )  # fmt: skip
+    with Worker(env) as w:
+        yield w
     if os.environ.get("CELERY_TEST_SHOW_LOG"):
         print(open(w.log.name).read())
 
@@ -93,14 +148,8 @@ def worker(
 def celery_settings(
     clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str, fake_llm: FakeLLM
 ) -> Settings:
-    return make_settings(
-        clean_db,
-        llm_server.base_url,
-        use_celery_for_summary=True,
-        celery_broker_url=redis_url,
-        celery_queue=queue,
-        summary_threshold=THRESHOLD,
-        summary_lock_seconds=REDELIVERY_SECONDS,
+    return celery_app_settings(
+        clean_db, llm_server.base_url, redis_url, queue, summary_threshold=THRESHOLD
     )
 
 
@@ -174,11 +223,7 @@ async def test_worker_killed_mid_summary_the_job_is_redone_once(
     async with running_app(celery_settings) as client:
         for turn in range(THRESHOLD // 2):
             await say(client, f"t{turn}")
-        deadline = time.monotonic() + 20
-        while not fake_llm.summary_requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert fake_llm.summary_requests, "the worker never asked for a summary"
-        worker.kill()
+        await worker.kill_once_asked(lambda: fake_llm.summary_requests, "a summary")
         fake_llm.summary_latency = None
         worker.start()  # the unacknowledged task comes back after the visibility timeout
         await wait_for(

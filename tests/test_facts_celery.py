@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
-from tests.conftest import make_settings, running_app
+from tests.conftest import running_app
 from tests.test_api import rows
-from tests.test_celery import REDELIVERY_SECONDS, Worker, wait_for
+from tests.test_celery import (
+    REDELIVERY_SECONDS,
+    Worker,
+    celery_app_settings,
+    wait_for,
+    worker_fixture,
+)
 from tests.test_facts_extraction import considered_lines, user_messages
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.celery]
@@ -27,27 +30,7 @@ def queue() -> str:
     return f"llmbot-facts-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-def worker(
-    clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str
-) -> Iterator[Worker]:
-    w = Worker(
-        {
-            **os.environ,
-            "DATABASE_URL": clean_db,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_QUEUE": queue,
-            "LLM_BASE_URL": llm_server.base_url,
-            "OPENROUTER_MODEL": "test-model",
-            "FACTS_EVERY": "2",
-            "SUMMARY_LOCK_SECONDS": str(REDELIVERY_SECONDS),
-            "LLM_MAX_RETRIES": "0",
-            "RAG_ENABLED": "false",
-        }
-    )
-    w.start()
-    yield w
-    w.stop()
+worker = worker_fixture(facts_every=2)
 
 
 async def test_worker_killed_mid_batch_neither_loses_nor_doubles_facts(
@@ -59,15 +42,7 @@ async def test_worker_killed_mid_batch_neither_loses_nor_doubles_facts(
     worker: Worker,
     db: AsyncEngine,
 ) -> None:
-    settings = make_settings(
-        clean_db,
-        llm_server.base_url,
-        use_celery_for_summary=True,
-        celery_broker_url=redis_url,
-        celery_queue=queue,
-        summary_lock_seconds=REDELIVERY_SECONDS,
-        facts_every=2,
-    )
+    settings = celery_app_settings(clean_db, llm_server.base_url, redis_url, queue, facts_every=2)
     fake_llm.facts_latency = 3.0
     async with running_app(settings) as client:
         for words in ("My car is Volvo.", "My dog is Barbossa."):
@@ -75,11 +50,7 @@ async def test_worker_killed_mid_batch_neither_loses_nor_doubles_facts(
                 "/v1/chat/handle", json={"user_id": ALICE, "chat_id": ALICE, "text": words}
             )
             assert response.status_code == 200, response.text
-        deadline = time.monotonic() + 20
-        while not fake_llm.fact_requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert fake_llm.fact_requests, "the worker never asked for facts"
-        worker.kill()
+        await worker.kill_once_asked(lambda: fake_llm.fact_requests, "facts")
         fake_llm.facts_latency = None
         worker.start()  # the unacknowledged task comes back after the visibility timeout
         await wait_for(db, "SELECT count(*) FROM facts", 2, timeout=REDELIVERY_SECONDS + 30)

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llm_bot_core.config import Settings
 from llm_bot_core.llm.openai_compat import OpenAIChatModel
-from llm_bot_core.memory.extraction import extract_facts
+from llm_bot_core.memory.extraction import ExtractionRun, extract_facts
 from llm_bot_core.metrics import FACT_BATCHES
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from llm_bot_core.usage.ledger import UsageLedger
@@ -117,57 +117,61 @@ async def seed(client: httpx.AsyncClient, texts: list[str], user: str = ALICE) -
         await say(client, user, user, words)
 
 
+async def seed_unextracted(database_url: str, llm: FakeLLMServer, texts: list[str]) -> None:
+    """The user's messages, stored by an app that extracts no facts."""
+    off = make_settings(database_url, llm.base_url, facts_every=0)
+    async with running_app(off) as client:
+        await seed(client, texts)
+
+
+class Extractor:
+    """`extract_facts` for ALICE's private chat, outside the app, as the job runs it."""
+
+    def __init__(self, database_url: str, llm: FakeLLMServer) -> None:
+        self.settings = make_settings(database_url, llm.base_url, facts_every=2)
+        self.model = OpenAIChatModel(self.settings.llm)
+        self.engine = create_async_engine(database_url)
+        self.ledger = UsageLedger(self.engine)
+
+    async def run(self) -> ExtractionRun:
+        return await extract_facts(
+            self.engine,
+            self.model,
+            self.settings.memory,
+            ALICE,
+            ALICE,
+            fts_config=self.settings.rag.rag_fts_config,
+            ledger=self.ledger,
+        )
+
+    async def __aenter__(self) -> Extractor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.ledger.aclose()
+        finally:
+            await self.engine.dispose()
+            await self.model.aclose()
+
+
 async def test_a_malformed_answer_is_asked_again_once_then_the_batch_is_skipped(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    off = make_settings(clean_db, llm_server.base_url, facts_every=0)
-    async with running_app(off) as client:
-        await seed(client, ["My car is Volvo.", "Hello.", "My dog is Rex.", "Bye."])
-    settings = make_settings(clean_db, llm_server.base_url, facts_every=2)
-    model = OpenAIChatModel(settings.llm)
-    engine = create_async_engine(clean_db)
-    ledger = UsageLedger(engine)
+    messages = ["My car is Volvo.", "Hello.", "My dog is Rex.", "Bye."]
+    await seed_unextracted(clean_db, llm_server, messages)
     skipped_before = FACT_BATCHES.labels("skipped")._value.get()
-    fake_llm.malformed_facts = 1  # the first batch: one bad answer, then a good one
-    first = await extract_facts(
-        engine,
-        model,
-        settings.memory,
-        ALICE,
-        ALICE,
-        fts_config=settings.rag.rag_fts_config,
-        ledger=ledger,
-    )
-    assert (first.batches, first.skipped, first.added) == (2, 0, 2)
-    assert await current_facts(db) == ["Car is Volvo", "Dog is Rex"]
-    assert "response_format" not in fake_llm.fact_requests[1]  # the retry asks plainly
+    async with Extractor(clean_db, llm_server) as extractor:
+        fake_llm.malformed_facts = 1  # the first batch: one bad answer, then a good one
+        first = await extractor.run()
+        assert (first.batches, first.skipped, first.added) == (2, 0, 2)
+        assert await current_facts(db) == ["Car is Volvo", "Dog is Rex"]
+        assert "response_format" not in fake_llm.fact_requests[1]  # the retry asks plainly
 
-    async with running_app(off) as client:
-        await seed(client, ["My cat is Tom.", "Ok."])
-    fake_llm.malformed_facts = 2
-    try:
-        second = await extract_facts(
-            engine,
-            model,
-            settings.memory,
-            ALICE,
-            ALICE,
-            fts_config=settings.rag.rag_fts_config,
-            ledger=ledger,
-        )
-        again = await extract_facts(
-            engine,
-            model,
-            settings.memory,
-            ALICE,
-            ALICE,
-            fts_config=settings.rag.rag_fts_config,
-            ledger=ledger,
-        )
-    finally:
-        await ledger.aclose()
-        await engine.dispose()
-        await model.aclose()
+        await seed_unextracted(clean_db, llm_server, ["My cat is Tom.", "Ok."])
+        fake_llm.malformed_facts = 2
+        second = await extractor.run()
+        again = await extractor.run()
     assert (second.batches, second.skipped, second.added) == (1, 1, 0)
     assert again.batches == 0  # skipped means considered: not asked about again
     assert await current_facts(db) == ["Car is Volvo", "Dog is Rex"]
@@ -180,33 +184,10 @@ async def test_a_malformed_answer_is_asked_again_once_then_the_batch_is_skipped(
 async def test_concurrent_jobs_consider_each_message_once_and_store_each_fact_once(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    off = make_settings(clean_db, llm_server.base_url, facts_every=0)
-    async with running_app(off) as client:
-        await seed(client, [f"My hobby{i} is sport{i}." for i in range(7)])
-    settings = make_settings(clean_db, llm_server.base_url, facts_every=2)
+    await seed_unextracted(clean_db, llm_server, [f"My hobby{i} is sport{i}." for i in range(7)])
     fake_llm.facts_latency = 0.05  # the jobs overlap while each waits for the model
-    model = OpenAIChatModel(settings.llm)
-    engine = create_async_engine(clean_db)
-    ledger = UsageLedger(engine)
-    try:
-        runs = await asyncio.gather(
-            *(
-                extract_facts(
-                    engine,
-                    model,
-                    settings.memory,
-                    ALICE,
-                    ALICE,
-                    fts_config=settings.rag.rag_fts_config,
-                    ledger=ledger,
-                )
-                for _ in range(5)
-            )
-        )
-        await ledger.aclose()
-    finally:
-        await engine.dispose()
-        await model.aclose()
+    async with Extractor(clean_db, llm_server) as extractor:
+        runs = await asyncio.gather(*(extractor.run() for _ in range(5)))
     assert sum(r.batches for r in runs) == 3
     facts = await current_facts(db)
     assert sorted(facts) == sorted(f"Hobby{i} is sport{i}" for i in range(6))

@@ -11,6 +11,7 @@ every line it gets, so a summary that covered a secret carries it.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ def remembering(
     )
 
 
+@pytest.fixture(name="client")
+async def client_fixture(remembering: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(remembering) as client:
+        yield client
+
+
 def system_of_last_prompt(fake: FakeLLM) -> str:
     return str(fake.chat_requests[-1]["messages"][0]["content"])
 
@@ -88,6 +95,18 @@ async def tell(client: httpx.AsyncClient, secret: str, *, filler: int = 4) -> No
     await say(client, ALICE, ALICE, secret)
     for line in FILLER[:filler]:
         await say(client, ALICE, ALICE, line)
+
+
+async def add_fact(client: httpx.AsyncClient, content: str) -> dict[str, Any]:
+    response = await client.post(f"/v1/memory/users/{ALICE}/facts", json={"content": content})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def as_operator(db: AsyncEngine, sql: str, **params: object) -> None:
+    """A change made in the database directly, as Directus or psql makes it: the row alone."""
+    async with db.begin() as conn:
+        await conn.execute(text(sql), params)
 
 
 async def assert_everywhere_then_gone(
@@ -100,136 +119,118 @@ async def assert_everywhere_then_gone(
 
 
 async def test_a_fact_deleted_through_the_api(
-    remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    async with running_app(remembering) as client:
-        fact = (
-            await client.post(
-                f"/v1/memory/users/{ALICE}/facts", json={"content": "Secret project Nightingale"}
-            )
-        ).json()
-        await say(client, ALICE, ALICE, "How is the Nightingale project going?")
-        assert "Secret project Nightingale" in whole_prompt(fake_llm)
-        assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 1
+    fact = await add_fact(client, "Secret project Nightingale")
+    await say(client, ALICE, ALICE, "How is the Nightingale project going?")
+    assert "Secret project Nightingale" in whole_prompt(fake_llm)
+    assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 1
 
-        deleted = await client.delete(f"/v1/memory/users/{ALICE}/facts/{fact['id']}")
-        assert deleted.status_code == 200
-        assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 0
-        await say(client, ALICE, ALICE, "Something else.")
-        assert "Secret project" not in whole_prompt(fake_llm)
-        await say(client, ALICE, ALICE, "What is my secret project?")
-        assert "Secret project" not in whole_prompt(fake_llm)
+    deleted = await client.delete(f"/v1/memory/users/{ALICE}/facts/{fact['id']}")
+    assert deleted.status_code == 200
+    assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 0
+    await say(client, ALICE, ALICE, "Something else.")
+    assert "Secret project" not in whole_prompt(fake_llm)
+    await say(client, ALICE, ALICE, "What is my secret project?")
+    assert "Secret project" not in whole_prompt(fake_llm)
 
 
 async def test_a_fact_superseded_through_patch(
-    remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    async with running_app(remembering) as client:
-        fact = (
-            await client.post(f"/v1/memory/users/{ALICE}/facts", json={"content": "Lives in Omsk"})
-        ).json()
-        await say(client, ALICE, ALICE, "Where do I live?")
-        assert "Lives in Omsk" in whole_prompt(fake_llm)
-        patched = await client.patch(
-            f"/v1/memory/users/{ALICE}/facts/{fact['id']}", json={"content": "Lives in Tver"}
-        )
-        assert patched.status_code == 200
-        await say(client, ALICE, ALICE, "Where do I live now?")
-        prompt = whole_prompt(fake_llm)
-        assert "Lives in Tver" in prompt and "Omsk" not in prompt
-        # The old version is history: it keeps no vector, so recall cannot reach it either.
-        assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 1
+    fact = await add_fact(client, "Lives in Omsk")
+    await say(client, ALICE, ALICE, "Where do I live?")
+    assert "Lives in Omsk" in whole_prompt(fake_llm)
+    patched = await client.patch(
+        f"/v1/memory/users/{ALICE}/facts/{fact['id']}", json={"content": "Lives in Tver"}
+    )
+    assert patched.status_code == 200
+    await say(client, ALICE, ALICE, "Where do I live now?")
+    prompt = whole_prompt(fake_llm)
+    assert "Lives in Tver" in prompt and "Omsk" not in prompt
+    # The old version is history: it keeps no vector, so recall cannot reach it either.
+    assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 1
 
 
-async def test_an_erased_session(remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine) -> None:
-    async with running_app(remembering) as client:
-        await tell(client, "My dog is Barbossa.")
-        assert "Barbossa" in system_of_last_prompt(fake_llm)  # the summary, and the profile
-        first = await scalar(db, "SELECT id FROM chat_sessions")
-        await start_over(client, ALICE)
-        await say(client, ALICE, ALICE, "What is the name of my dog?")
-        assert "Dog is Barbossa" in whole_prompt(fake_llm)  # the profile, or recalled
+async def test_an_erased_session(
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
+) -> None:
+    await tell(client, "My dog is Barbossa.")
+    assert "Barbossa" in system_of_last_prompt(fake_llm)  # the summary, and the profile
+    first = await scalar(db, "SELECT id FROM chat_sessions")
+    await start_over(client, ALICE)
+    await say(client, ALICE, ALICE, "What is the name of my dog?")
+    assert "Dog is Barbossa" in whole_prompt(fake_llm)  # the profile, or recalled
 
-        assert (await client.delete(f"/v1/memory/sessions/{first}")).status_code == 200
-        await start_over(client, ALICE)
-        await assert_everywhere_then_gone(client, fake_llm, "Barbossa", "Who is my dog?")
+    assert (await client.delete(f"/v1/memory/sessions/{first}")).status_code == 200
+    await start_over(client, ALICE)
+    await assert_everywhere_then_gone(client, fake_llm, "Barbossa", "Who is my dog?")
 
 
-async def test_an_erased_user(remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine) -> None:
-    async with running_app(remembering) as client:
-        await tell(client, "My cat is Matroskin.")
-        assert "Matroskin" in system_of_last_prompt(fake_llm)
-        assert (await client.delete(f"/v1/memory/users/{ALICE}")).status_code == 200
-        assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 0
-        await assert_everywhere_then_gone(client, fake_llm, "Matroskin", "Who is my cat?")
+async def test_an_erased_user(
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
+) -> None:
+    await tell(client, "My cat is Matroskin.")
+    assert "Matroskin" in system_of_last_prompt(fake_llm)
+    assert (await client.delete(f"/v1/memory/users/{ALICE}")).status_code == 200
+    assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == 0
+    await assert_everywhere_then_gone(client, fake_llm, "Matroskin", "Who is my cat?")
 
 
 async def test_a_message_deleted_by_an_operator_in_the_database(
-    remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    async with running_app(remembering) as client:
-        await tell(client, "My horse is Julius.")
-        system = system_of_last_prompt(fake_llm)
-        assert SUMMARY_HEADER in system and "Julius" in system
-        async with db.begin() as conn:  # as Directus or psql does it: the row alone
-            await conn.execute(text("DELETE FROM messages WHERE content = 'My horse is Julius.'"))
-        assert await scalar(db, "SELECT count(*) FROM facts") == 0
-        assert (
-            await scalar(
-                db, "SELECT count(*) FROM conversation_summaries WHERE content LIKE '%Julius%'"
-            )
-            == 0
+    await tell(client, "My horse is Julius.")
+    system = system_of_last_prompt(fake_llm)
+    assert SUMMARY_HEADER in system and "Julius" in system
+    await as_operator(db, "DELETE FROM messages WHERE content = 'My horse is Julius.'")
+    assert await scalar(db, "SELECT count(*) FROM facts") == 0
+    assert (
+        await scalar(
+            db, "SELECT count(*) FROM conversation_summaries WHERE content LIKE '%Julius%'"
         )
-        await assert_everywhere_then_gone(client, fake_llm, "Julius", "What is my horse called?")
-        # The summary is built again from the remaining messages.
-        await tell(client, "Nothing new.", filler=3)
-        assert SUMMARY_HEADER in system_of_last_prompt(fake_llm)
-        assert "Julius" not in whole_prompt(fake_llm)
+        == 0
+    )
+    await assert_everywhere_then_gone(client, fake_llm, "Julius", "What is my horse called?")
+    # The summary is built again from the remaining messages.
+    await tell(client, "Nothing new.", filler=3)
+    assert SUMMARY_HEADER in system_of_last_prompt(fake_llm)
+    assert "Julius" not in whole_prompt(fake_llm)
 
 
 async def test_a_message_edited_by_an_operator(
-    remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    async with running_app(remembering) as client:
-        await tell(client, "My boat is Victoria.")
-        assert "Victoria" in system_of_last_prompt(fake_llm)
-        async with db.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE messages SET content = 'Removed by the operator.' "
-                    "WHERE content = 'My boat is Victoria.'"
-                )
-            )
-        assert await scalar(db, "SELECT count(*) FROM facts") == 0
-        await assert_everywhere_then_gone(client, fake_llm, "Victoria", "What is my boat called?")
+    await tell(client, "My boat is Victoria.")
+    assert "Victoria" in system_of_last_prompt(fake_llm)
+    await as_operator(
+        db,
+        "UPDATE messages SET content = 'Removed by the operator.' "
+        "WHERE content = 'My boat is Victoria.'",
+    )
+    assert await scalar(db, "SELECT count(*) FROM facts") == 0
+    await assert_everywhere_then_gone(client, fake_llm, "Victoria", "What is my boat called?")
 
 
 async def test_a_fact_edited_by_an_operator_is_reindexed_from_the_outbox(
-    remembering: Settings, fake_llm: FakeLLM, db: AsyncEngine
+    client: httpx.AsyncClient, fake_llm: FakeLLM, db: AsyncEngine
 ) -> None:
-    async with running_app(remembering) as client:
-        fact = (
-            await client.post(
-                f"/v1/memory/users/{ALICE}/facts", json={"content": "Drives a green tractor"}
-            )
-        ).json()
-        await say(client, ALICE, ALICE, "What do I drive?")
-        assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 0
-        before = await scalar(db, "SELECT embedding FROM fact_embeddings")
-        async with db.begin() as conn:  # as Directus writes it: the content alone
-            await conn.execute(
-                text("UPDATE facts SET content = 'Rides a red bicycle' WHERE id = :id"),
-                {"id": fact["id"]},
-            )
-        # The edit and the history copy the edit made are queued.
-        assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 2
-        await say(client, ALICE, ALICE, "What do I ride?")
-        assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 0
-        indexed = await scalar(db, "SELECT array_agg(fact_id) FROM fact_embeddings")
-        assert indexed == [fact["id"]]  # the edited fact, not its history copy
-        assert await scalar(db, "SELECT embedding FROM fact_embeddings") != before
-        prompt = whole_prompt(fake_llm)
-        assert "Rides a red bicycle" in prompt and "tractor" not in prompt
+    fact = await add_fact(client, "Drives a green tractor")
+    await say(client, ALICE, ALICE, "What do I drive?")
+    assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 0
+    before = await scalar(db, "SELECT embedding FROM fact_embeddings")
+    await as_operator(
+        db, "UPDATE facts SET content = 'Rides a red bicycle' WHERE id = :id", id=fact["id"]
+    )
+    # The edit and the history copy the edit made are queued.
+    assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 2
+    await say(client, ALICE, ALICE, "What do I ride?")
+    assert await scalar(db, "SELECT count(*) FROM fact_outbox") == 0
+    indexed = await scalar(db, "SELECT array_agg(fact_id) FROM fact_embeddings")
+    assert indexed == [fact["id"]]  # the edited fact, not its history copy
+    assert await scalar(db, "SELECT embedding FROM fact_embeddings") != before
+    prompt = whole_prompt(fake_llm)
+    assert "Rides a red bicycle" in prompt and "tractor" not in prompt
 
 
 # --- the bot's commands, end to end against the fake Bot API ------------------------------------

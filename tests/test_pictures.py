@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import os
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import Settings
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer, decode_image, image_urls
 from tests.conftest import drain_jobs, make_settings, running_app
-from tests.test_celery import REDELIVERY_SECONDS, Worker, wait_for
+from tests.test_celery import Worker, celery_app_settings, wait_for, worker_fixture
 
 pytestmark = pytest.mark.asyncio
 
@@ -393,37 +390,14 @@ def queue() -> str:
     return f"llmbot-pictures-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-def worker(
-    clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str
-) -> Iterator[Worker]:
-    w = Worker(
-        {
-            **os.environ,
-            "DATABASE_URL": clean_db,
-            "CELERY_BROKER_URL": redis_url,
-            "CELERY_QUEUE": queue,
-            "LLM_BASE_URL": llm_server.base_url,
-            "OPENROUTER_MODEL": "test-model",
-            "SUMMARY_LOCK_SECONDS": str(REDELIVERY_SECONDS),
-            "LLM_MAX_RETRIES": "0",
-            "RAG_ENABLED": "false",
-        }
-    )
-    w.start()
-    yield w
-    w.stop()
+worker = worker_fixture()
 
 
 @pytest.fixture
 def celery_settings(
     clean_db: str, redis_url: str, llm_server: FakeLLMServer, queue: str, fake_llm: FakeLLM
 ) -> Settings:
-    return make_settings(
-        clean_db, llm_server.base_url, use_celery_for_summary=True,
-        celery_broker_url=redis_url, celery_queue=queue,
-        summary_lock_seconds=REDELIVERY_SECONDS,
-    )  # fmt: skip
+    return celery_app_settings(clean_db, llm_server.base_url, redis_url, queue)
 
 
 @pytest.mark.celery
@@ -452,11 +426,7 @@ async def test_a_worker_killed_mid_description_leaves_the_picture_to_the_redeliv
         assert response.status_code == 200, response.text
         fake_llm.latency = 5.0  # the description call hangs while the worker is killed
         await drain_jobs(client)
-    deadline = time.monotonic() + 20
-    while not fake_llm.description_requests and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert fake_llm.description_requests, "the worker never asked for a description"
-    worker.kill()
+    await worker.kill_once_asked(lambda: fake_llm.description_requests, "a description")
     assert await scalar(db, "SELECT count(*) FROM pending_pictures") == 1
     fake_llm.latency = 0.0
     worker.start()  # the task is redelivered after the visibility timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +13,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
+from llm_bot_core.testing.fake_transcription import FakeTranscription, FakeTranscriptionServer
 from tests.conftest import drain_jobs, make_settings, running_app
 from tests.rag_helpers import scalar
 from tests.test_api import assert_error, rows
+from tests.test_pictures import body, image, jpeg
+from tests.voice_support import (  # noqa: F401 - fixtures
+    VOICE_OGG,
+    VOICE_SECONDS,
+    fake_transcription_fixture,
+    transcription_server_fixture,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,6 +97,48 @@ async def test_a_normal_shutdown_writes_every_record_still_waiting(
 
 
 @pytest.mark.parametrize("flush_ms", [0, 60_000], ids=["written", "waiting-in-ledger"])
+async def test_usage_counts_voice_seconds_transcriptions_and_pictures_described(
+    flush_ms: int,
+    clean_db: str,
+    llm_server: FakeLLMServer,
+    fake_llm: FakeLLM,
+    transcription_server: FakeTranscriptionServer,
+    fake_transcription: FakeTranscription,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        clean_db,
+        llm_server.base_url,
+        transcription_base_url=transcription_server.base_url,
+        usage_flush_interval_ms=flush_ms,
+        data_dir=tmp_path,
+        summary_threshold=1000,
+        facts_every=0,
+    )
+    fake_transcription.script(VOICE_OGG, "Привет")
+    async with running_app(settings) as client:
+        for _ in range(2):
+            spoken = await client.post(
+                "/v1/media/transcriptions",
+                files={"audio": ("voice.ogg", VOICE_OGG, "audio/ogg")},
+                data={"user_id": "u1", "chat_id": "u1"},
+            )
+            assert spoken.status_code == 200, spoken.text
+        pictured = await client.post("/v1/chat/handle", json=body("my bike", image(jpeg())))
+        assert pictured.status_code == 200, pictured.text
+        await drain_jobs(client)  # the picture's description
+        today = (await client.get("/v1/usage/users/u1")).json()["today"]
+        other = (await client.get("/v1/usage/users/u2")).json()["today"]
+
+    assert today["audio_seconds"] == 2 * VOICE_SECONDS
+    assert today["transcriptions"] == 2
+    assert today["pictures_described"] == 1
+    assert today["calls"] == 4  # two transcriptions, the answer, the description
+    assert (other["audio_seconds"], other["transcriptions"], other["pictures_described"]) == (
+        0.0, 0, 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("flush_ms", [0, 60_000], ids=["written", "waiting-in-ledger"])
 async def test_concurrent_requests_at_the_edge_overshoot_only_by_those_in_flight(
     flush_ms: int, clean_db: str, db: AsyncEngine, llm_server: FakeLLMServer, fake_llm: FakeLLM
 ) -> None:
@@ -152,6 +203,9 @@ async def test_the_budget_resets_at_midnight_in_bot_timezone(
             "completion_tokens": 20,
             "cost": None,
             "calls": 1,
+            "audio_seconds": 0.0,
+            "transcriptions": 0,
+            "pictures_described": 0,
         }
         assert usage["resets_at"] == "2026-12-02T00:00:00+03:00"
 
@@ -187,6 +241,9 @@ async def test_an_operators_override_replaces_the_default_limit(
             "completion_tokens": 0,
             "cost": None,
             "calls": 0,
+            "audio_seconds": 0.0,
+            "transcriptions": 0,
+            "pictures_described": 0,
         }
         assert unknown["daily_token_limit"] == 10
 
@@ -227,3 +284,13 @@ async def test_a_streamed_answer_is_accounted_and_the_stream_refuses_over_budget
         db, "SELECT purpose, prompt_tokens, completion_tokens, cost FROM llm_usage"
     ) == [("chat", 40, 15, 0.0007)]
     assert await scalar(db, "SELECT count(*) FROM messages") == 2
+
+
+async def test_the_voice_and_picture_totals_are_described_in_openapi(
+    app_client: httpx.AsyncClient,
+) -> None:
+    spec = (await app_client.get("/openapi.json")).json()
+    totals = spec["components"]["schemas"]["DayTotals"]["properties"]
+    for name in ("audio_seconds", "transcriptions", "pictures_described"):
+        assert totals[name]["description"], name
+        assert totals[name]["minimum"] == 0

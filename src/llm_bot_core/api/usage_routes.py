@@ -23,7 +23,14 @@ class DayTotals(BaseModel):
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
     cost: float | None = Field(description="Sum of what the provider reported; null: none did.")
-    calls: int = Field(ge=0)
+    calls: int = Field(ge=0, description="Model calls of every kind, transcriptions included.")
+    audio_seconds: float = Field(
+        ge=0, description="Seconds of voice messages transcribed (what the provider bills)."
+    )
+    transcriptions: int = Field(ge=0, description="Voice messages transcribed.")
+    pictures_described: int = Field(
+        ge=0, description="Pictures the vision model described (one call each)."
+    )
 
 
 class UserUsage(BaseModel):
@@ -36,7 +43,7 @@ class UserUsage(BaseModel):
 
 @usage.get("/users/{user_id}", response_model=UserUsage)
 async def user_usage(user_id: str, budgets: BudgetsDep) -> UserUsage:
-    """Tokens, cost and calls of the user's model calls since midnight (BOT_TIMEZONE)."""
+    """The user's tokens, cost, calls, voice and pictures since midnight (BOT_TIMEZONE)."""
     day = await budgets.today(user_id)
     return UserUsage(
         user_id=day.user_id,
@@ -45,6 +52,9 @@ async def user_usage(user_id: str, budgets: BudgetsDep) -> UserUsage:
             completion_tokens=day.completion_tokens,
             cost=day.cost,
             calls=day.calls,
+            audio_seconds=round(day.audio_seconds, 3),
+            transcriptions=day.transcriptions,
+            pictures_described=day.pictures_described,
         ),
         daily_token_limit=day.daily_token_limit,
         resets_at=day.resets_at,

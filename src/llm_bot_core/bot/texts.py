@@ -103,9 +103,17 @@ TEXTS: dict[str, dict[Lang, str]] = {
     },
     "usage": {
         "ru": "Сегодня: {tokens} токенов ({prompt} в запросах, {completion} в ответах), "
-        "обращений к модели: {calls}.\n{limit}{cost}\nНовый день начнётся через {wait}.",
+        "обращений к модели: {calls}.{media}\n{limit}{cost}\nНовый день начнётся через {wait}.",
         "en": "Today: {tokens} tokens ({prompt} in prompts, {completion} in answers), "
-        "{calls} model calls.\n{limit}{cost}\nA new day starts in {wait}.",
+        "{calls} model calls.{media}\n{limit}{cost}\nA new day starts in {wait}.",
+    },
+    "usage_voice": {
+        "ru": "\nГолосовых распознано: {count} ({seconds} с).",
+        "en": "\nVoice messages transcribed: {count} ({seconds} s).",
+    },
+    "usage_pictures": {
+        "ru": "\nКартинок описано: {count}.",
+        "en": "\nPictures described: {count}.",
     },
     "usage_limit": {
         "ru": "Лимит: {limit} токенов в день, осталось {left}.",

@@ -19,11 +19,11 @@ from llm_bot_core.media.audio import AudioUnreadable, audio_duration
 from llm_bot_core.media.transcription import Transcriber, TranscriptionNotConfigured
 from llm_bot_core.metrics import LLM_LATENCY
 from llm_bot_core.usage.budget import Budgets
-from llm_bot_core.usage.ledger import UsageLedger
+from llm_bot_core.usage.ledger import TRANSCRIPTION, UsageLedger
 
 log = logging.getLogger(__name__)
 
-PURPOSE = "transcription"
+PURPOSE = TRANSCRIPTION
 
 
 @dataclass(frozen=True, slots=True)

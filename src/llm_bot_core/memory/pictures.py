@@ -45,7 +45,7 @@ from llm_bot_core.config import PictureSettings
 from llm_bot_core.errors import CoreError
 from llm_bot_core.llm.base import ChatMessage, ChatModel, ImagesNotSupported, LLMBadResponse
 from llm_bot_core.metrics import metered_completion
-from llm_bot_core.usage.ledger import UsageLedger
+from llm_bot_core.usage.ledger import IMAGE_DESCRIPTION, UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ async def describe_pictures(
                 url = "data:image/jpeg;base64," + base64.b64encode(bytes(image)).decode("ascii")
                 completion = await metered_completion(
                     model,
-                    "image_description",
+                    IMAGE_DESCRIPTION,
                     describe_prompt(caption, url),
                     account=account,
                     model=settings.vision_model,

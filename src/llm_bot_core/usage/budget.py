@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.errors import CoreError
-from llm_bot_core.usage.ledger import UsageLedger
+from llm_bot_core.usage.ledger import IMAGE_DESCRIPTION, TRANSCRIPTION, UsageLedger
 
 
 def day_window(now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -53,17 +53,25 @@ class DayUsage:
     completion_tokens: int
     cost: float | None
     calls: int
+    audio_seconds: float
+    transcriptions: int
+    pictures_described: int
     daily_token_limit: int
     resets_at: datetime
     blocked: bool
 
 
+# From llm_usage itself: usage_daily (migration 0009) is summed per model and purpose, not per
+# user, and has no audio column.
 _DAY = text(
     """
     SELECT coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
            sum(cost), count(*),
            (SELECT daily_token_limit FROM bot_users WHERE user_id = :user_id),
-           coalesce((SELECT blocked FROM bot_users WHERE user_id = :user_id), false)
+           coalesce((SELECT blocked FROM bot_users WHERE user_id = :user_id), false),
+           coalesce(sum(audio_seconds), 0),
+           count(*) FILTER (WHERE purpose = :transcription),
+           count(*) FILTER (WHERE purpose = :image_description)
     FROM llm_usage WHERE user_id = :user_id AND created_at >= :start
     """
 )
@@ -109,7 +117,17 @@ class Budgets:
         """What the user has spent since their day began, and the limit that applies."""
         start, end = self.window()
         async with self._engine.connect() as conn:
-            row = (await conn.execute(_DAY, {"user_id": user_id, "start": start})).one()
+            row = (
+                await conn.execute(
+                    _DAY,
+                    {
+                        "user_id": user_id,
+                        "start": start,
+                        "transcription": TRANSCRIPTION,
+                        "image_description": IMAGE_DESCRIPTION,
+                    },
+                )
+            ).one()
         pending = self._ledger.pending_records(user_id, start)
         return DayUsage(
             user_id=user_id,
@@ -117,6 +135,9 @@ class Budgets:
             completion_tokens=int(row[1]) + sum(r.completion_tokens for r in pending),
             cost=_add_costs(row[2], [r.cost for r in pending]),
             calls=int(row[3]) + len(pending),
+            audio_seconds=float(row[6]) + sum(r.audio_seconds or 0.0 for r in pending),
+            transcriptions=int(row[7]) + sum(r.purpose == TRANSCRIPTION for r in pending),
+            pictures_described=int(row[8]) + sum(r.purpose == IMAGE_DESCRIPTION for r in pending),
             daily_token_limit=self.default_limit if row[4] is None else int(row[4]),
             resets_at=end,
             blocked=bool(row[5]),

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 BATCH_SIZE = 500
 
+# Purposes that GET /v1/usage/users/{id} counts apart from the rest (llm_usage.purpose).
+TRANSCRIPTION = "transcription"
+IMAGE_DESCRIPTION = "image_description"
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from aiogram import Bot, F, Router
 from aiogram.enums import ChatType
@@ -55,10 +56,7 @@ async def answer_text(
     """Ask the backend and send its answer: streamed as drafts in private chats, otherwise
     with "typing…" meanwhile. A user the backend refuses (over budget, blocked) is told once,
     then silence. The voice handler calls it with a transcript and `input_mode` "voice"."""
-    sender = message.from_user
-    # A channel post or an anonymous group admin has no user: the chat speaks for itself.
-    user_id = sender.id if sender else message.chat.id
-    user_name = (sender.full_name or sender.username) if sender else message.chat.title
+    user_id, user_name = speaker(message)
     try:
         if settings.stream_replies and message.chat.type == ChatType.PRIVATE and drafts.open:
             answer = await stream_answer(
@@ -68,14 +66,8 @@ async def answer_text(
             )  # fmt: skip
         else:
             async with typing(bot, message, settings.typing_interval):
-                answer = await backend.handle_chat(
-                    user_id=user_id,
-                    chat_id=message.chat.id,
-                    text=text,
-                    chat_type=message.chat.type,
-                    user_name=user_name,
-                    request_id=request_id,
-                    input_mode=input_mode,
+                answer = await ask_backend(
+                    backend, message, text, request_id, input_mode=input_mode
                 )
     except (BackendError, BackendUnavailable) as exc:
         if await told_refusal(message, exc, lang, notices, user_id):
@@ -83,12 +75,52 @@ async def answer_text(
         log.warning("backend failed for chat %s: %s", message.chat.id, exc)
         await reply(message, error_text(exc, lang))
         return
+    if sent := await deliver_answer(message, answer, lang, notices, user_id):
+        log.info("answered chat %s in %d message(s)", message.chat.id, sent)
+
+
+def speaker(message: Message) -> tuple[int, str | None]:
+    """The id and name the backend knows the message's author by."""
+    sender = message.from_user
+    # A channel post or an anonymous group admin has no user: the chat speaks for itself.
+    if sender is None:
+        return message.chat.id, message.chat.title
+    return sender.id, sender.full_name or sender.username
+
+
+async def ask_backend(
+    backend: BackendClient,
+    message: Message,
+    text: str,
+    request_id: str,
+    *,
+    input_mode: str = "text",
+    images: Sequence[tuple[bytes, str]] = (),
+) -> str:
+    """POST /v1/chat/handle for this message: its chat, its author, `text` and `images`."""
+    user_id, user_name = speaker(message)
+    return await backend.handle_chat(
+        user_id=user_id,
+        chat_id=message.chat.id,
+        text=text,
+        chat_type=message.chat.type,
+        user_name=user_name,
+        request_id=request_id,
+        input_mode=input_mode,
+        images=images,
+    )
+
+
+async def deliver_answer(
+    message: Message, answer: str, lang: Lang, notices: Notices, user_id: int
+) -> int:
+    """Send the backend's answer; the user was answered, so a later refusal is told again.
+    An empty answer is reported as an error. The number of messages sent."""
     notices.clear(user_id)
     if not answer.strip():
         await reply(message, t("error", lang))
-        return
-    sent = await send_answer(message, answer)
-    log.info("answered chat %s in %d message(s)", message.chat.id, sent)
+        return 0
+    return await send_answer(message, answer)
 
 
 async def told_refusal(

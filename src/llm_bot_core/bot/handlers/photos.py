@@ -19,8 +19,14 @@ from aiogram.types import Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
-from llm_bot_core.bot.delivery import reply, send_answer, typing
-from llm_bot_core.bot.handlers.chat import error_text, told_refusal
+from llm_bot_core.bot.delivery import reply, typing
+from llm_bot_core.bot.handlers.chat import (
+    ask_backend,
+    deliver_answer,
+    error_text,
+    speaker,
+    told_refusal,
+)
 from llm_bot_core.bot.handlers.filters import Addressed
 from llm_bot_core.bot.notices import Notices
 from llm_bot_core.bot.texts import Lang, t
@@ -150,9 +156,7 @@ async def answer_pictures(
     notices: Notices,
 ) -> None:
     """Fetch the pictures, ask the backend and send its answer, "typing…" meanwhile."""
-    sender = message.from_user
-    user_id = sender.id if sender else message.chat.id
-    user_name = (sender.full_name or sender.username) if sender else message.chat.title
+    user_id, _ = speaker(message)
     async with typing(bot, message, settings.typing_interval):
         try:
             images = [await _download(bot, item) for item in items]
@@ -164,15 +168,7 @@ async def answer_pictures(
             await reply(message, t("invalid_image", lang))
             return
         try:
-            answer = await backend.handle_chat(
-                user_id=user_id,
-                chat_id=message.chat.id,
-                text=caption,
-                chat_type=message.chat.type,
-                user_name=user_name,
-                request_id=request_id,
-                images=images,
-            )
+            answer = await ask_backend(backend, message, caption, request_id, images=images)
         except (BackendError, BackendUnavailable) as exc:
             if await told_refusal(message, exc, lang, notices, user_id):
                 return
@@ -182,8 +178,4 @@ async def answer_pictures(
             else:
                 await reply(message, error_text(exc, lang))
             return
-    notices.clear(user_id)
-    if not answer.strip():
-        await reply(message, t("error", lang))
-        return
-    await send_answer(message, answer)
+    await deliver_answer(message, answer, lang, notices, user_id)

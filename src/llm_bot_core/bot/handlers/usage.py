@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
 from aiogram import Router
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def show_usage(message: Message, backend: BackendClient, request_id: str, lang: Lang) -> None:
-    """Today's tokens, calls and cost, the limit and when the day resets."""
+    """Today's tokens, calls and cost, voice and pictures, the limit and when the day resets."""
     user_id = message.from_user.id if message.from_user else message.chat.id
     try:
         data = await backend.usage(user_id=user_id, request_id=request_id)
@@ -44,6 +45,7 @@ def usage_text(data: dict[str, object], lang: Lang) -> str:
         if limit
         else t("usage_no_limit", lang)
     )
+    media = _media_lines(today, lang)
     cost = today.get("cost")
     cost_line = t("usage_cost", lang, cost=float(cost)) if isinstance(cost, int | float) else ""
     resets_at = datetime.fromisoformat(str(data["resets_at"]))
@@ -55,10 +57,27 @@ def usage_text(data: dict[str, object], lang: Lang) -> str:
         prompt=prompt,
         completion=completion,
         calls=int(today.get("calls") or 0),
+        media=media,
         limit=limit_line,
         cost=cost_line,
         wait=duration(wait, lang),
     )
+
+
+def _media_lines(today: dict[str, object], lang: Lang) -> str:
+    """Voice and pictures, each only when there were some today (most days have neither)."""
+    lines = ""
+    transcriptions, seconds = _number(today, "transcriptions"), _number(today, "audio_seconds")
+    if transcriptions or seconds:
+        lines += t("usage_voice", lang, count=int(transcriptions), seconds=math.ceil(seconds))
+    if pictures := _number(today, "pictures_described"):
+        lines += t("usage_pictures", lang, count=int(pictures))
+    return lines
+
+
+def _number(values: dict[str, object], key: str) -> float:
+    value = values.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def create_router() -> Router:

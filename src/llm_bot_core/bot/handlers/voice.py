@@ -20,7 +20,7 @@ from aiohttp import ClientError
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.config import BotSettings
 from llm_bot_core.bot.delivery import reply, typing
-from llm_bot_core.bot.handlers.chat import answer_text, error_text, told_refusal
+from llm_bot_core.bot.handlers.chat import answer_text, error_text, speaker, told_refusal
 from llm_bot_core.bot.handlers.filters import Addressed
 from llm_bot_core.bot.media import FileTooLarge, download
 from llm_bot_core.bot.notices import Notices
@@ -90,8 +90,7 @@ async def answer_voice(
     if found is None:  # pragma: no cover - the router's filter admits only these
         return
     media, filename, mime = found
-    sender = message.from_user
-    user_id = sender.id if sender else message.chat.id
+    user_id, _ = speaker(message)
     duration = getattr(media, "duration", None)
     if duration is not None and duration > settings.voice_max_seconds:
         limit = limit_text(settings.voice_max_seconds, lang)
