@@ -63,6 +63,9 @@ BASELINE = SearchOptions(
 # Today's defaults as a grid of one point each.
 ON: dict[str, list[Any]] = {"date_boost": [1.0], "session_date_boost": [1.0]}
 
+# The defaults since the question weight (docs/retrieval-experiments.md, E4).
+TODAY: dict[str, list[Any]] = {**ON, "question_weight": [0.4], "echo_new_words": [5]}
+
 # Each experiment: the constants it tunes and the values tried (the first is the neutral one,
 # kept on ties, so a constant moves only when it helps the held-in folds).
 EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
@@ -96,6 +99,15 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
         **ON,
         "answer_share": [0.0, 0.5, 1.0],
         "assistant_weight": [1.0, 0.5, 0.0],
+    },
+    # Repeated turns (issue 15, the Russian set's stock replies), on top of today's defaults.
+    "today's defaults": dict(TODAY),
+    "today + repeated turns weigh less": {
+        **TODAY, "repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    },
+    "today + repeated turns x0.8 (fixed)": {**TODAY, "repeat_weight": [0.8]},
+    "today + repeated turns x0.8, depth 60 (fixed)": {
+        **TODAY, "repeat_weight": [0.8], "candidates": [60]
     },
 }
 

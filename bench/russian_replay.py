@@ -10,6 +10,10 @@ with the product's defaults must give the bench's own figure (`check` in the out
 
     python bench/russian_replay.py                 # record (~10 min), then replay; prints JSON
     python bench/russian_replay.py --calls .cache/russian_calls.pkl     # replay a recording
+    python bench/russian_replay.py --depth 80     # record each side 80 deep (replays read less)
+
+A recording keeps the options of its time; fields added to `SearchOptions` since then replay at
+their defaults, and each experiment's first value is the neutral one it starts from.
 
 Constants are chosen on the `tune` part only (the neutral value kept on ties); `report` is
 printed beside them and never used to choose.
@@ -25,15 +29,18 @@ import pickle
 import shutil
 import sys
 import tempfile
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from russian_recall import evaluate, load_paraphrase, paraphrase_plan
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.migrate import upgrade_to_head
-from llm_bot_core.rag import search
+from llm_bot_core.rag import memory, search
 from llm_bot_core.rag.search import SearchOptions
 from llm_bot_core.testing.fake_llm import FakeLLMServer
 
@@ -50,9 +57,15 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
         "assistant_weight": [1.0, 0.5, 0.0],
     },
 }
+EXPERIMENTS["repeated turns weigh less"] = {"repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]}
+EXPERIMENTS["rerank depth"] = {"candidates": [40, 60, 80]}
 # Tried after the single experiments: the two weights together, and each only for turns that
 # add few content words beyond the question.
 JOINT: dict[str, dict[str, list[Any]]] = {
+    "repeated turns weigh less, rerank depth": {
+        "repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
+        "candidates": [40, 60, 80],
+    },
     "assistant + question weights": {
         "assistant_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
         "question_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0],
@@ -101,7 +114,7 @@ def questions(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, list[int]] = {"tune": [0, 0], "report": [0, 0]}
     for q in qs:
-        options = replace(q["options"], **changes)
+        options = replace(_current(q["options"]), **changes)
         hits = search.rank(q["query"], q["dense"], q["lexical"], q["rows"], options)
         hit = any(q["fact"] in h.content for h in hits)
         out[q["part"]][0] += hit
@@ -110,6 +123,12 @@ def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
     return {**f, "found": {p: c[0] for p, c in out.items()},
             "all": round((out["tune"][0] + out["report"][0])
                          / (out["tune"][1] + out["report"][1]), 4)}
+
+
+def _current(options: SearchOptions) -> SearchOptions:
+    """A recorded call's options with the fields added since the recording at their defaults."""
+    values: dict[str, Any] = {f.name: getattr(options, f.name, f.default) for f in fields(options)}
+    return SearchOptions(**values)
 
 
 def choose(qs: list[dict[str, Any]], grid: dict[str, list[Any]]) -> dict[str, Any]:
@@ -135,6 +154,10 @@ def main() -> None:
                         help="replay this recording instead of running the bench")
     parser.add_argument("--save", type=Path, default=REPO / ".cache" / "russian_calls.pkl")
     parser.add_argument("--grids", action="store_true", help="print every grid point tried")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="record with each side read this deep (replays may read less)")
+    parser.add_argument("--expansion", action="store_true",
+                        help="record with RAG_QUERY_EXPANSION on")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     bench: dict[str, Any] | None = None
@@ -152,8 +175,14 @@ def main() -> None:
                 settings = Settings(
                     _env_file=None, database_url=url, data_dir=workdir,
                     llm_base_url=server.base_url, migrate_on_start=False, rag_enabled=True,
-                    rag_embedder="local", local_embedding_model="e5")
-                calls, bench = record(settings, server.fake)
+                    rag_embedder="local", local_embedding_model="e5",
+                    rag_query_expansion=args.expansion)
+                # The product's options, each side read deeper: replays may read less of it.
+                deeper = (patch.object(memory, "SearchOptions",
+                                       partial(SearchOptions, candidates=args.depth))
+                          if args.depth else nullcontext())
+                with deeper:
+                    calls, bench = record(settings, server.fake)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         args.save.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ OPTIONS = SearchOptions(
     session_date_boost=0.0,
     question_weight=1.0,
     echo_new_words=None,
+    repeat_weight=1.0,
 )
 
 
@@ -269,3 +270,35 @@ def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
     rows[2] = candidate(2, "Здорово, расскажи ещё про работу!", prev_id=1)
     plain_pair = replace(pair, assistant_weight=1.0)
     assert ids(rank("Кем я работаю?", dense, [], rows, plain_pair)) == [2, 3, 1]
+
+
+def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
+    rows = {
+        1: replace(candidate(1, "Рад слышать!"), role="assistant"),
+        2: replace(candidate(2, "Рад слышать!", session="s2"), role="assistant"),
+        3: candidate(3, "Я работаю стоматологом в частной клинике"),
+        4: candidate(4, "Мой друг тоже работает врачом"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
+    two = replace(OPTIONS, limit=2)
+    # Without the weight the reply takes a place (its copy is de-duplicated away).
+    assert ids(rank("Кем я тружусь?", dense, [], rows, two)) == [1, 4]
+    # Said twice, it weighs less; the turns said once keep their order.
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(two, repeat_weight=0.5))) == [4, 3]
+    # Said once, the same reply keeps its place.
+    del rows[2]
+    dense = [(1, 0.9), (4, 0.88), (3, 0.87)]
+    assert ids(rank("Кем я тружусь?", dense, [], rows, replace(two, repeat_weight=0.5))) == [1, 4]
+
+
+def test_a_near_duplicate_by_the_jaccard_threshold_counts_as_said_again() -> None:
+    rows = {
+        1: candidate(1, "Здорово, расскажи ещё!"),
+        2: candidate(2, "Здорово, расскажи ещё что-нибудь!"),  # Jaccard 3/5: not repeated at 0.75
+        3: candidate(3, "У меня высокое давление, пью таблетки"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (3, 0.85)]
+    once = replace(OPTIONS, limit=1, repeat_weight=0.5)
+    assert ids(rank("Какие у меня проблемы со здоровьем?", dense, [], rows, once)) == [1]
+    looser = replace(once, dedupe_jaccard=0.6)
+    assert ids(rank("Какие у меня проблемы со здоровьем?", dense, [], rows, looser)) == [3]

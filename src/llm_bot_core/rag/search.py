@@ -140,6 +140,9 @@ class SearchOptions:
     echo_new_words: int | None = 5
     """If set, the two factors above apply only to turns adding at most this many content words
     beyond the question's own (a turn that brings something new keeps its score)."""
+    repeat_weight: float = 1.0
+    """Score factor of a turn said again among the candidates (a near duplicate of another by
+    `dedupe_jaccard`): greetings and stock replies recur, a fact is told once."""
 
 
 class Searcher:
@@ -378,6 +381,9 @@ def _adjust(
     temporal = options.date_boost > 0 and is_temporal_question(query)
     asked = _content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
+    repeated = (
+        _repeated(fused, rows, options.dedupe_jaccard) if options.repeat_weight != 1.0 else set()
+    )
     for mid in scores:
         row = rows[mid]
         factor = 1.0
@@ -391,8 +397,26 @@ def _adjust(
             factor *= _if_echo(row.content, asked, options, options.question_weight)
         if options.assistant_weight != 1.0 and row.role == "assistant":
             factor *= _if_echo(row.content, asked, options, options.assistant_weight)
+        if mid in repeated:
+            factor *= options.repeat_weight
         scores[mid] *= factor
     return scores
+
+
+def _repeated(
+    fused: Mapping[int, float], rows: Mapping[int, Candidate], threshold: float
+) -> set[int]:
+    """The candidates with a near duplicate among the others."""
+    words = sorted(((mid, _words(rows[mid].content)) for mid in fused), key=lambda x: len(x[1]))
+    found: set[int] = set()
+    for i, (a, mine) in enumerate(words):
+        for b, other in words[i + 1 :]:
+            # Sorted by size: the Jaccard index is at most |a| / |b|, and falls from here on.
+            if len(mine) < threshold * len(other):
+                break
+            if _jaccard(mine, other) >= threshold:
+                found.update((a, b))
+    return found
 
 
 def _if_echo(content: str, asked: set[str], options: SearchOptions, weight: float) -> float:
