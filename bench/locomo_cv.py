@@ -58,6 +58,8 @@ BASELINE = SearchOptions(
     session_date_boost=0.0,
     question_weight=1.0,
     echo_new_words=None,
+    candidates=40,
+    repeat_weight=1.0,
 )
 
 # Today's defaults as a grid of one point each.
