@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -13,7 +14,7 @@ from llm_bot_core.rag.dates import (
     is_temporal_question,
     named_dates,
 )
-from llm_bot_core.rag.search import Candidate, Hit, SearchOptions, rank
+from llm_bot_core.rag.search import Candidate, Hit, SearchOptions, _jaccard, _repeated, rank
 
 MAY_8 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 JULY_2 = datetime(2023, 7, 2, 10, 0, tzinfo=UTC)
@@ -315,3 +316,20 @@ def test_by_default_repeated_turns_weigh_less_and_sixty_candidates_are_read() ->
     question = "Я созваниваюсь с предками?"
     assert ids(rank(question, dense, lexical, rows, defaults))[0] == 9
     assert 9 not in ids(rank(question, dense, lexical, rows, replace(defaults, candidates=40)))
+
+
+def test_turns_said_again_are_the_pairs_a_full_comparison_finds() -> None:
+    # The search compares turns by size first; it must find what comparing every pair finds.
+    rng = random.Random(7)
+    vocabulary = ["как", "дела", "рад", "слышать", "здорово", "расскажи", "ещё", "кот", "дом"]
+    rows = {
+        mid: candidate(mid, " ".join(rng.sample(vocabulary, rng.randint(1, 6))))
+        for mid in range(60)
+    }
+    words = {mid: set(row.content.split()) for mid, row in rows.items()}
+    for threshold in (0.5, 0.75, 1.0):
+        expected = {
+            a for a in rows for b in rows
+            if a != b and _jaccard(words[a], words[b]) >= threshold
+        }
+        assert _repeated(dict.fromkeys(rows, 1.0), rows, threshold) == expected
