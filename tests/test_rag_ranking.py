@@ -305,19 +305,6 @@ def test_a_near_duplicate_by_the_jaccard_threshold_counts_as_said_again() -> Non
     assert ids(rank("Какие у меня проблемы со здоровьем?", dense, [], rows, looser)) == [3]
 
 
-def test_by_default_repeated_turns_weigh_less_and_sixty_candidates_are_read() -> None:
-    defaults = SearchOptions(limit=5, min_score=-1.0)
-    assert (defaults.repeat_weight, defaults.candidates) == (0.8, 60)
-    rows = {i: candidate(i, f"разговор номер {i} про погоду и новости {i}") for i in range(10, 100)}
-    rows[9] = candidate(9, "Я каждое воскресенье звоню родителям")
-    # The fact is 45th on both sides: beyond a depth of 40, first when both sides are read.
-    dense = [*[(i, 0.9) for i in range(10, 54)], (9, 0.85)]
-    lexical = [*[(i, 1.0) for i in range(54, 98)], (9, 0.5)]
-    question = "Я созваниваюсь с предками?"
-    assert ids(rank(question, dense, lexical, rows, defaults))[0] == 9
-    assert 9 not in ids(rank(question, dense, lexical, rows, replace(defaults, candidates=40)))
-
-
 def test_turns_said_again_are_the_pairs_a_full_comparison_finds() -> None:
     # The search compares turns by size first; it must find what comparing every pair finds.
     rng = random.Random(7)

@@ -110,17 +110,15 @@ class SearchOptions:
     limit: int
     min_score: float
     lexical_weight: float = 1.0
-    candidates: int = 60
-    """How deep each side's ranking is read (the rerank depth). 60 with `repeat_weight`: a
-    fact the question words poorly sits deeper, behind the stock replies that weigh less."""
+    candidates: int = 40
+    """How deep each side's ranking is read (the rerank depth)."""
     dedupe_jaccard: float = 0.75
     # Language-independent boosts, each off at its neutral value. The two date boosts are on:
     # LoCoMo's leave-one-conversation-out cross-validation kept them (+0.041 R@5 on held-out
     # folds) and these are the medians of the folds' choices. The question weight is on for
     # question turns adding at most five content words to the query: chosen on the Russian
     # set's tune part (report part 0.843 -> 0.886), LoCoMo held-out R@5 unchanged (0.672 ->
-    # 0.673). Repeated turns weigh less, read 60 deep: chosen on the same tune part (report
-    # 0.886 -> 0.893). The others stay off (docs/retrieval-experiments.md).
+    # 0.673). The others stay off (docs/retrieval-experiments.md).
     date_boost: float = 1.0
     """A "when" question: score x (1 + this) for turns that say when something happened."""
     session_date_boost: float = 1.0
@@ -142,9 +140,10 @@ class SearchOptions:
     echo_new_words: int | None = 5
     """If set, the two factors above apply only to turns adding at most this many content words
     beyond the question's own (a turn that brings something new keeps its score)."""
-    repeat_weight: float = 0.8
+    repeat_weight: float = 1.0
     """Score factor of a turn said again among the candidates (a near duplicate of another by
-    `dedupe_jaccard`): greetings and stock replies recur, a fact is told once."""
+    `dedupe_jaccard`): greetings and stock replies recur, a fact is told once. Off: alone it
+    gained nothing on the Russian set's report part (docs/retrieval-experiments.md)."""
 
 
 class Searcher:
