@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.rag.embedders import Embedder
-from llm_bot_core.rag.indexing import LEASE_SECONDS, MAX_BACKOFF_SECONDS
+from llm_bot_core.rag.indexing import LEASE_SECONDS, Outbox
 
 _LEASE = f"""
     UPDATE fact_outbox SET next_attempt_at = now() + interval '{LEASE_SECONDS} seconds',
@@ -59,17 +59,7 @@ _DONE = text(
     "DELETE FROM fact_outbox WHERE fact_id = ANY(CAST(:ids AS bigint[])) "
     "AND next_attempt_at > now()"
 )
-_RELEASE = text(
-    "UPDATE fact_outbox SET next_attempt_at = now(), attempts = greatest(attempts - 1, 0) "
-    "WHERE fact_id = ANY(CAST(:ids AS bigint[])) AND next_attempt_at > now()"
-)
-_FAILED = text(
-    """
-    UPDATE fact_outbox SET last_error = :error,
-        next_attempt_at = now() + make_interval(secs => LEAST(:max_backoff, 5 * power(2, attempts)))
-    WHERE fact_id = ANY(CAST(:ids AS bigint[]))
-    """
-)
+_OUTBOX = Outbox("fact_outbox", "fact_id")
 _ENQUEUE_STALE = text(
     """
     INSERT INTO fact_outbox (fact_id)
@@ -135,19 +125,7 @@ class FactIndexer:
             claimed = [r[0] for r in rows]
         if not claimed:
             return 0
-        try:
-            await self._index_claimed(claimed)
-        except asyncio.CancelledError:
-            async with self._engine.begin() as conn:
-                await conn.execute(_RELEASE, {"ids": claimed})
-            raise
-        except Exception as exc:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    _FAILED,
-                    {"ids": claimed, "error": repr(exc)[:1000], "max_backoff": MAX_BACKOFF_SECONDS},
-                )
-            raise
+        await _OUTBOX.settle(self._engine, claimed, lambda: self._index_claimed(claimed))
         return len(claimed)
 
     async def drain(self, batch: int = 64) -> int:

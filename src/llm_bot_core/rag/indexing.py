@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import text
@@ -157,21 +157,47 @@ _DONE = text(
     "AND next_attempt_at > now()"
 )
 
-# Only rows still under our lease, as in _DONE.
-_RELEASE = text(
-    """
-    UPDATE rag_outbox SET next_attempt_at = now(), attempts = greatest(attempts - 1, 0)
-    WHERE message_id = ANY(CAST(:ids AS bigint[])) AND next_attempt_at > now()
-    """
-)
+T = TypeVar("T")
 
-_FAILED = text(
-    """
-    UPDATE rag_outbox SET last_error = :error,
-        next_attempt_at = now() + make_interval(secs => LEAST(:max_backoff, 5 * power(2, attempts)))
-    WHERE message_id = ANY(CAST(:ids AS bigint[]))
-    """
-)
+
+class Outbox:
+    """The lease bookkeeping of an outbox table (messages' and facts'): after claimed rows'
+    work, hand them back on cancellation or record the failure with backoff."""
+
+    def __init__(self, table: str, key: str) -> None:
+        ids = f"{key} = ANY(CAST(:ids AS bigint[]))"
+        # Only rows still under our lease, as in _DONE.
+        self._release = text(
+            f"UPDATE {table} SET next_attempt_at = now(), attempts = greatest(attempts - 1, 0) "
+            f"WHERE {ids} AND next_attempt_at > now()"
+        )
+        self._failed = text(
+            f"UPDATE {table} SET last_error = :error, next_attempt_at = now() + "
+            f"make_interval(secs => LEAST(:max_backoff, 5 * power(2, attempts))) WHERE {ids}"
+        )
+
+    async def settle(
+        self, engine: AsyncEngine, claimed: list[int], work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`work()` on the claimed rows; raises what it raised, after recording it."""
+        try:
+            return await work()
+        except asyncio.CancelledError:
+            # Shutdown: hand the rows back now, or they would sit out the lease (a restart
+            # within LEASE_SECONDS would skip them). A cancelled attempt is not a failed one.
+            async with engine.begin() as conn:
+                await conn.execute(self._release, {"ids": claimed})
+            raise
+        except Exception as exc:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    self._failed,
+                    {"ids": claimed, "error": repr(exc)[:1000], "max_backoff": MAX_BACKOFF_SECONDS},
+                )
+            raise
+
+
+_OUTBOX = Outbox("rag_outbox", "message_id")
 
 
 class Indexer:
@@ -208,21 +234,7 @@ class Indexer:
             claimed = [r[0] for r in rows]
         if not claimed:
             return 0
-        try:
-            return await self._index_claimed(claimed)
-        except asyncio.CancelledError:
-            # Shutdown: hand the rows back now, or they would sit out the lease (a restart
-            # within LEASE_SECONDS would skip them). A cancelled attempt is not a failed one.
-            async with self._engine.begin() as conn:
-                await conn.execute(_RELEASE, {"ids": claimed})
-            raise
-        except Exception as exc:
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    _FAILED,
-                    {"ids": claimed, "error": repr(exc)[:1000], "max_backoff": MAX_BACKOFF_SECONDS},
-                )
-            raise
+        return await _OUTBOX.settle(self._engine, claimed, lambda: self._index_claimed(claimed))
 
     async def _index_claimed(self, ids: list[int]) -> int:
         async with self._engine.connect() as conn:
