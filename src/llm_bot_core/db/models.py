@@ -189,14 +189,9 @@ class EmbeddingRecord(Base):
     )
 
 
-class RagOutbox(Base):
-    """Messages waiting to be indexed; filled by a trigger on messages (migration 0002)."""
+class OutboxColumns:
+    """The lease bookkeeping of an outbox table (rag/indexing.py's Outbox claims by these)."""
 
-    __tablename__ = "rag_outbox"
-
-    message_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
@@ -204,6 +199,16 @@ class RagOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     enqueued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class RagOutbox(OutboxColumns, Base):
+    """Messages waiting to be indexed; filled by a trigger on messages (migration 0002)."""
+
+    __tablename__ = "rag_outbox"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
     )
 
     __table_args__ = (Index("ix_rag_outbox_next_attempt_at", "next_attempt_at"),)
@@ -344,7 +349,7 @@ class Fact(Base):
     )
 
 
-class FactOutbox(Base):
+class FactOutbox(OutboxColumns, Base):
     """Facts waiting to be (re)indexed or to lose their vector; filled by a trigger on facts
     (migration 0012), so an operator's edit is indexed like a message edit."""
 
@@ -352,14 +357,6 @@ class FactOutbox(Base):
 
     fact_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("facts.id", ondelete="CASCADE"), primary_key=True
-    )
-    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
-    next_attempt_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
-    )
-    last_error: Mapped[str | None] = mapped_column(Text)
-    enqueued_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
     )
 
     __table_args__ = (Index("ix_fact_outbox_next_attempt_at", "next_attempt_at"),)
