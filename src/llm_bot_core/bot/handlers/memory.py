@@ -22,7 +22,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable, UserFact
 from llm_bot_core.bot.delivery import reply
-from llm_bot_core.bot.handlers.chat import error_text
+from llm_bot_core.bot.handlers.chat import error_text, speaker
 from llm_bot_core.bot.texts import Lang, t
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ class EraseAll(CallbackData, prefix="mem_erase"):
     """The /forget_all confirmation's buttons."""
 
     confirm: bool
-
-
-def _user_id(message: Message) -> int:
-    return message.from_user.id if message.from_user else message.chat.id
 
 
 def fact_line(number: int, fact: UserFact, lang: Lang) -> str:
@@ -81,7 +77,7 @@ async def show_memory(
 ) -> None:
     """List the user's current facts, numbered, with the date each was learned."""
     try:
-        facts = await backend.list_facts(user_id=_user_id(message), request_id=request_id)
+        facts = await backend.list_facts(user_id=speaker(message)[0], request_id=request_id)
     except (BackendError, BackendUnavailable) as exc:
         log.warning("listing facts failed: %s", exc)
         await reply(message, error_text(exc, lang))
@@ -106,7 +102,7 @@ async def remember(
         return
     try:
         stored = await backend.add_fact(
-            user_id=_user_id(message), content=content, request_id=request_id
+            user_id=speaker(message)[0], content=content, request_id=request_id
         )
     except (BackendError, BackendUnavailable) as exc:
         log.warning("adding a fact failed: %s", exc)
@@ -124,7 +120,7 @@ async def forget(
     if not query:
         await reply(message, t("forget_usage", lang))
         return
-    user_id = _user_id(message)
+    user_id = speaker(message)[0]
     try:
         facts = await backend.list_facts(user_id=user_id, request_id=request_id)
         if query.isdigit():

@@ -12,7 +12,7 @@ from aiogram.types import Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
 from llm_bot_core.bot.delivery import reply
-from llm_bot_core.bot.handlers.chat import error_text
+from llm_bot_core.bot.handlers.chat import error_text, speaker
 from llm_bot_core.bot.notices import duration
 from llm_bot_core.bot.texts import Lang, t
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 async def show_usage(message: Message, backend: BackendClient, request_id: str, lang: Lang) -> None:
     """Today's tokens, calls and cost, voice and pictures, the limit and when the day resets."""
-    user_id = message.from_user.id if message.from_user else message.chat.id
+    user_id, _ = speaker(message)
     try:
         data = await backend.usage(user_id=user_id, request_id=request_id)
     except (BackendError, BackendUnavailable) as exc:
