@@ -7,15 +7,20 @@ generic answers ("Понятно!", "Хорошо, я запомню."), which a
 share of questions whose fact appears in the prompt actually sent to the model, with the
 product's defaults (top-K, similarity threshold, de-duplication). Prints one JSON object.
 
-Two sets: `memory` (bench/data/russian_memory.json, 25 questions, one user, the suite's
+The sets: `memory` (bench/data/russian_memory.json, 25 questions, one user, the suite's
 regression guard) and `paraphrase` (bench/data/russian_paraphrase.json: 122 facts told by six
 users, 236 questions labelled by paraphrase type, split by a fixed seed into a `tune` part that
 changes are chosen on and a `report` part that is only reported). And `final`
 (bench/data/russian_final.json: 32 facts, 64 questions of the kinds the maintainers' held-out set
 missed, written before the last ranking experiments and never used to choose anything: run with
-the final defaults and only reported).
+the final defaults and only reported). And `numbers` (bench/data/russian_numbers.json: 40 facts
+that carry a number, asked in the other form: words for digits, ordinals, dates; a seeded 50/50
+`tune`/`report` split) and `blind` (bench/data/russian_blind.json: 40 facts of the held-out
+set's miss kinds, written blind to the retrieval code; every fact's part is `blind`, only
+reported). `--part` scores the facts of that part; `all` scores every fact.
 
-    python bench/russian_recall.py [--set memory|paraphrase|final] [--part tune|report|all]
+    python bench/russian_recall.py [--set memory|paraphrase|final|numbers|blind]
+                                   [--part tune|report|all]
                                    [--store pgvector|qdrant-local] [--embedder e5|use]
 """
 
@@ -47,6 +52,10 @@ from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 DATA = Path(__file__).resolve().parent / "data" / "russian_memory.json"
 PARAPHRASE = Path(__file__).resolve().parent / "data" / "russian_paraphrase.json"
 FINAL = Path(__file__).resolve().parent / "data" / "russian_final.json"
+NUMBERS = Path(__file__).resolve().parent / "data" / "russian_numbers.json"
+BLIND = Path(__file__).resolve().parent / "data" / "russian_blind.json"
+# The sets in the paraphrase format, by their --set name.
+SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND}
 
 
 def load() -> dict[str, Any]:
@@ -68,7 +77,7 @@ def memory_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 
 def load_paraphrase(path: Path = PARAPHRASE) -> dict[str, Any]:
-    """A set in the paraphrase format (russian_paraphrase.json or russian_final.json)."""
+    """A set in the paraphrase format (any of SETS; russian_paraphrase.json by default)."""
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -189,20 +198,23 @@ async def evaluate(settings: Settings, fake: FakeLLM, data: dict[str, Any] | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("memory", "paraphrase", "final"), default="memory",
-                        dest="which")
+    parser.add_argument("--set", choices=("memory", *SETS), default="memory", dest="which")
     parser.add_argument("--part", choices=("tune", "report", "all"), default="all",
-                        help="paraphrase set: which facts' questions to score (all are asked)")
+                        help="score the questions of the facts of this part (all are asked)")
     parser.add_argument("--store", choices=("pgvector", "qdrant-local"), default="pgvector")
     parser.add_argument("--embedder", choices=("e5", "use"), default="e5")
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.which in ("paraphrase", "final"):
-        para = load_paraphrase(FINAL if args.which == "final" else PARAPHRASE)
+    if args.which in SETS:
+        para = load_paraphrase(SETS[args.which])
         plan, replies = paraphrase_plan(para), para["assistant_replies"]
     else:
         plan, replies = memory_plan(), load()["assistant_replies"]
+    parts = {item["part"] for dialogue in plan for item in dialogue["questions"]}
+    if args.part not in ("all", *parts):
+        parser.error(f"--set {args.which} has no part {args.part!r} (its parts: "
+                     f"{', '.join(sorted(parts))}); use --part all")
     workdir = Path(tempfile.mkdtemp(prefix="ru-recall-"))
     workdir.chmod(0o755)
     try:

@@ -94,6 +94,50 @@ def test_final_set_is_apart_from_the_tuned_one() -> None:
     assert all(f["text"] in told for f in facts)
 
 
+NEW_SETS = {
+    "numbers": {"number_words", "number_digits", "ordinal", "date"},
+    "blind": {"synonym", "word_form", "hypernym", "idiom", "number", "negation"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_SETS))
+def test_numbers_and_blind_sets_load_and_are_apart_from_the_older_ones(name: str) -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase(bench.SETS[name])
+    facts = data["facts"]
+    assert len(facts) == 40 and data["users"] == 1
+    assert all(len(f["questions"]) == 2 for f in facts)
+    assert {q["type"] for f in facts for q in f["questions"]} <= NEW_SETS[name]
+    plan = bench.paraphrase_plan(data)
+    assert sum(len(d["questions"]) for d in plan) == 80
+    told = [m for dialogue in plan for session in dialogue["sessions"] for m in session]
+    assert all(f["text"] in told for f in facts)
+    # Written apart: no fact or question of the paraphrase or the final set.
+    def said(data: dict[str, Any]) -> set[str]:
+        return {f["text"] for f in data["facts"]} | {
+            q["q"] for f in data["facts"] for q in f["questions"]}
+
+    older = said(bench.load_paraphrase()) | said(bench.load_paraphrase(bench.FINAL))
+    assert not said(data) & older
+
+
+def test_numbers_set_split_is_the_seeded_half_stated_in_about() -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase(bench.NUMBERS)
+    ids = [f["id"] for f in data["facts"]]
+    assert f"random.Random({data['seed']}).sample(ids, 20)" in data["about"]
+    tune = set(random.Random(data["seed"]).sample(ids, 20))
+    assert {f["id"] for f in data["facts"] if f["part"] == "tune"} == tune
+    assert {f["id"] for f in data["facts"] if f["part"] == "report"} == set(ids) - tune
+
+
+def test_blind_set_is_only_reported() -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase(bench.BLIND)
+    assert {f["part"] for f in data["facts"]} == {"blind"}
+    assert "had not seen the retrieval code" in data["about"]
+
+
 def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
     expander = russian.neighbours()
     assert expander is not None, "natasha's navec vectors are a dependency"
