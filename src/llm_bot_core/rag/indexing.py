@@ -260,7 +260,7 @@ class Indexer:
                     _UPSERT_METADATA,
                     {
                         "ids": [r[0] for r in rows],
-                        "texts": [russian.lemmatize(t) for t in texts],
+                        "texts": [russian.lexical_text(t) for t in texts],
                         "model": self._embedder.name,
                         "cfg": self._cfg,
                     },

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from llm_bot_core.rag import numbers
+
 log = logging.getLogger(__name__)
 
 NAVEC_FILE = "data/emb/navec_news_v1_1B_250K_300d_100q.tar"
@@ -220,3 +222,14 @@ def lemmatize(text: str) -> str:
     if not LEMMAS:
         return text
     return _WORD.sub(lambda m: _lemma(m.group(0)), text.lower())
+
+
+NUMBERS = True
+"""Append the numbers a text says in words (or in split digit forms) in digits: rag/numbers.py."""
+
+
+def lexical_text(text: str) -> str:
+    """What the full-text side reads of a message or a question: lemmas, numbers also in digits."""
+    base = lemmatize(text)
+    found = numbers.spoken(text, _lemma) if NUMBERS else []
+    return f"{base} {' '.join(found)}" if found else base

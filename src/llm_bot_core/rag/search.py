@@ -225,7 +225,7 @@ class Searcher:
                 {
                     **params,
                     "cfg": self._cfg,
-                    "query": russian.lemmatize(query),
+                    "query": russian.lexical_text(query),
                     "exclude": list(exclude),
                     "limit": limit,
                     "scope": f"{column[0]}:{value}",

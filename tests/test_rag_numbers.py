@@ -1,0 +1,88 @@
+"""Numbers said in words meet numbers written in digits on the full-text side (rag/numbers.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from llm_bot_core.api.app import create_app
+from llm_bot_core.rag import russian
+from llm_bot_core.rag.base import Scope
+from llm_bot_core.rag.numbers import spoken
+from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
+from tests.conftest import make_settings
+from tests.rag_helpers import has_pgvector
+from tests.test_rag_russian import bench_module
+
+
+def said(text: str) -> list[str]:
+    return spoken(text, russian._lemma)
+
+
+@pytest.mark.parametrize(("phrase", "digits"), [
+    ("Мне тридцать семь, да?", ["37"]),
+    ("Я ношу сорок четвёртый размер", ["44"]),  # an ordinal ends the number
+    ("обувь сорок четвёртого размера", ["44"]),  # any case: read by the lemma
+    ("в две тысячи пятнадцатом году", ["2015"]),
+    ("сто двадцать пять рублей", ["125"]),
+    ("у меня трое детей", ["3"]),  # collectives
+    ("триста тысяч", ["300000"]),
+    ("полторы тысячи", ["1500"]),
+    ("зарплата 45 000, хочу 2 тысячи", ["45000", "2000"]),  # digit forms PostgreSQL would split
+    ("родилась 12.04.1990.", ["12", "апрель", "1990"]),  # a date meets "12 апреля 1990"
+    ("ложусь в одиннадцать вечера", ["11", "23"]),  # an evening hour meets "23:00"
+    ("заканчиваю в 18:00", ["6"]),  # ... and the reverse
+    ("at six pm", ["6", "18"]),
+    ("два три", ["2", "3"]),  # could not be one number: each alone
+    ("двадцать пятнадцать", ["20", "15"]),
+    ("She turned forty-four", ["44"]),
+    ("two hundred and five", ["205"]),
+    ("налей 1.5 литра", []),  # a decimal is no date
+    ("Мне 37 лет, живу на 9-м этаже", []),  # digits PostgreSQL reads already
+    ("Привет, как дела?", []),
+])
+def test_numbers_in_words_are_read_as_digits(phrase: str, digits: list[str]) -> None:
+    assert said(phrase) == digits
+
+
+def test_full_text_keeps_the_words_and_adds_the_digits() -> None:
+    assert russian.lexical_text("Мне тридцать семь") == "я тридцать семь 37"
+    assert russian.lexical_text("Мне 37 лет") == "я 37 год"
+
+
+async def test_number_asked_in_words_finds_the_fact_told_in_digits(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase()
+    filler = data["filler"]
+    fact = "Кстати, мне 37 лет."
+    near = ["Моему брату 35 лет.", "Соседке недавно исполнилось 40 лет."]
+    sessions = [[filler[0], near[0], fact, filler[45]], [filler[3], near[1], filler[38]]]
+    plan = [{"user": "ru-num", "chat": "ru-num-chat", "sessions": sessions, "questions": []}]
+    overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
+                                    "data_dir": tmp_path}
+    if not await has_pgvector(clean_db):
+        overrides["qdrant_path"] = tmp_path / "qdrant"
+    settings = make_settings(clean_db, llm_server.base_url, **overrides)
+    await bench.evaluate(settings, fake_llm, plan=plan, replies=data["assistant_replies"])
+
+    question = "Сколько мне, тридцать семь?"
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        _, searcher = await app.state.services.semantic.ready()
+        scope = Scope(user_id="ru-num")
+        async with app.state.services.engine.connect() as conn:
+            fact_id = (await conn.execute(
+                text("SELECT id FROM messages WHERE content = :c"), {"c": fact})).scalar_one()
+        # "37" is the question's rarest word; the other ages differ. (The reply after the fact
+        # is indexed with the fact as its context, and may stand beside it.)
+        found = [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id in found[:2]
+        # Without the digits the question's words meet nothing of the fact but "я".
+        monkeypatch.setattr(russian, "NUMBERS", False)
+        found = [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id not in found[:2]
