@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llm_bot_core.memory.chat import UserMessage
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.bot_support import rows
 from tests.conftest import make_settings, running_app
@@ -24,7 +25,7 @@ async def test_answer_in_progress_at_shutdown_is_stored_within_the_grace_or_not_
     app = running_app(settings)
     client = await app.__aenter__()
     chat = client.app.state.services.chat  # type: ignore[attr-defined]
-    reply = await chat.stream(user_id="u", chat_id="c", text="question")
+    reply = await chat.stream(UserMessage(user_id="u", chat_id="c", text="question"))
     assert await anext(reply) == "Echo"  # the reader takes one delta and goes away
     await asyncio.sleep(0.05)
     await app.__aexit__(None, None, None)  # the lifespan's shutdown

@@ -20,6 +20,7 @@ from llm_bot_core.api.schemas import (
     ResetResponse,
 )
 from llm_bot_core.api.sse import EVENTS_DESCRIPTION, EventStreamResponse, event_stream
+from llm_bot_core.memory.chat import UserMessage
 from llm_bot_core.memory.pictures import Picture, prepare_pictures
 
 _errors = openapi_responses(
@@ -50,17 +51,7 @@ async def handle(
     body: HandleRequest, chat: ChatServiceDep, services: ServicesDep, response: Response
 ) -> HandleResponse:
     """Answer a user's message using the chat's memory."""
-    _check_length(body, services)
-    pictures = await _pictures(body, services)
-    reply = await chat.handle(
-        user_id=body.user_id,
-        chat_id=body.chat_id,
-        text=body.text,
-        chat_type=body.chat_type,
-        user_name=body.user_name,
-        input_mode=body.input_mode,
-        pictures=pictures,
-    )
+    reply = await chat.handle(await _user_message(body, services))
     response.headers["Server-Timing"] = f"llm;dur={reply.llm_seconds * 1000:.2f}"
     return HandleResponse(text=reply.text)
 
@@ -73,18 +64,22 @@ async def handle(
 )
 async def stream(body: HandleRequest, chat: ChatServiceDep, services: ServicesDep) -> Response:
     """Answer like /v1/chat/handle, streaming the text as Server-Sent Events."""
+    reply = await chat.stream(await _user_message(body, services))
+    return await event_stream(reply)
+
+
+async def _user_message(body: HandleRequest, services: ServicesDep) -> UserMessage:
+    """The request as the chat use case takes it: its length checked, its pictures prepared."""
     _check_length(body, services)
-    pictures = await _pictures(body, services)
-    reply = await chat.stream(
+    return UserMessage(
         user_id=body.user_id,
         chat_id=body.chat_id,
         text=body.text,
         chat_type=body.chat_type,
         user_name=body.user_name,
         input_mode=body.input_mode,
-        pictures=pictures,
+        pictures=await _pictures(body, services),
     )
-    return await event_stream(reply)
 
 
 def _check_length(body: HandleRequest, services: ServicesDep) -> None:

@@ -259,13 +259,7 @@ class BackendClient:
                 )
             except httpx.TransportError as exc:
                 raise _unavailable(path, exc) from exc
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            if response.is_success and isinstance(body, dict):
-                return body
-            raise _error_of(response, request_id)
+            return _answer_of(response, request_id)
 
         result = await self._retrying(
             path, _handle_may_retry, once, {}, request_id or str(uuid.uuid4())
@@ -292,13 +286,7 @@ class BackendClient:
             raise BackendUnavailable(
                 f"backend {path}: {type(exc).__name__} {exc}".strip(), maybe_processed=False
             ) from exc
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.is_success and isinstance(data, dict):
-            return data
-        raise _error_of(response, request_id)
+        return _answer_of(response, request_id)
 
     async def list_facts(
         self, *, user_id: int | str, request_id: str | None = None
@@ -441,13 +429,18 @@ class BackendClient:
             )
         except httpx.TransportError as exc:
             raise _unavailable(path, exc) from exc
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if response.is_success and isinstance(data, dict):
-            return data
-        raise _error_of(response, request_id)
+        return _answer_of(response, request_id)
+
+
+def _answer_of(response: httpx.Response, request_id: str) -> dict[str, Any]:
+    """The JSON object of a successful answer; anything else raises the backend's error."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.is_success and isinstance(data, dict):
+        return data
+    raise _error_of(response, request_id)
 
 
 def _unavailable(path: str, exc: httpx.TransportError) -> BackendUnavailable:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager, suppress
 from aiogram import Bot
 from aiogram.enums import ChatAction, ChatType, ParseMode
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.types import Message, ReplyParameters
+from aiogram.types import CallbackQuery, Message, ReplyParameters
 
 from llm_bot_core.bot.formatting import format_answer, to_plain
 
@@ -51,6 +51,13 @@ def _is_parse_error(exc: TelegramBadRequest) -> bool:
 async def reply(message: Message, text: str) -> None:
     """Plain text from the bot itself (greetings, refusals, errors)."""
     await message.answer(text, parse_mode=None, reply_parameters=_reply_to(message))
+
+
+async def settle(query: CallbackQuery, text: str) -> None:
+    """Answer a button press and replace the question (and its buttons) with the outcome."""
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.edit_text(text, parse_mode=None, reply_markup=None)
 
 
 async def send_answer(message: Message, markdown: str) -> int:

@@ -81,6 +81,52 @@ def refused_for_images(status: int, message: str) -> bool:
     )
 
 
+def is_transient(status: int) -> bool:
+    """Whether a provider's error status is worth retrying: 408, 409, 429 and 5xx."""
+    return status >= 500 or status in (408, 409, 429)
+
+
+def status_error(status: int, message: str, detail: str) -> LLMError:
+    """The typed error for a provider's error `status` once retries are spent: unavailable when
+    transient, ImagesNotSupported when `detail` (the provider's own text) says the model cannot
+    take pictures, else a bad response. `message` is the error's text."""
+    if is_transient(status):
+        return LLMUnavailable(message)
+    if refused_for_images(status, detail):
+        return ImagesNotSupported(f"the model cannot read pictures ({message})")
+    return LLMBadResponse(message)
+
+
+def completion_with_usage(text: str, usage: object, model: str, seconds: float) -> Completion:
+    """A Completion with the token counts and cost that a provider's `usage` reports, if any."""
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens = usage.get("prompt_tokens")
+    completion_tokens = usage.get("completion_tokens")
+    return Completion(
+        text=text,
+        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+        completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
+        model=model,
+        seconds=seconds,
+        cost=cost_of(usage),
+    )
+
+
+def read_completion(body: Any, model_name: str, seconds: float) -> Completion:
+    """Read a chat.completion body; anything malformed or empty is an LLMBadResponse."""
+    try:
+        text = (body["choices"][0]["message"].get("content") or "").strip()
+        usage = body.get("usage")
+        model = str(body.get("model") or model_name)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise LLMBadResponse(
+            f"LLM provider sent an unreadable answer: {type(exc).__name__}"
+        ) from exc
+    if not isinstance(text, str) or not text:
+        raise LLMBadResponse(f"model {model_name} returned an empty answer")
+    return completion_with_usage(text, usage, model, seconds)
+
+
 StreamItem = str | Completion
 """What a streamed completion yields: text deltas as they come, then one Completion whose
 text is the whole answer, stripped (as `complete` returns it)."""

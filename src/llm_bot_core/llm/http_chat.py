@@ -21,17 +21,15 @@ from llm_bot_core.config import LLMSettings
 from llm_bot_core.llm.base import (
     ChatMessage,
     Completion,
-    ImagesNotSupported,
     LLMBadResponse,
     LLMUnavailable,
     StreamItem,
     completion_payload,
-    cost_of,
-    refused_for_images,
+    is_transient,
+    read_completion,
+    status_error,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, backoff, stream_with_retries
-
-RETRY_STATUSES = frozenset({408, 409, 429})
 
 
 class HttpChatModel:
@@ -85,7 +83,7 @@ class HttpChatModel:
         started = time.perf_counter()
         data = await self._post_with_retries(body)
         seconds = time.perf_counter() - started
-        return _completion(data, model_name, seconds)
+        return read_completion(data, model_name, seconds)
 
     async def stream(
         self,
@@ -107,13 +105,11 @@ class HttpChatModel:
                     self._url, data=body, headers=self._stream_headers, timeout=self._timeout
                 ) as response:
                     if response.status >= 300:
-                        raw = await response.read()
-                        message = f"LLM provider answered {response.status}: {_error_text(raw)}"
-                        if response.status >= 500 or response.status in RETRY_STATUSES:
+                        detail = _error_text(await response.read())
+                        message = f"LLM provider answered {response.status}: {detail}"
+                        if is_transient(response.status):
                             raise StreamBroken(message, response.headers.get("Retry-After"))
-                        if refused_for_images(response.status, _error_text(raw)):
-                            raise ImagesNotSupported(f"the model cannot read pictures ({message})")
-                        raise LLMBadResponse(message)
+                        raise status_error(response.status, message, detail)
                     reader.opened = True
                     async for line in response.content:
                         if not line.startswith(b"data:"):
@@ -164,17 +160,12 @@ class HttpChatModel:
                     raise LLMBadResponse(
                         "LLM provider sent an unreadable answer: not JSON"
                     ) from exc
-            transient = status >= 500 or status in RETRY_STATUSES
-            if transient and attempt < retries:
+            if is_transient(status) and attempt < retries:
                 await asyncio.sleep(backoff(attempt, retry_after))
                 attempt += 1
                 continue
-            message = f"LLM provider answered {status}: {_error_text(raw)}"
-            if transient:
-                raise LLMUnavailable(message)
-            if refused_for_images(status, _error_text(raw)):
-                raise ImagesNotSupported(f"the model cannot read pictures ({message})")
-            raise LLMBadResponse(message)
+            detail = _error_text(raw)
+            raise status_error(status, f"LLM provider answered {status}: {detail}", detail)
 
     async def aclose(self) -> None:
         if self._owns_session and self._session is not None:
@@ -189,24 +180,3 @@ def _error_text(raw: bytes) -> str:
         text = None
     return str(text or raw[:200].decode(errors="replace") or "no body")[:200]
 
-
-def _completion(data: Any, model_name: str, seconds: float) -> Completion:
-    try:
-        choice = data["choices"][0]
-        text = (choice["message"].get("content") or "").strip()
-        usage = data.get("usage") or {}
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise LLMBadResponse(
-            f"LLM provider sent an unreadable answer: {type(exc).__name__}"
-        ) from exc
-    if not isinstance(text, str) or not text:
-        raise LLMBadResponse(f"model {model_name} returned an empty answer")
-    usage = usage if isinstance(usage, dict) else {}
-    return Completion(
-        text=text,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-        model=data.get("model") or model_name,
-        seconds=seconds,
-        cost=cost_of(usage),
-    )

@@ -14,15 +14,14 @@ from llm_bot_core.llm.base import (
     ChatMessage,
     ChatModel,
     Completion,
-    ImagesNotSupported,
     LLMBadResponse,
     LLMError,
     LLMNotConfigured,
     LLMUnavailable,
     StreamItem,
     completion_payload,
-    cost_of,
-    refused_for_images,
+    read_completion,
+    status_error,
 )
 from llm_bot_core.llm.streaming import ChunkReader, StreamBroken, stream_with_retries
 
@@ -85,7 +84,7 @@ class OpenAIChatModel:
             ) from exc
         seconds = time.perf_counter() - started
 
-        return _completion(response, model_name, seconds)
+        return read_completion(response, model_name, seconds)
 
     def stream(
         self,
@@ -168,41 +167,12 @@ class UnconfiguredChatModel:
         return None
 
 
-def _completion(body: Any, model_name: str, seconds: float) -> Completion:
-    """Read a chat.completion body; anything malformed or empty is an LLMBadResponse."""
-    try:
-        message = body["choices"][0]["message"]
-        text = (message.get("content") or "").strip()
-        usage = body.get("usage") or {}
-        prompt_tokens, completion_tokens = (
-            usage.get("prompt_tokens"),
-            usage.get("completion_tokens"),
-        )
-        model = body.get("model") or model_name
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise LLMBadResponse(f"model {model_name} sent no chat completion") from exc
-    if not isinstance(text, str) or not text:
-        raise LLMBadResponse(f"model {model_name} returned an empty answer")
-    return Completion(
-        text=text,
-        prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-        completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-        model=str(model),
-        seconds=seconds,
-        cost=cost_of(usage),
-    )
-
-
 def _mapped(exc: openai.APIError) -> LLMError:
     """The typed error for an SDK failure: transient ones (after retries) are unavailable."""
     if isinstance(exc, openai.APIConnectionError | openai.RateLimitError):
         return LLMUnavailable(_describe(exc))
     if isinstance(exc, openai.APIStatusError):
-        if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
-            return LLMUnavailable(_describe(exc))
-        if refused_for_images(exc.status_code, exc.message):
-            return ImagesNotSupported(f"the model cannot read pictures ({_describe(exc)})")
-        return LLMBadResponse(_describe(exc))
+        return status_error(exc.status_code, _describe(exc), exc.message)
     return LLMBadResponse(_describe(exc))  # malformed body and the like
 
 

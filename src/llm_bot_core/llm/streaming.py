@@ -14,7 +14,7 @@ from llm_bot_core.llm.base import (
     LLMBadResponse,
     LLMUnavailable,
     StreamItem,
-    cost_of,
+    completion_with_usage,
 )
 
 INITIAL_BACKOFF = 0.5
@@ -78,16 +78,7 @@ class ChunkReader:
         text = "".join(self.parts).strip()
         if not text:
             raise LLMBadResponse(f"model {self.model} returned an empty answer")
-        prompt_tokens = self.usage.get("prompt_tokens")
-        completion_tokens = self.usage.get("completion_tokens")
-        return Completion(
-            text=text,
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-            model=self.model,
-            seconds=seconds,
-            cost=cost_of(self.usage),
-        )
+        return completion_with_usage(text, self.usage, self.model, seconds)
 
 
 Attempt = Callable[[ChunkReader], AsyncIterator[str]]

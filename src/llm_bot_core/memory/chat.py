@@ -44,6 +44,24 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class UserMessage:
+    """A user's message, as `handle` and `stream` take it.
+
+    `chat_type` None: the chat is private when its id is the user's id, else a group.
+    `input_mode` "voice": `text` is a transcript; stored so, and marked so in the prompt.
+    `pictures` (checked by memory/pictures.py) reach the model as image parts; `text` is
+    then their caption and may be empty."""
+
+    user_id: str
+    chat_id: str
+    text: str
+    chat_type: str | None = None
+    user_name: str | None = None
+    input_mode: str = "text"
+    pictures: Sequence[Picture] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class _Turn:
     """A stored user message and the prompt that answers it."""
 
@@ -105,33 +123,11 @@ class ChatService:
         # RAG_QUERY_REWRITE: None when off (no model call before recall) or semantic memory is.
         self._rewriter = rewriter if semantic.enabled else None
 
-    async def handle(
-        self,
-        *,
-        user_id: str,
-        chat_id: str,
-        text: str,
-        chat_type: str | None = None,
-        user_name: str | None = None,
-        input_mode: str = "text",
-        pictures: Sequence[Picture] = (),
-    ) -> Reply:
+    async def handle(self, message: UserMessage) -> Reply:
         """Answer a user message; the user message is stored even if the model then fails.
 
-        `input_mode` "voice": `text` is a transcript; stored so, and marked so in the prompt.
-        `chat_type` None: the chat is private when its id is the user's id, else a group.
-        `pictures` (checked by memory/pictures.py) reach the model as image parts; `text` is
-        then their caption and may be empty.
         Raises UserBlocked or BudgetExceeded, storing nothing, when the user may not write."""
-        turn = await self._begin(
-            user_id=user_id,
-            chat_id=chat_id,
-            text=text,
-            chat_type=chat_type,
-            user_name=user_name,
-            input_mode=input_mode,
-            pictures=pictures,
-        )
+        turn = await self._begin(message)
         try:
             completion = await metered_completion(
                 self._model, "chat", turn.prompt, account=turn.account, **turn.llm_options()
@@ -143,17 +139,7 @@ class ChatService:
         answer = completion.text[: self._settings.max_reply_chars]
         return await self._finish(turn, answer, completion)
 
-    async def stream(
-        self,
-        *,
-        user_id: str,
-        chat_id: str,
-        text: str,
-        chat_type: str | None = None,
-        user_name: str | None = None,
-        input_mode: str = "text",
-        pictures: Sequence[Picture] = (),
-    ) -> ReplyStream[Reply]:
+    async def stream(self, message: UserMessage) -> ReplyStream[Reply]:
         """Answer a user message as it is generated: deltas, then the stored Reply.
 
         The memory effects are those of `handle`. The generation does not depend on the reader:
@@ -161,15 +147,7 @@ class ChatService:
         whose client hung up). A model failure mid-answer stores no assistant message, so
         nothing half-written is kept; the user message stays, as after a failed `handle`.
         """
-        turn = await self._begin(
-            user_id=user_id,
-            chat_id=chat_id,
-            text=text,
-            chat_type=chat_type,
-            user_name=user_name,
-            input_mode=input_mode,
-            pictures=pictures,
-        )
+        turn = await self._begin(message)
         reply: ReplyStream[Reply] = ReplyStream()
         self._streams.spawn(reply.produce(self._generate(turn, reply)), name="chat.stream")
         return reply
@@ -201,27 +179,18 @@ class ChatService:
         assert completion is not None  # a stream ends with its Completion or raises
         return await self._finish(turn, text.text, completion)
 
-    async def _begin(
-        self,
-        *,
-        user_id: str,
-        chat_id: str,
-        text: str,
-        chat_type: str | None,
-        user_name: str | None,
-        input_mode: str = "text",
-        pictures: Sequence[Picture] = (),
-    ) -> _Turn:
+    async def _begin(self, message: UserMessage) -> _Turn:
         """Store the user message and build the prompt from the chat's memory; refuse (storing
         nothing) a blocked user or one whose day's budget is spent."""
         settings = self._settings
+        user_id, chat_id, pictures = message.user_id, message.chat_id, message.pictures
         day_start, _ = self._budgets.window()
         gate = store.Gate(
             day_start=day_start,
             default_limit=self._budgets.default_limit,
             pending_tokens=self._budgets.pending_tokens(user_id, day_start),
         )
-        caption = text
+        caption = text = message.text
         if pictures:
             # Stored as a line per picture and the caption; the description job fills them in.
             text = picture_text(caption, [None] * len(pictures))
@@ -233,10 +202,10 @@ class ChatService:
                     chat_id=chat_id,
                     content=text,
                     limit=max(settings.short_history_limit, 1),
-                    chat_type=chat_type_of(chat_type, user_id=user_id, chat_id=chat_id),
-                    user_name=user_name,
+                    chat_type=chat_type_of(message.chat_type, user_id=user_id, chat_id=chat_id),
+                    user_name=message.user_name,
                     gate=gate,
-                    input_mode=input_mode,
+                    input_mode=message.input_mode,
                 )
                 if pictures:
                     await record_pictures(

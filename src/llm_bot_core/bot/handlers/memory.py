@@ -21,7 +21,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable, UserFact
-from llm_bot_core.bot.delivery import reply
+from llm_bot_core.bot.delivery import reply, settle
 from llm_bot_core.bot.handlers.chat import error_text, speaker
 from llm_bot_core.bot.texts import Lang, t
 
@@ -171,28 +171,25 @@ async def forget_chosen(
 ) -> None:
     """A button under "which one?": forget that fact (of the user who pressed it)."""
     if callback_data.fact_id == 0:
-        await _settle(query, t("cancelled", lang))
+        await settle(query, t("cancelled", lang))
         return
     user_id = query.from_user.id
     try:
         facts = await backend.list_facts(user_id=user_id, request_id=request_id)
         fact = next((f for f in facts if f.id == callback_data.fact_id), None)
         if fact is None:
-            await _settle(query, t("forget_gone", lang))
+            await settle(query, t("forget_gone", lang))
             return
         await backend.delete_fact(user_id=user_id, fact_id=fact.id, request_id=request_id)
-    except BackendError as exc:
-        if exc.code == "fact_not_found":  # pressed twice, or removed meanwhile
-            await _settle(query, t("forget_gone", lang))
+    except (BackendError, BackendUnavailable) as exc:
+        # Pressed twice, or removed meanwhile.
+        if isinstance(exc, BackendError) and exc.code == "fact_not_found":
+            await settle(query, t("forget_gone", lang))
             return
         log.warning("forgetting fact %s failed: %s", callback_data.fact_id, exc)
         await query.answer(error_text(exc, lang), show_alert=True)
         return
-    except BackendUnavailable as exc:
-        log.warning("forgetting fact %s failed: %s", callback_data.fact_id, exc)
-        await query.answer(error_text(exc, lang), show_alert=True)
-        return
-    await _settle(query, t("forgotten", lang, fact=fact.content))
+    await settle(query, t("forgotten", lang, fact=fact.content))
 
 
 async def ask_erase_all(message: Message, lang: Lang) -> None:
@@ -221,7 +218,7 @@ async def erase_all(
 ) -> None:
     """The confirmation: erase the messages, summaries, facts and vectors of who pressed it."""
     if not callback_data.confirm:
-        await _settle(query, t("cancelled", lang))
+        await settle(query, t("cancelled", lang))
         return
     try:
         messages = await backend.erase_user(user_id=query.from_user.id, request_id=request_id)
@@ -230,19 +227,12 @@ async def erase_all(
         await query.answer(error_text(exc, lang), show_alert=True)
         return
     log.info("user %s erased (%d messages)", query.from_user.id, messages)
-    await _settle(query, t("forget_all_done", lang, messages=messages))
+    await settle(query, t("forget_all_done", lang, messages=messages))
 
 
 async def private_only(message: Message, lang: Lang) -> None:
     """The memory commands in a group: the list would be shown to everyone."""
     await reply(message, t("memory_private_only", lang))
-
-
-async def _settle(query: CallbackQuery, text: str) -> None:
-    """Answer the button press and replace the question (and its buttons) with the outcome."""
-    await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.edit_text(text, parse_mode=None, reply_markup=None)
 
 
 def _shorten(text: str) -> str:

@@ -10,7 +10,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from llm_bot_core.bot.api_client import BackendClient, BackendError, BackendUnavailable
-from llm_bot_core.bot.delivery import reply
+from llm_bot_core.bot.delivery import reply, settle
 from llm_bot_core.bot.handlers.chat import error_text
 from llm_bot_core.bot.texts import Lang, t
 
@@ -68,23 +68,15 @@ async def mode_chosen(
         name = await backend.choose_persona(
             chat_id=chat_id, persona_id=callback_data.persona_id, request_id=request_id
         )
-    except BackendError as exc:
-        if exc.code == "persona_not_found":  # deleted or hidden by an operator meanwhile
-            await _settle(query, query.message, t("mode_gone", lang))
+    except (BackendError, BackendUnavailable) as exc:
+        # Deleted or hidden by an operator meanwhile.
+        if isinstance(exc, BackendError) and exc.code == "persona_not_found":
+            await settle(query, t("mode_gone", lang))
             return
         log.warning("choosing persona %s failed: %s", callback_data.persona_id, exc)
         await query.answer(error_text(exc, lang), show_alert=True)
         return
-    except BackendUnavailable as exc:
-        log.warning("choosing persona %s failed: %s", callback_data.persona_id, exc)
-        await query.answer(error_text(exc, lang), show_alert=True)
-        return
-    await _settle(query, query.message, t("mode_set", lang, name=name))
-
-
-async def _settle(query: CallbackQuery, message: Message, text: str) -> None:
-    await query.answer()
-    await message.edit_text(text, parse_mode=None, reply_markup=None)
+    await settle(query, t("mode_set", lang, name=name))
 
 
 def create_router() -> Router:
