@@ -17,9 +17,11 @@ the final defaults and only reported). And `numbers` (bench/data/russian_numbers
 that carry a number, asked in the other form: words for digits, ordinals, dates; a seeded 50/50
 `tune`/`report` split) and `blind` (bench/data/russian_blind.json: 40 facts of the held-out
 set's miss kinds, written blind to the retrieval code; every fact's part is `blind`, only
-reported). `--part` scores the facts of that part; `all` scores every fact.
+reported) and `dev2` (bench/data/russian_dev2.json: 48 everyday facts of one user, 96 questions
+in the held-out set's style, written blind to the retrieval code; every part is `tune`).
+`--part` scores the facts of that part; `all` scores every fact.
 
-    python bench/russian_recall.py [--set memory|paraphrase|final|numbers|blind]
+    python bench/russian_recall.py [--set memory|paraphrase|final|numbers|blind|dev2]
                                    [--part tune|report|all]
                                    [--store pgvector|qdrant-local] [--embedder e5|use]
 """
@@ -54,8 +56,10 @@ PARAPHRASE = Path(__file__).resolve().parent / "data" / "russian_paraphrase.json
 FINAL = Path(__file__).resolve().parent / "data" / "russian_final.json"
 NUMBERS = Path(__file__).resolve().parent / "data" / "russian_numbers.json"
 BLIND = Path(__file__).resolve().parent / "data" / "russian_blind.json"
+DEV2 = Path(__file__).resolve().parent / "data" / "russian_dev2.json"
 # The sets in the paraphrase format, by their --set name.
-SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND}
+SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND,
+        "dev2": DEV2}
 
 
 def load() -> dict[str, Any]:

@@ -1,22 +1,28 @@
-"""Ranking experiments on the Russian paraphrase set, replayed on recorded candidates.
+"""Ranking experiments on a Russian recall set, replayed on recorded candidates.
 
-`bench/russian_recall.py --set paraphrase` runs the whole product once (fake chat model, e5,
-pgvector): here every call of `rag.search.rank` it makes is recorded with what the two search
-sides found, and the questions' calls are then replayed with other ranking constants. Nothing
-the ranking decides changes what is stored (the fake model's replies cycle whatever the prompt
-holds), so the replay of a question is what the product would recall with those constants. A
-question counts if its fact is among the recalled turns, as in the end-to-end bench; the replay
-with the product's defaults must give the bench's own figure (`check` in the output).
+`bench/russian_recall.py --set paraphrase` (or another `--set`) runs the whole product once
+(fake chat model, e5, pgvector): here every call of `rag.search.rank` it makes is recorded with
+what the two search sides found, and the questions' calls are then replayed with other ranking
+constants. Nothing the ranking decides changes what is stored (the fake model's replies cycle
+whatever the prompt holds), so the replay of a question is what the product would recall with
+those constants. A question counts if its fact is among the recalled turns, as in the end-to-end
+bench; the replay with the product's defaults must give the bench's own figure (`check` in the
+output).
 
     python bench/russian_replay.py                 # record (~10 min), then replay; prints JSON
-    python bench/russian_replay.py --calls .cache/russian_calls.pkl     # replay a recording
+    python bench/russian_replay.py --calls .cache/russian_calls_paraphrase.pkl  # replay it
     python bench/russian_replay.py --depth 80     # record each side 80 deep (replays read less)
+    python bench/russian_replay.py --set dev2     # another set of russian_recall's SETS
+
+A recording is saved as .cache/russian_calls_<set>.pkl unless `--save` says otherwise; replay
+it with the same `--set`.
 
 A recording keeps the options of its time; fields added to `SearchOptions` since then replay at
 their defaults, and each experiment's first value is the neutral one it starts from.
 
-Constants are chosen on the `tune` part only (the neutral value kept on ties); `report` is
-printed beside them and never used to choose.
+Constants are chosen on the `tune` part only (the neutral value kept on ties); the set's other
+parts (`report` for the paraphrase set) are printed beside them and never used to choose. A set
+without a `tune` part only replays the defaults.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from russian_recall import evaluate, load_paraphrase, paraphrase_plan
+from russian_recall import SETS, evaluate, load_paraphrase, paraphrase_plan
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.migrate import upgrade_to_head
@@ -78,8 +84,9 @@ JOINT: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def record(settings: Settings, fake: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the end-to-end bench once; every `rank` call with its inputs and options."""
+def record(settings: Settings, fake: Any,
+           para: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the end-to-end bench on a set once; every `rank` call with its inputs and options."""
     calls: list[dict[str, Any]] = []
     original = search.rank
 
@@ -90,7 +97,6 @@ def record(settings: Settings, fake: Any) -> tuple[list[dict[str, Any]], dict[st
 
     search.rank = recording
     try:
-        para = load_paraphrase()
         result = asyncio.run(evaluate(settings, fake, plan=paraphrase_plan(para),
                                       replies=para["assistant_replies"]))
     finally:
@@ -98,9 +104,9 @@ def record(settings: Settings, fake: Any) -> tuple[list[dict[str, Any]], dict[st
     return calls, result
 
 
-def questions(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def questions(calls: list[dict[str, Any]], para: dict[str, Any]) -> list[dict[str, Any]]:
     """The recorded call of each question, in the plan's order (told messages are skipped)."""
-    wanted = [item for dialogue in paraphrase_plan() for item in dialogue["questions"]]
+    wanted = [item for dialogue in paraphrase_plan(para) for item in dialogue["questions"]]
     found, i = [], 0
     for call in calls:
         if i < len(wanted) and call["query"] == wanted[i]["q"]:
@@ -111,8 +117,14 @@ def questions(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def parts(qs: list[dict[str, Any]]) -> list[str]:
+    """The set's parts, `tune` first, then the others in the order the questions meet them."""
+    found = list(dict.fromkeys(q["part"] for q in qs))
+    return sorted(found, key=lambda p: p != "tune")
+
+
 def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, list[int]] = {"tune": [0, 0], "report": [0, 0]}
+    out: dict[str, list[int]] = {p: [0, 0] for p in parts(qs)}
     for q in qs:
         options = replace(_current(q["options"]), **changes)
         hits = search.rank(q["query"], q["dense"], q["lexical"], q["rows"], options)
@@ -121,8 +133,7 @@ def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
         out[q["part"]][1] += 1
     f = {p: round(c[0] / c[1], 4) for p, c in out.items()}
     return {**f, "found": {p: c[0] for p, c in out.items()},
-            "all": round((out["tune"][0] + out["report"][0])
-                         / (out["tune"][1] + out["report"][1]), 4)}
+            "all": round(sum(c[0] for c in out.values()) / sum(c[1] for c in out.values()), 4)}
 
 
 def _current(options: SearchOptions) -> SearchOptions:
@@ -152,7 +163,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=Path, default=None,
                         help="replay this recording instead of running the bench")
-    parser.add_argument("--save", type=Path, default=REPO / ".cache" / "russian_calls.pkl")
+    parser.add_argument("--set", choices=tuple(SETS), default="paraphrase", dest="which",
+                        help="the set of bench/russian_recall.py to record and replay")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="where to keep the recording (.cache/russian_calls_<set>.pkl)")
     parser.add_argument("--grids", action="store_true", help="print every grid point tried")
     parser.add_argument("--depth", type=int, default=None,
                         help="record with each side read this deep (replays may read less)")
@@ -160,6 +174,8 @@ def main() -> None:
                         help="record with RAG_QUERY_EXPANSION on")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    para = load_paraphrase(SETS[args.which])
+    save = args.save or REPO / ".cache" / f"russian_calls_{args.which}.pkl"
     bench: dict[str, Any] | None = None
     if args.calls:
         calls = pickle.loads(args.calls.read_bytes())
@@ -182,24 +198,26 @@ def main() -> None:
                                        partial(SearchOptions, candidates=args.depth))
                           if args.depth else nullcontext())
                 with deeper:
-                    calls, bench = record(settings, server.fake)
+                    calls, bench = record(settings, server.fake, para)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_bytes(pickle.dumps(calls))
-    qs = questions(calls)
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_bytes(pickle.dumps(calls))
+    qs = questions(calls, para)
     result: dict[str, Any] = {"questions": len(qs), "calls": len(calls), "experiments": {}}
     base = score(qs, {})
     result["replayed_defaults"] = base
     if bench is not None:
         result["check"] = {"bench_all": bench["recall"], "replay_all": base["all"],
                            "equal": abs(bench["recall"] - base["all"]) < 1e-9}
-    for name, grid in {**EXPERIMENTS, **JOINT}.items():
+    # Constants are chosen on `tune`: a set without it only replays the defaults.
+    experiments = {**EXPERIMENTS, **JOINT} if "tune" in base else {}
+    for name, grid in experiments.items():
         report = choose(qs, grid) if grid else {"chosen": {}, **base, "grid": []}
         if not args.grids:
             report.pop("grid")
-        report["report_gain"] = round(report["report"] - base["report"], 4)
-        report["tune_gain"] = round(report["tune"] - base["tune"], 4)
+        for part in [*parts(qs)[1:], "tune"]:
+            report[f"{part}_gain"] = round(report[part] - base[part], 4)
         result["experiments"][name] = report
     print(json.dumps(result, ensure_ascii=False, default=str))
 

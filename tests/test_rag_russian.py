@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 from types import ModuleType
@@ -136,6 +137,36 @@ def test_blind_set_is_only_reported() -> None:
     data = bench.load_paraphrase(bench.BLIND)
     assert {f["part"] for f in data["facts"]} == {"blind"}
     assert "had not seen the retrieval code" in data["about"]
+
+
+def _strings(value: Any) -> set[str]:
+    """Every string in a loaded JSON value, whatever the file's layout."""
+    if isinstance(value, str):
+        return {value}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return set().union(*(_strings(item) for item in items))
+
+
+def test_dev2_set_is_a_tuning_set_written_apart_from_every_other_set() -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase(bench.SETS["dev2"])
+    facts = data["facts"]
+    assert len(facts) == 48 and data["users"] == 1
+    assert all(len(f["questions"]) == 2 for f in facts)
+    assert {q["type"] for f in facts for q in f["questions"]} <= NEW_SETS["blind"]
+    assert {f["part"] for f in facts} == {"tune"}
+    plan = bench.paraphrase_plan(data)
+    assert sum(len(d["questions"]) for d in plan) == 96
+    assert {item["part"] for d in plan for item in d["questions"]} == {"tune"}
+    told = [m for dialogue in plan for session in dialogue["sessions"] for m in session]
+    assert all(f["text"] in told for f in facts)
+    # No fact or question is a line of any other set file, whatever its layout.
+    said = {f["text"] for f in facts} | {q["q"] for f in facts for q in f["questions"]}
+    others = BENCH.parent / "data"
+    for path in sorted(others.glob("*.json")):
+        if path != bench.SETS["dev2"]:
+            common = said & _strings(json.loads(path.read_text()))
+            assert not common, (path.name, sorted(common))
 
 
 def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
