@@ -60,6 +60,7 @@ BASELINE = SearchOptions(
     echo_new_words=None,
     candidates=40,
     repeat_weight=1.0,
+    speaker_boost=0.0,
 )
 
 # Today's defaults as a grid of one point each.
@@ -67,6 +68,9 @@ ON: dict[str, list[Any]] = {"date_boost": [1.0], "session_date_boost": [1.0]}
 
 # The defaults since the question weight (docs/retrieval-experiments.md, E4).
 TODAY: dict[str, list[Any]] = {**ON, "question_weight": [0.4], "echo_new_words": [5]}
+
+# The defaults since the named speaker's boost.
+NOW: dict[str, list[Any]] = {**TODAY, "speaker_boost": [1.0]}
 
 # Each experiment: the constants it tunes and the values tried (the first is the neutral one,
 # kept on ties, so a constant moves only when it helps the held-in folds).
@@ -108,6 +112,10 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
         **TODAY, "repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
     },
     "today + repeated turns x0.8 (fixed)": {**TODAY, "repeat_weight": [0.8]},
+    "today + named speaker's turns": {
+        **TODAY, "speaker_boost": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
+    },
+    "now (named speaker's turns on)": dict(NOW),
     "today + repeated turns x0.8, depth 60 (fixed)": {
         **TODAY, "repeat_weight": [0.8], "candidates": [60]
     },
@@ -397,6 +405,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "echo_new_words",
                 "assistant_weight",
                 "answer_share",
+                "speaker_boost",
             )
         },
         "all_dev": await product_check(memory, questions),

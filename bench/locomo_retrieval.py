@@ -117,11 +117,13 @@ async def store_conversation(engine: AsyncEngine, sample: dict[str, Any]) -> dic
                     "closed_at) VALUES (:u, :c, false, :t, :t) RETURNING id"),
                     {"u": user, "c": f"{user}-chat", "t": when})).scalar_one()
             role = "user" if turn["speaker"] == conv["speaker_a"] else "assistant"
+            # Each turn carries its speaker's name, as a group chat's turns carry their
+            # author's display name.
             mid = (await conn.execute(text(
-                "INSERT INTO messages (session_id, role, content, created_at) "
-                "VALUES (:s, :r, :c, :t) RETURNING id"),
+                "INSERT INTO messages (session_id, role, content, created_at, user_name) "
+                "VALUES (:s, :r, :c, :t, :n) RETURNING id"),
                 {"s": sessions[n], "r": role, "c": turn_text(turn),
-                 "t": when + timedelta(seconds=index)})).scalar_one()
+                 "t": when + timedelta(seconds=index), "n": turn["speaker"]})).scalar_one()
             ids[mid] = turn["dia_id"]
     return ids
 

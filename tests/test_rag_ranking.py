@@ -14,7 +14,15 @@ from llm_bot_core.rag.dates import (
     is_temporal_question,
     named_dates,
 )
-from llm_bot_core.rag.search import Candidate, Hit, SearchOptions, _jaccard, _repeated, rank
+from llm_bot_core.rag.search import (
+    Candidate,
+    Hit,
+    SearchOptions,
+    _jaccard,
+    _named_speaker,
+    _repeated,
+    rank,
+)
 
 MAY_8 = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 JULY_2 = datetime(2023, 7, 2, 10, 0, tzinfo=UTC)
@@ -96,6 +104,7 @@ OPTIONS = SearchOptions(
     question_weight=1.0,
     echo_new_words=None,
     repeat_weight=1.0,
+    speaker_boost=0.0,
 )
 
 
@@ -320,3 +329,41 @@ def test_turns_said_again_are_the_pairs_a_full_comparison_finds() -> None:
             if a != b and _jaccard(words[a], words[b]) >= threshold
         }
         assert _repeated(dict.fromkeys(rows, 1.0), rows, threshold) == expected
+
+
+def said_by(mid: int, content: str, name: str | None) -> Candidate:
+    return replace(candidate(mid, content), user_name=name)
+
+
+@pytest.mark.parametrize(("question", "named"), [
+    ("What did Caroline research?", "Caroline"),
+    ("What is Melanie's hobby?", "Melanie"),  # the possessive is a word of its own
+    ("Что Маша говорила про отпуск?", "Маша"),
+    ("Что ты сказал Маше?", "Маша"),  # Russian case forms of the first name
+    ("Дай Ивану ключи", "Иван Петров"),  # ... read by the first name
+    ("Is it the same as before?", None),  # "same" is not "Sam"
+    ("Машина сломалась?", None),  # a longer word that starts like a name
+    ("What did Caroline and Melanie do together?", None),  # two speakers named: no boost
+    ("What did she research?", None),
+])
+def test_a_question_names_one_speaker_by_first_name_in_any_case(
+    question: str, named: str | None,
+) -> None:
+    rows = [said_by(i, "x", n)
+            for i, n in enumerate(["Caroline", "Melanie", "Маша", "Иван Петров", "Sam", None])]
+    assert _named_speaker(question, rows) == named
+
+
+def test_a_question_naming_a_speaker_favours_that_speakers_turns_by_default() -> None:
+    rows = {
+        1: said_by(1, "I started researching adoption agencies last week", "Melanie"),
+        2: said_by(2, "I have been researching adoption agencies lately", "Caroline"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    defaults = SearchOptions(limit=3, min_score=-1.0)
+    assert defaults.speaker_boost == 1.0
+    assert ids(rank("What did Caroline research?", dense, [], rows, OPTIONS)) == [1, 2]
+    assert ids(rank("What did Caroline research?", dense, [], rows, defaults)) == [2, 1]
+    # A question naming no speaker, or one whose turns are not among the candidates: no change.
+    assert ids(rank("What did she research?", dense, [], rows, defaults)) == [1, 2]
+    assert ids(rank("What did Gina research?", dense, [], rows, defaults)) == [1, 2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -144,6 +144,11 @@ class SearchOptions:
     """Score factor of a turn said again among the candidates (a near duplicate of another by
     `dedupe_jaccard`): greetings and stock replies recur, a fact is told once. Off: alone it
     gained nothing on the Russian set's report part (docs/retrieval-experiments.md)."""
+    speaker_boost: float = 1.0
+    """A question naming one of the candidates' speakers ("What did Alice say about…", "Что
+    Маша говорила…"): score x (1 + this) for that speaker's turns. On LoCoMo 95 % of the
+    questions that name one speaker have all their evidence in that speaker's turns; the
+    cross-validation kept it (held-out R@5 0.673 -> 0.699), 1.0 is the folds' median."""
 
 
 class Searcher:
@@ -382,6 +387,7 @@ def _adjust(
     temporal = options.date_boost > 0 and is_temporal_question(query)
     asked = _content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
+    speaker = _named_speaker(query, rows.values()) if options.speaker_boost > 0 else None
     repeated = (
         _repeated(fused, rows, options.dedupe_jaccard) if options.repeat_weight != 1.0 else set()
     )
@@ -394,6 +400,8 @@ def _adjust(
             day = row.created_at.date()
             if any(d.covers(day, options.date_slack_days) for d in named):
                 factor += options.session_date_boost
+        if speaker is not None and row.user_name == speaker:
+            factor += options.speaker_boost
         if options.question_weight != 1.0 and row.content.rstrip().endswith("?"):
             factor *= _if_echo(row.content, asked, options, options.question_weight)
         if options.assistant_weight != 1.0 and row.role == "assistant":
@@ -402,6 +410,29 @@ def _adjust(
             factor *= options.repeat_weight
         scores[mid] *= factor
     return scores
+
+
+def _named_speaker(query: str, rows: Iterable[Candidate]) -> str | None:
+    """The one speaker among the candidates' that the question names, if exactly one.
+
+    By first name, as written or in a Russian case form ("Маши", "Машей" for "Маша"; "Ивану"
+    for "Иван"); English possessives split off as their own word ("Caroline's")."""
+    words = {w.lower() for w in _WORD.findall(query)}
+    named = {
+        name for name in {row.user_name for row in rows if row.user_name}
+        if _names(name.split()[0].lower(), words)
+    } if words else set()
+    return named.pop() if len(named) == 1 else None
+
+
+def _names(first: str, words: set[str]) -> bool:
+    if first in words:
+        return True
+    stem = first[:-1] if first[-1:] in "аяеиоуыюь" else first
+    return len(stem) >= 3 and any(
+        w.startswith(stem) and 0 < len(w) - len(stem) <= 2 and _CYRILLIC.fullmatch(w[len(stem):])
+        for w in words
+    )
 
 
 def _repeated(
@@ -435,6 +466,7 @@ def _content_words(text_: str) -> set[str]:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_CYRILLIC = re.compile(r"[а-яё]+")
 
 
 def _words(content: str) -> set[str]:
