@@ -116,6 +116,12 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
         **TODAY, "speaker_boost": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
     },
     "now (named speaker's turns on)": dict(NOW),
+    "now + neighbouring turns": {
+        **NOW, "neighbour_weight": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+    },
+    "now + session diversity": {**NOW, "session_diversity": [0.0, 0.1, 0.2, 0.3, 0.5]},
+    "now + lexical weight": {**NOW, "lexical_weight": [1.0, 0.5, 0.75, 1.25, 1.5, 2.0]},
+    "now + rerank depth": {**NOW, "candidates": [40, 20, 30, 60, 80]},
     "today + repeated turns x0.8, depth 60 (fixed)": {
         **TODAY, "repeat_weight": [0.8], "candidates": [60]
     },
