@@ -5,16 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from llm_bot_core.api.app import create_app
 from llm_bot_core.rag import russian
-from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.numbers import spoken
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
-from tests.conftest import make_settings
-from tests.rag_helpers import has_pgvector
-from tests.test_rag_russian import bench_module
+from tests.test_rag_russian import bench_module, told
 
 
 def said(text: str) -> list[str]:
@@ -55,28 +50,14 @@ async def test_number_asked_in_words_finds_the_fact_told_in_digits(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bench = bench_module()
-    data = bench.load_paraphrase()
-    filler = data["filler"]
+    filler = bench_module().load_paraphrase()["filler"]
     fact = "Кстати, мне 37 лет."
     near = ["Моему брату 35 лет.", "Соседке недавно исполнилось 40 лет."]
     sessions = [[filler[0], near[0], fact, filler[45]], [filler[3], near[1], filler[38]]]
-    plan = [{"user": "ru-num", "chat": "ru-num-chat", "sessions": sessions, "questions": []}]
-    overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
-                                    "data_dir": tmp_path}
-    if not await has_pgvector(clean_db):
-        overrides["qdrant_path"] = tmp_path / "qdrant"
-    settings = make_settings(clean_db, llm_server.base_url, **overrides)
-    await bench.evaluate(settings, fake_llm, plan=plan, replies=data["assistant_replies"])
-
     question = "Сколько мне, тридцать семь?"
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        _, searcher = await app.state.services.semantic.ready()
-        scope = Scope(user_id="ru-num")
-        async with app.state.services.engine.connect() as conn:
-            fact_id = (await conn.execute(
-                text("SELECT id FROM messages WHERE content = :c"), {"c": fact})).scalar_one()
+    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-num", sessions, fact) as (
+        searcher, scope, fact_id,
+    ):
         # "37" is the question's rarest word; the other ages differ. (The reply after the fact
         # is indexed with the fact as its context, and may stand beside it.)
         found = [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import text
 from llm_bot_core.api.app import create_app
 from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import Scope
+from llm_bot_core.rag.search import Searcher
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings
 from tests.rag_helpers import has_pgvector
@@ -231,33 +234,43 @@ def test_full_text_reads_lemmas_so_forms_snowball_cannot_join_meet() -> None:
     assert russian.lemmatize("Where is John?") == "where is john?"  # other scripts as they are
 
 
-async def test_lemmas_join_words_snowball_keeps_apart_end_to_end(
+@asynccontextmanager
+async def told(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # "детей" is a form of "ребёнок" (snowball alone: "дет" and "ребенк"); a baseline miss.
+    user: str, sessions: list[list[str]], fact: str,
+) -> AsyncIterator[tuple[Searcher, Scope, int]]:
+    """`sessions` told by `user` through the API and indexed; the searcher, the user's scope
+    and the id of the message `fact`. Only told: a question searched here is not a message."""
     bench = bench_module()
-    data = bench.load_paraphrase()
-    filler = data["filler"]
-    fact = "Мы планируем второго ребёнка в следующем году."
-    sessions = [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
-    question = "Мы хотим детей?"
-    # Told only: the question is searched below, before it is itself a message to find.
-    plan = [{"user": "ru-lemma", "chat": "ru-lemma-chat", "sessions": sessions, "questions": []}]
+    plan = [{"user": user, "chat": f"{user}-chat", "sessions": sessions, "questions": []}]
     overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
                                     "data_dir": tmp_path}
     if not await has_pgvector(clean_db):
         overrides["qdrant_path"] = tmp_path / "qdrant"
     settings = make_settings(clean_db, llm_server.base_url, **overrides)
-    await bench.evaluate(settings, fake_llm, plan=plan, replies=data["assistant_replies"])
-
+    replies = bench.load_paraphrase()["assistant_replies"]
+    await bench.evaluate(settings, fake_llm, plan=plan, replies=replies)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         _, searcher = await app.state.services.semantic.ready()
-        scope = Scope(user_id="ru-lemma")
         async with app.state.services.engine.connect() as conn:
             fact_id = (await conn.execute(
                 text("SELECT id FROM messages WHERE content = :c"), {"c": fact})).scalar_one()
+        yield searcher, Scope(user_id=user), fact_id
+
+
+async def test_lemmas_join_words_snowball_keeps_apart_end_to_end(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # "детей" is a form of "ребёнок" (snowball alone: "дет" and "ребенк"); a baseline miss.
+    filler = bench_module().load_paraphrase()["filler"]
+    fact = "Мы планируем второго ребёнка в следующем году."
+    sessions = [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
+    question = "Мы хотим детей?"
+    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-lemma", sessions, fact) as (
+        searcher, scope, fact_id,
+    ):
         # The full-text side alone: the question's lemmas meet the fact's.
         assert fact_id in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
         # Without lemmatising the question, its stems miss the lemmas the fact was indexed by.
