@@ -350,7 +350,7 @@ def test_a_question_names_one_speaker_by_first_name_in_any_case(
     question: str, named: str | None,
 ) -> None:
     rows = [said_by(i, "x", n)
-            for i, n in enumerate(["Caroline", "Melanie", "Маша", "Иван Петров", "Sam", None])]
+            for i, n in enumerate(["Caroline", "Melanie", "Маша", "Иван Петров", "Sam", None, " "])]
     assert _named_speaker(question, rows) == named
 
 

@@ -420,7 +420,7 @@ def _named_speaker(query: str, rows: Iterable[Candidate]) -> str | None:
     words = {w.lower() for w in _WORD.findall(query)}
     named = {
         name for name in {row.user_name for row in rows if row.user_name}
-        if _names(name.split()[0].lower(), words)
+        if _names((name.split() or [""])[0].lower(), words)
     } if words else set()
     return named.pop() if len(named) == 1 else None
 
