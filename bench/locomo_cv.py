@@ -122,6 +122,12 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
     "now + session diversity": {**NOW, "session_diversity": [0.0, 0.1, 0.2, 0.3, 0.5]},
     "now + lexical weight": {**NOW, "lexical_weight": [1.0, 0.5, 0.75, 1.25, 1.5, 2.0]},
     "now + rerank depth": {**NOW, "candidates": [40, 20, 30, 60, 80]},
+    "now + repeated turns weigh less": {
+        **NOW, "repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]
+    },
+    "now + repeated turns x0.2 (fixed, the Russian tune sets' choice)": {
+        **NOW, "repeat_weight": [0.2]
+    },
     "today + repeated turns x0.8, depth 60 (fixed)": {
         **TODAY, "repeat_weight": [0.8], "candidates": [60]
     },
@@ -412,6 +418,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "assistant_weight",
                 "answer_share",
                 "speaker_boost",
+                "repeat_weight",
+                "repeat_copies",
             )
         },
         "all_dev": await product_check(memory, questions),

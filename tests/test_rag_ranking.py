@@ -104,6 +104,7 @@ OPTIONS = SearchOptions(
     question_weight=1.0,
     echo_new_words=None,
     repeat_weight=1.0,
+    repeat_copies=2,
     speaker_boost=0.0,
 )
 
@@ -299,6 +300,24 @@ def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
     del rows[2]
     dense = [(1, 0.9), (4, 0.88), (3, 0.87)]
     assert ids(rank("Кем я тружусь?", dense, [], rows, replace(two, repeat_weight=0.5))) == [1, 4]
+
+
+
+def test_by_default_a_reply_said_three_times_gives_way_but_a_fact_told_twice_does_not() -> None:
+    defaults = SearchOptions(limit=2, min_score=-1.0)
+    assert (defaults.repeat_weight, defaults.repeat_copies) == (0.4, 3)
+    rows = {
+        1: replace(candidate(1, "Рад слышать!"), role="assistant"),
+        2: replace(candidate(2, "Рад слышать!", session="s2"), role="assistant"),
+        3: candidate(3, "Я работаю стоматологом в частной клинике"),
+        4: candidate(4, "Мой друг тоже работает врачом"),
+    }
+    dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
+    # Said twice: kept as it is (a fact told twice would be, too).
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [1, 4]
+    rows[5] = replace(candidate(5, "Рад слышать!", session="s3"), role="assistant")
+    dense.insert(2, (5, 0.885))
+    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [4, 3]
 
 
 def test_a_near_duplicate_by_the_jaccard_threshold_counts_as_said_again() -> None:
