@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import nullcontext
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,10 @@ def record(settings: Settings, fake: Any,
     original = search.rank
 
     def recording(query: str, dense: Any, lexical: Any, rows: Any, options: SearchOptions) -> Any:
+        # The options by name: a pickled SearchOptions (slots) is read back by position, so
+        # a field added in between would take another field's value.
         calls.append({"query": query, "dense": list(dense), "lexical": list(lexical),
-                      "rows": dict(rows), "options": options})
+                      "rows": dict(rows), "options": asdict(options)})
         return original(query, dense, lexical, rows, options)
 
     search.rank = recording
@@ -136,10 +138,10 @@ def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
             "all": round(sum(c[0] for c in out.values()) / sum(c[1] for c in out.values()), 4)}
 
 
-def _current(options: SearchOptions) -> SearchOptions:
+def _current(options: dict[str, Any]) -> SearchOptions:
     """A recorded call's options with the fields added since the recording at their defaults."""
-    values: dict[str, Any] = {f.name: getattr(options, f.name, f.default) for f in fields(options)}
-    return SearchOptions(**values)
+    return SearchOptions(**{f.name: options.get(f.name, f.default)
+                            for f in fields(SearchOptions)})
 
 
 def choose(qs: list[dict[str, Any]], grid: dict[str, list[Any]]) -> dict[str, Any]:
