@@ -29,7 +29,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}")
         try:
-            response = httpx.get(url, timeout=2)
+            response = httpx.get(url, timeout=5)
             if response.status_code == 200:
                 return response.json()
         except httpx.HTTPError:

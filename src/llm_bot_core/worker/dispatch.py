@@ -30,6 +30,10 @@ def summary_lock_key(session_id: uuid.UUID | str) -> str:
     return f"llm_bot_core:summary_queued:{session_id}"
 
 
+HEALTH_PING_SECONDS = 1.0
+"""How long /health waits for the broker's answer to a ping."""
+
+
 class CeleryJobs:
     """Publishes tasks in background asyncio tasks, so a slow or absent broker never blocks a reply.
 
@@ -123,7 +127,10 @@ class CeleryJobs:
 
     async def broker_health(self) -> BrokerHealth:
         try:
-            async with asyncio.timeout(3):
+            # A health check must answer fast (probes give it a few seconds): a broker that does
+            # not answer a ping within a second is reported, not waited for. The client's own
+            # socket timeout (2 s) made /health take just over 2 s with a silent broker.
+            async with asyncio.timeout(HEALTH_PING_SECONDS):
                 await self._redis.ping()
         except Exception as exc:  # any failure is the answer here, not an error
             return BrokerHealth(status="error", detail=type(exc).__name__)
