@@ -283,13 +283,18 @@ def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
     assert ids(rank("Кем я работаю?", dense, [], rows, plain_pair)) == [2, 3, 1]
 
 
-def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
-    rows = {
+def reply_said_twice() -> dict[int, Candidate]:
+    """A stock reply said twice, the fact asked about, and a near miss about someone else."""
+    return {
         1: replace(candidate(1, "Рад слышать!"), role="assistant"),
         2: replace(candidate(2, "Рад слышать!", session="s2"), role="assistant"),
         3: candidate(3, "Я работаю стоматологом в частной клинике"),
         4: candidate(4, "Мой друг тоже работает врачом"),
     }
+
+
+def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
+    rows = reply_said_twice()
     dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
     two = replace(OPTIONS, limit=2)
     # Without the weight the reply takes a place (its copy is de-duplicated away).
@@ -302,16 +307,10 @@ def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
     assert ids(rank("Кем я тружусь?", dense, [], rows, replace(two, repeat_weight=0.5))) == [1, 4]
 
 
-
 def test_by_default_a_reply_said_three_times_gives_way_but_a_fact_told_twice_does_not() -> None:
     defaults = SearchOptions(limit=2, min_score=-1.0)
     assert (defaults.repeat_weight, defaults.repeat_copies) == (0.4, 3)
-    rows = {
-        1: replace(candidate(1, "Рад слышать!"), role="assistant"),
-        2: replace(candidate(2, "Рад слышать!", session="s2"), role="assistant"),
-        3: candidate(3, "Я работаю стоматологом в частной клинике"),
-        4: candidate(4, "Мой друг тоже работает врачом"),
-    }
+    rows = reply_said_twice()
     dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
     # Said twice: kept as it is (a fact told twice would be, too).
     assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [1, 4]
