@@ -48,7 +48,13 @@ class Backend:
         self.log = (data_dir / f"backend-{self.port}.log").open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "llm_bot_core.cli", command], env=env,
                                      cwd=data_dir, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_healthy(f"{self.url}/health", self.proc, timeout=120)
+        try:
+            wait_healthy(f"{self.url}/health", self.proc, timeout=120)
+        except BaseException:
+            # A backend that never became healthy must not outlive the test.
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def output(self) -> str:
         return (self.data_dir / f"backend-{self.port}.log").read_text(errors="replace")
