@@ -55,10 +55,6 @@ _LEXEMES = text(
     "WHERE id = ANY(CAST(:ids AS bigint[])) AND lexemes IS NULL"
 )
 _UNINDEX = text("DELETE FROM fact_embeddings WHERE fact_id = ANY(CAST(:ids AS bigint[]))")
-_DONE = text(
-    "DELETE FROM fact_outbox WHERE fact_id = ANY(CAST(:ids AS bigint[])) "
-    "AND next_attempt_at > now()"
-)
 _OUTBOX = Outbox("fact_outbox", "fact_id")
 _ENQUEUE_STALE = text(
     """
@@ -160,7 +156,7 @@ class FactIndexer:
             if superseded:
                 await conn.execute(_UNINDEX, {"ids": superseded})
             # Claimed ids whose fact is gone were deleted with it (cascade); the rest are done.
-            await conn.execute(_DONE, {"ids": ids})
+            await conn.execute(_OUTBOX.done, {"ids": ids})
 
     async def enqueue_stale(self) -> int:
         """Queue current facts whose vector is missing or in another embedding space."""

@@ -150,23 +150,20 @@ _UPSERT_METADATA = text(
     """
 )
 
-# Only rows still under our lease: if the message was edited meanwhile, the trigger re-queued
-# it with next_attempt_at = now() and that newer version must still be indexed.
-_DONE = text(
-    "DELETE FROM rag_outbox WHERE message_id = ANY(CAST(:ids AS bigint[])) "
-    "AND next_attempt_at > now()"
-)
-
 T = TypeVar("T")
 
 
 class Outbox:
     """The lease bookkeeping of an outbox table (messages' and facts'): after claimed rows'
-    work, hand them back on cancellation or record the failure with backoff."""
+    work, delete them when done, hand them back on cancellation, or record the failure with
+    backoff."""
 
     def __init__(self, table: str, key: str) -> None:
         ids = f"{key} = ANY(CAST(:ids AS bigint[]))"
-        # Only rows still under our lease, as in _DONE.
+        # Only rows still under our lease: if the row was edited meanwhile, its trigger
+        # re-queued it with next_attempt_at = now(), and that newer version must still be done.
+        self.done = text(f"DELETE FROM {table} WHERE {ids} AND next_attempt_at > now()")
+        # Only rows still under our lease, as in `done`.
         self._release = text(
             f"UPDATE {table} SET next_attempt_at = now(), attempts = greatest(attempts - 1, 0) "
             f"WHERE {ids} AND next_attempt_at > now()"
@@ -266,7 +263,7 @@ class Indexer:
                     },
                 )
             # Claimed ids whose message is gone were deleted with it (cascade); the rest are done.
-            await conn.execute(_DONE, {"ids": ids})
+            await conn.execute(_OUTBOX.done, {"ids": ids})
         return len(rows)
 
     def _text(self, row: Any) -> str:
