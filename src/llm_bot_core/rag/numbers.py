@@ -25,7 +25,7 @@ inverse normaliser (130 MB of FSTs for seven languages) read "сорок чет�
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 _RU_UNITS = "ноль один два три четыре пять шесть семь восемь девять".split()
 _RU_TEENS = ("десять одиннадцать двенадцать тринадцать четырнадцать пятнадцать шестнадцать "
@@ -82,7 +82,7 @@ def spoken(text: str, lemma: Callable[[str], str]) -> list[str]:
     run: list[tuple[int, int | None, bool]] = []
     digits: int | None = None
     half = False
-    for token in _tokens(text.lower()):
+    for token in _TOKEN.findall(text.lower()):
         if _JOINER.fullmatch(token):
             continue
         if token.isdigit():
@@ -114,11 +114,6 @@ def spoken(text: str, lemma: Callable[[str], str]) -> list[str]:
         digits, half = None, word == "полтора"
     _flush(run, found)
     return found
-
-
-def _tokens(text: str) -> Iterator[str]:
-    for match in _TOKEN.finditer(text):
-        yield match.group(0)
 
 
 def _digit_form(token: str) -> list[str]:

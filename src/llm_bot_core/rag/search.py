@@ -425,10 +425,8 @@ def _named_speaker(query: str, rows: Iterable[Candidate]) -> str | None:
     By first name, as written or in a Russian case form ("Маши", "Машей" for "Маша"; "Ивану"
     for "Иван"); English possessives split off as their own word ("Caroline's")."""
     words = {w.lower() for w in _WORD.findall(query)}
-    named = {
-        name for name in {row.user_name for row in rows if row.user_name}
-        if _names((name.split() or [""])[0].lower(), words)
-    } if words else set()
+    names = {row.user_name for row in rows if row.user_name}
+    named = {name for name in names if _names((name.split() or [""])[0].lower(), words)}
     return named.pop() if len(named) == 1 else None
 
 
