@@ -101,28 +101,37 @@ def test_final_set_is_apart_from_the_tuned_one() -> None:
 NEW_SETS = {
     "numbers": {"number_words", "number_digits", "ordinal", "date"},
     "blind": {"synonym", "word_form", "hypernym", "idiom", "number", "negation"},
+    "dev2": {"synonym", "word_form", "hypernym", "idiom", "number", "negation"},
 }
+FACTS = {"numbers": 40, "blind": 40, "dev2": 48}
+
+
+def _strings(value: Any) -> set[str]:
+    """Every string in a loaded JSON value, whatever the file's layout."""
+    if isinstance(value, str):
+        return {value}
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return set().union(*(_strings(item) for item in items))
 
 
 @pytest.mark.parametrize("name", sorted(NEW_SETS))
-def test_numbers_and_blind_sets_load_and_are_apart_from_the_older_ones(name: str) -> None:
+def test_new_sets_load_and_are_written_apart_from_every_other_set(name: str) -> None:
     bench = bench_module()
     data = bench.load_paraphrase(bench.SETS[name])
     facts = data["facts"]
-    assert len(facts) == 40 and data["users"] == 1
+    assert len(facts) == FACTS[name] and data["users"] == 1
     assert all(len(f["questions"]) == 2 for f in facts)
     assert {q["type"] for f in facts for q in f["questions"]} <= NEW_SETS[name]
     plan = bench.paraphrase_plan(data)
-    assert sum(len(d["questions"]) for d in plan) == 80
+    assert sum(len(d["questions"]) for d in plan) == 2 * FACTS[name]
     told = [m for dialogue in plan for session in dialogue["sessions"] for m in session]
     assert all(f["text"] in told for f in facts)
-    # Written apart: no fact or question of the paraphrase or the final set.
-    def said(data: dict[str, Any]) -> set[str]:
-        return {f["text"] for f in data["facts"]} | {
-            q["q"] for f in data["facts"] for q in f["questions"]}
-
-    older = said(bench.load_paraphrase()) | said(bench.load_paraphrase(bench.FINAL))
-    assert not said(data) & older
+    # No fact or question is a line of any other set file, whatever its layout.
+    said = {f["text"] for f in facts} | {q["q"] for f in facts for q in f["questions"]}
+    for path in sorted((BENCH.parent / "data").glob("*.json")):
+        if path != bench.SETS[name]:
+            common = said & _strings(json.loads(path.read_text()))
+            assert not common, (path.name, sorted(common))
 
 
 def test_numbers_set_split_is_the_seeded_half_stated_in_about() -> None:
@@ -142,34 +151,12 @@ def test_blind_set_is_only_reported() -> None:
     assert "had not seen the retrieval code" in data["about"]
 
 
-def _strings(value: Any) -> set[str]:
-    """Every string in a loaded JSON value, whatever the file's layout."""
-    if isinstance(value, str):
-        return {value}
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
-    return set().union(*(_strings(item) for item in items))
-
-
-def test_dev2_set_is_a_tuning_set_written_apart_from_every_other_set() -> None:
+def test_dev2_set_is_only_for_tuning() -> None:
     bench = bench_module()
     data = bench.load_paraphrase(bench.SETS["dev2"])
-    facts = data["facts"]
-    assert len(facts) == 48 and data["users"] == 1
-    assert all(len(f["questions"]) == 2 for f in facts)
-    assert {q["type"] for f in facts for q in f["questions"]} <= NEW_SETS["blind"]
-    assert {f["part"] for f in facts} == {"tune"}
+    assert {f["part"] for f in data["facts"]} == {"tune"}
     plan = bench.paraphrase_plan(data)
-    assert sum(len(d["questions"]) for d in plan) == 96
     assert {item["part"] for d in plan for item in d["questions"]} == {"tune"}
-    told = [m for dialogue in plan for session in dialogue["sessions"] for m in session]
-    assert all(f["text"] in told for f in facts)
-    # No fact or question is a line of any other set file, whatever its layout.
-    said = {f["text"] for f in facts} | {q["q"] for f in facts for q in f["questions"]}
-    others = BENCH.parent / "data"
-    for path in sorted(others.glob("*.json")):
-        if path != bench.SETS["dev2"]:
-            common = said & _strings(json.loads(path.read_text()))
-            assert not common, (path.name, sorted(common))
 
 
 def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
