@@ -13,7 +13,7 @@ from tests.test_rag_russian import bench_module, told
 
 
 def said(text: str) -> list[str]:
-    return spoken(text, russian._lemma)
+    return spoken(text, russian.lemma)
 
 
 @pytest.mark.parametrize(("phrase", "digits"), [

@@ -7,6 +7,7 @@ import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import astuple
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from llm_bot_core.api.app import create_app
-from llm_bot_core.rag import russian
+from llm_bot_core.rag import memory, russian, thesaurus
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.search import Searcher
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
@@ -168,7 +169,7 @@ def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
     assert "суши" in russian.expand("Какие роллы я пробовал?").words
     # Lemmas: an inflected question word is found by its lemma, and its own other forms
     # (the stems' job) are not added.
-    assert [lemma for _, lemma in expander.content_words("Какие роллы я пробовал?")] == [
+    assert [lemma for _, lemma in russian.content_words("Какие роллы я пробовал?")] == [
         "ролл", "пробовать"]
     assert not any(w.startswith("ролл") for w in russian.expand("Какие роллы").words)
     assert russian.expand("Какой мой? Где там я?").words == []
@@ -263,3 +264,56 @@ async def test_lemmas_join_words_snowball_keeps_apart_end_to_end(
         # Without lemmatising the question, its stems miss the lemmas the fact was indexed by.
         monkeypatch.setattr(russian, "LEMMAS", False)
         assert fact_id not in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+
+
+# --- the thesaurus (rag/thesaurus.py) -------------------------------------------------------
+
+
+def test_thesaurus_brings_synonyms_categories_and_items_but_not_catalogues() -> None:
+    assert thesaurus.thesaurus() is not None, "wiki-ru-wordnet is a dependency"
+    car = thesaurus.expand("Какого цвета моя тачка?")
+    assert "машина" in car.words  # a synonym
+    assert all(0 < w < 1 for w in car.weights)  # below a word of the query itself
+    assert {"помидор", "томат"} <= set(thesaurus.expand("Какие овощи я выращиваю?").words)
+    assert "гриб" in thesaurus.expand("Я люблю жареные опята?").words  # the category
+    # "имя" has thousands of names below it: a catalogue, not a category a question narrows.
+    assert "ольга" not in thesaurus.expand("Как имя моей супруги?").words
+    assert thesaurus.expand("Какой мой? Где там я?").words == []
+    assert thesaurus.expand("What did Alice say about her dog?").words == []  # Russian only
+    # Its own word is the stems' job, in any form.
+    assert not any(w.startswith("овощ") for w in thesaurus.expand("Какие овощи").words)
+
+
+async def test_thesaurus_joins_a_category_question_to_its_item_end_to_end(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    filler = bench_module().load_paraphrase()["filler"]
+    fact = "У меня на балконе растут помидоры и огурцы."
+    sessions = [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
+    question = "Какие овощи я сажаю?"
+    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-thes", sessions, fact) as (
+        searcher, scope, fact_id,
+    ):
+        # The full-text side alone: "овощ" brings "помидор", which this user wrote.
+        assert fact_id in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        for weight in ("SYNONYM", "HYPERNYM", "HYPONYM"):
+            monkeypatch.setattr(thesaurus, weight, 0.0)
+        assert fact_id not in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+
+
+def test_the_thesaurus_and_navec_neighbours_merge_each_word_at_its_highest_weight() -> None:
+    settings = make_settings("postgresql+asyncpg://unused/x", "http://127.0.0.1:9",
+                             rag_thesaurus=True, rag_query_expansion=True).rag
+    expand = memory.expander(settings)
+    assert expand is not None
+    question = "Какие овощи я выращиваю?"
+    both = dict(zip(*astuple(expand(question)), strict=True))
+    alone = [dict(zip(*astuple(e), strict=True))
+             for e in (thesaurus.expand(question), russian.expand(question))]
+    assert set(both) == set(alone[0]) | set(alone[1])
+    assert all(w == max(a.get(word, 0.0) for a in alone) for word, w in both.items())
+    assert memory.expander(settings.model_copy(
+        update={"rag_thesaurus": False, "rag_query_expansion": False})) is None
+    assert memory.expander(settings.model_copy(
+        update={"rag_query_expansion": False})) is thesaurus.expand

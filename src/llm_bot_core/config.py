@@ -317,6 +317,11 @@ class RagSettings(_Group):
         default=False,
         description="Add Russian words near the query's (navec vectors) to the full-text side.",
     )
+    rag_thesaurus: bool = Field(
+        default=True,
+        description="Add the query's Russian synonyms, hypernyms and hyponyms (Wiktionary's "
+        "thesaurus) that the user has written to the full-text side.",
+    )
     rag_query_rewrite: bool = Field(
         default=False,
         description="Before recall, the chat model rewrites the message (with the recent turns) "

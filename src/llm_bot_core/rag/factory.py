@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import RagSettings
-from llm_bot_core.rag import russian
+from llm_bot_core.rag import russian, thesaurus
 from llm_bot_core.rag.base import DisabledSemanticMemory, SemanticMemory
 from llm_bot_core.rag.embedders import Embedder, LocalEmbedder, OpenAIEmbedder, build_embedder
 from llm_bot_core.rag.indexing import Labels
@@ -56,9 +56,11 @@ async def build_semantic_memory(
         log.warning("semantic memory is configured but not reachable yet: %r", exc)
     if sweeper:
         memory.start_sweeper()
+        # The searching process only (the worker indexes): a second or two of loading.
         if settings.rag_query_expansion:
-            # The searching process only (the worker indexes): a second or two of loading.
             await asyncio.to_thread(russian.neighbours)
+        if settings.rag_thesaurus:
+            await asyncio.to_thread(thesaurus.thesaurus)
     return memory
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.config import RagSettings
-from llm_bot_core.rag import russian
+from llm_bot_core.rag import russian, thesaurus
 from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
 from llm_bot_core.rag.embedders import Embedder
 from llm_bot_core.rag.fact_index import FactIndexer
@@ -108,7 +108,7 @@ class VectorSemanticMemory:
                     self._embedder,
                     store,
                     s.rag_fts_config,
-                    expand=russian.expand if s.rag_query_expansion else None,
+                    expand=expander(s),
                 )
                 self.description = (
                     f"{store.description}; scope={s.rag_scope}, "
@@ -275,6 +275,23 @@ class VectorSemanticMemory:
         await self.ready()
         assert self._store is not None
         await self._store.delete_messages(message_ids)
+
+
+def expander(settings: RagSettings) -> Callable[[str], russian.Expansion] | None:
+    """The lexical side's query expansion: the thesaurus, navec neighbours, both or none."""
+    sources = [
+        expand
+        for on, expand in (
+            (settings.rag_thesaurus, thesaurus.expand),
+            (settings.rag_query_expansion, russian.expand),
+        )
+        if on
+    ]
+    if not sources:
+        return None
+    if len(sources) == 1:
+        return sources[0]
+    return lambda query: russian.merged(expand(query) for expand in sources)
 
 
 def recall_scope(*, user_id: str, chat_id: str, private: bool, per_chat: bool) -> Scope:

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -60,6 +61,15 @@ class Expansion:
     weights: list[float]
 
 
+def merged(expansions: Iterable[Expansion]) -> Expansion:
+    """Several expansions as one, each word with its highest weight."""
+    best: dict[str, float] = {}
+    for expansion in expansions:
+        for word, weight in zip(expansion.words, expansion.weights, strict=True):
+            best[word] = max(weight, best.get(word, 0.0))
+    return Expansion(list(best), list(best.values()))
+
+
 class Neighbours:
     """Nearest Russian words by navec vectors, restricted to the most frequent words."""
 
@@ -80,24 +90,6 @@ class Neighbours:
         self._morph = morph
         self._cache: dict[tuple[str, int, float], list[tuple[str, float, str]]] = {}
 
-    def content_words(self, query: str) -> list[tuple[str, str]]:
-        """(word, lemma) for each content word of the query, once per lemma."""
-        seen: set[str] = set()
-        found = []
-        for word in _WORD.findall(query.lower()):
-            if len(word) < 3:
-                continue
-            parse = self._morph.parse(word)[0]
-            if not self._is_content(parse) or parse.normal_form in seen:
-                continue
-            seen.add(parse.normal_form)
-            found.append((word, parse.normal_form))
-        return found
-
-    @staticmethod
-    def _is_content(parse: Any) -> bool:
-        return parse.tag.POS in _CONTENT and not (_FUNCTION & parse.tag.grammemes)
-
     def _vector(self, word: str, lemma: str) -> np.ndarray | None:
         for key in (word, lemma):
             if key in self._navec:
@@ -114,7 +106,7 @@ class Neighbours:
         weight: float = WEIGHT,
     ) -> Expansion:
         """Neighbours of the query's content words, each weighted by `weight` x its similarity."""
-        pairs = self.content_words(query)
+        pairs = content_words(query)
         own = {lemma for _, lemma in pairs}
         best: dict[str, float] = {}
         for found in self._neighbours(pairs, per_word, min_similarity):
@@ -133,8 +125,9 @@ class Neighbours:
         """(neighbour, similarity, its lemma) per word; cached, as chat words recur."""
         keys = [(word, per_word, min_similarity) for word, _ in pairs]
         missing = [(k, pair) for k, pair in zip(keys, pairs, strict=True) if k not in self._cache]
-        vectors = [(k, v) for k, (word, lemma) in missing
-                   if (v := self._vector(word, lemma)) is not None]
+        vectors = [
+            (k, v) for k, (word, lemma) in missing if (v := self._vector(word, lemma)) is not None
+        ]
         for k, _ in missing:
             self._cache[k] = []
         if vectors:
@@ -147,7 +140,7 @@ class Neighbours:
                     if row[j] < min_similarity:
                         break
                     parse = self._morph.parse(self._words[j])[0]
-                    if self._is_content(parse):
+                    if _is_content(parse):
                         found.append((self._words[j], float(row[j]), parse.normal_form))
                 self._cache[k] = found
         if len(self._cache) > CACHE_WORDS:
@@ -212,16 +205,36 @@ def _morph() -> Any:
 
 
 @lru_cache(maxsize=100_000)
-def _lemma(word: str) -> str:
-    lemma: str = _morph().parse(word)[0].normal_form
-    return lemma
+def lemma(word: str) -> str:
+    """The word's lemma (pymorphy3's normal form of its likeliest parse)."""
+    found: str = _morph().parse(word)[0].normal_form
+    return found
+
+
+def _is_content(parse: Any) -> bool:
+    return parse.tag.POS in _CONTENT and not (_FUNCTION & parse.tag.grammemes)
+
+
+def content_words(query: str) -> list[tuple[str, str]]:
+    """(word, lemma) for each content word of the query, once per lemma."""
+    seen: set[str] = set()
+    found = []
+    for word in _WORD.findall(query.lower()):
+        if len(word) < 3:
+            continue
+        parse = _morph().parse(word)[0]
+        if not _is_content(parse) or parse.normal_form in seen:
+            continue
+        seen.add(parse.normal_form)
+        found.append((word, parse.normal_form))
+    return found
 
 
 def lemmatize(text: str) -> str:
     """The text with each Russian word replaced by its lemma: what the full-text side reads."""
     if not LEMMAS:
         return text
-    return _WORD.sub(lambda m: _lemma(m.group(0)), text.lower())
+    return _WORD.sub(lambda m: lemma(m.group(0)), text.lower())
 
 
 NUMBERS = True
@@ -231,5 +244,5 @@ NUMBERS = True
 def lexical_text(text: str) -> str:
     """What the full-text side reads of a message or a question: lemmas, numbers also in digits."""
     base = lemmatize(text)
-    found = numbers.spoken(text, _lemma) if NUMBERS else []
+    found = numbers.spoken(text, lemma) if NUMBERS else []
     return f"{base} {' '.join(found)}" if found else base
