@@ -184,9 +184,13 @@ async def test_sigterm_after_a_flood_exits_within_the_grace_and_the_outbox_redoe
         after = await counts(data_dir)
         assert after["messages"] == 2 * CHATS * MESSAGES_PER_CHAT
         assert await chat_calls_accounted(data_dir) == CHATS * MESSAGES_PER_CHAT
-        deadline = time.monotonic() + 60
+        # Indexing runs at the lowest CPU priority: on a busy machine it is slow, not stuck, so
+        # the test fails only when the outbox stops shrinking for a minute.
+        left, stalled_since = after["outbox"], time.monotonic()
         while (now := await counts(data_dir))["outbox"] > 0:
-            assert time.monotonic() < deadline, (at_sigterm, now)
+            if now["outbox"] < left:
+                left, stalled_since = now["outbox"], time.monotonic()
+            assert time.monotonic() - stalled_since < 60, (at_sigterm, now)
             await asyncio.sleep(0.5)
         assert now["embeddings"] == now["messages"]
     finally:
