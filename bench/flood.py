@@ -192,7 +192,7 @@ async def phase(
 async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dict[str, Any]:
     settings = Settings(
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
-        rag_embedder="local", local_embedding_model="e5", db_pool_size=8,
+        rag_embedder="local", local_embedding_model="e5+use", db_pool_size=8,
     )  # fmt: skip
     engine = create_engine(database_url, settings.storage)
     memory = await build_semantic_memory(

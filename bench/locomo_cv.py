@@ -359,7 +359,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     if args.conversations:
         data = data[: args.conversations]
     data = trim(data, args.sessions)
-    embedder = CachedEmbedder(LocalEmbedder("e5"), Path(args.cache))
+    embedder = CachedEmbedder(LocalEmbedder("e5+use"), Path(args.cache))
     questions, memory, _, info = await collect(data, database_url, workdir, embedder)
     result: dict[str, Any] = {
         "data": str(args.data),

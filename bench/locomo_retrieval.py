@@ -207,6 +207,7 @@ async def ask_all(
     parts: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
     per_cat: dict[int, list[tuple[float, float]]] = {c: [] for c in CATEGORIES}
+    per_sample: dict[str, list[tuple[float, float]]] = {}
     latencies: list[float] = []
     repaired = skipped = no_evidence = 0
     for sample in data:
@@ -231,6 +232,7 @@ async def ask_all(
             r5 = len(set(found[:5]) & set(evidence)) / len(evidence)
             r10 = len(set(found[:10]) & set(evidence)) / len(evidence)
             per_cat[qa["category"]].append((r5, r10))
+            per_sample.setdefault(sample["sample_id"], []).append((r5, r10))
     every = [v for vs in per_cat.values() for v in vs]
     breakdown = {name: {"p50": round(percentile(v, 0.5), 2), "p95": round(percentile(v, 0.95), 2)}
                  for name, v in (parts or {}).items()}
@@ -238,6 +240,7 @@ async def ask_all(
         "search_parts_ms": breakdown,
         "overall": _recall(every),
         "by_category": {str(c): _recall(v) for c, v in per_cat.items()},
+        "by_conversation": {name: _recall(v) for name, v in per_sample.items()},
         "search_ms": {"p50": round(percentile(latencies, 0.5), 2),
                       "p95": round(percentile(latencies, 0.95), 2),
                       "mean": round(statistics.fmean(latencies), 2) if latencies else 0.0},
@@ -261,7 +264,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     settings = Settings(
         _env_file=None, database_url=database_url, data_dir=workdir, rag_enabled=True,
         rag_embedder="openai" if args.embedder == "openai" else "local",
-        local_embedding_model=args.embedder if args.embedder != "openai" else "e5",
+        local_embedding_model=args.embedder if args.embedder != "openai" else "e5+use",
         rag_context_turns=args.context_turns,
         rag_lexical_weight=0.0 if args.dense_only else args.lexical_weight,
         qdrant_path=workdir / "qdrant" if args.store == "qdrant-local" else None,
@@ -352,7 +355,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a file in LoCoMo's format")
     parser.add_argument("--store", choices=("pgvector", "qdrant-local"), default="pgvector")
-    parser.add_argument("--embedder", choices=("e5", "use", "openai"), default="e5",
+    parser.add_argument("--embedder", choices=("e5+use", "e5", "use", "openai"), default="e5+use",
                         help="openai uses OPENAI_API_KEY / EMBEDDINGS_BASE_URL from the env")
     parser.add_argument("--context-turns", type=int, default=1)
     parser.add_argument("--dense-only", action="store_true", help="no lexical side")

@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("tune", "report", "all"), default="all",
                         help="score the questions of the facts of this part (all are asked)")
     parser.add_argument("--store", choices=("pgvector", "qdrant-local"), default="pgvector")
-    parser.add_argument("--embedder", choices=("e5", "use"), default="e5")
+    parser.add_argument("--embedder", choices=("e5+use", "e5", "use"), default="e5+use")
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

@@ -193,7 +193,7 @@ def main() -> None:
                 settings = Settings(
                     _env_file=None, database_url=url, data_dir=workdir,
                     llm_base_url=server.base_url, migrate_on_start=False, rag_enabled=True,
-                    rag_embedder="local", local_embedding_model="e5",
+                    rag_embedder="local", local_embedding_model="e5+use",
                     rag_query_expansion=args.expansion)
                 # The product's options, each side read deeper: replays may read less of it.
                 deeper = (patch.object(memory, "SearchOptions",

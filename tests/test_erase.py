@@ -33,7 +33,8 @@ async def overrides(request: pytest.FixtureRequest, clean_db: str,
 
 async def vectors_of(client: object, scope: Scope) -> int:
     semantic = services(client)  # type: ignore[arg-type]
-    found = await semantic.semantic._store.search([0.05] * 384, scope, [], 1000)
+    dim = semantic.semantic._embedder.dim
+    found = await semantic.semantic._store.search([0.05] * dim, scope, [], 1000)
     return len(found)
 
 

@@ -197,8 +197,11 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
         # A user of its own per run: the other run's questions must not be recalled.
         plan = [{"user": f"ru-exp-{expansion}", "chat": f"ru-exp-chat-{expansion}",
                  "sessions": sessions, "questions": questions}]
+        # e5 alone and no thesaurus: the setup whose dense side missed these (the default's
+        # USE share and thesaurus find "Кем я тружусь?" without navec).
         overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
-                                        "data_dir": tmp_path, "rag_query_expansion": expansion}
+                                        "data_dir": tmp_path, "rag_query_expansion": expansion,
+                                        "rag_thesaurus": False, "local_embedding_model": "e5"}
         if not await has_pgvector(clean_db):
             overrides["qdrant_path"] = tmp_path / f"qdrant-{expansion}"
         settings = make_settings(clean_db, llm_server.base_url, **overrides)

