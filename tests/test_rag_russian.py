@@ -250,23 +250,31 @@ async def told(
         yield searcher, Scope(user_id=user), fact_id
 
 
+def among_filler(fact: str) -> list[list[str]]:
+    """Two sessions of the paraphrase set's small talk, `fact` told in the first."""
+    filler = bench_module().load_paraphrase()["filler"]
+    return [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
+
+
+async def lexical_ids(searcher: Searcher, scope: Scope, question: str) -> list[int]:
+    """The five best of the full-text side alone."""
+    return [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+
+
 async def test_lemmas_join_words_snowball_keeps_apart_end_to_end(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # "детей" is a form of "ребёнок" (snowball alone: "дет" and "ребенк"); a baseline miss.
-    filler = bench_module().load_paraphrase()["filler"]
     fact = "Мы планируем второго ребёнка в следующем году."
-    sessions = [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
     question = "Мы хотим детей?"
-    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-lemma", sessions, fact) as (
-        searcher, scope, fact_id,
-    ):
+    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-lemma", among_filler(fact),
+                    fact) as (searcher, scope, fact_id):
         # The full-text side alone: the question's lemmas meet the fact's.
-        assert fact_id in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id in await lexical_ids(searcher, scope, question)
         # Without lemmatising the question, its stems miss the lemmas the fact was indexed by.
         monkeypatch.setattr(russian, "LEMMAS", False)
-        assert fact_id not in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id not in await lexical_ids(searcher, scope, question)
 
 
 # --- the thesaurus (rag/thesaurus.py) -------------------------------------------------------
@@ -291,18 +299,15 @@ async def test_thesaurus_joins_a_category_question_to_its_item_end_to_end(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    filler = bench_module().load_paraphrase()["filler"]
     fact = "У меня на балконе растут помидоры и огурцы."
-    sessions = [[filler[0], filler[40], fact, filler[45]], [filler[3], filler[50], filler[38]]]
     question = "Какие овощи я сажаю?"
-    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-thes", sessions, fact) as (
-        searcher, scope, fact_id,
-    ):
+    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-thes", among_filler(fact),
+                    fact) as (searcher, scope, fact_id):
         # The full-text side alone: "овощ" brings "помидор", which this user wrote.
-        assert fact_id in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id in await lexical_ids(searcher, scope, question)
         for weight in ("SYNONYM", "HYPERNYM", "HYPONYM"):
             monkeypatch.setattr(thesaurus, weight, 0.0)
-        assert fact_id not in [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
+        assert fact_id not in await lexical_ids(searcher, scope, question)
 
 
 def test_the_thesaurus_and_navec_neighbours_merge_each_word_at_its_highest_weight() -> None:

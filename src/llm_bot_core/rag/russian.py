@@ -148,16 +148,21 @@ class Neighbours:
         return [self._cache.get(k, []) for k in keys]
 
 
-def navec_path() -> Path | None:
-    """Where natasha's wheel put the navec vectors (without importing natasha itself)."""
-    spec = importlib.util.find_spec("natasha")
+def package_file(package: str, relative: str) -> Path | None:
+    """A data file an installed package ships, found without importing the package."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        path = Path(location) / NAVEC_FILE
+        path = Path(location) / relative
         if path.exists():
             return path
     return None
+
+
+def navec_path() -> Path | None:
+    """Where natasha's wheel put the navec vectors (without importing natasha itself)."""
+    return package_file("natasha", NAVEC_FILE)
 
 
 _lock = threading.Lock()

@@ -13,7 +13,6 @@ in-memory copy (tens of microseconds), not a matrix product, so it is on by defa
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sqlite3
 import threading
@@ -136,14 +135,7 @@ class Thesaurus:
 
 def thesaurus_path() -> Path | None:
     """Where wiki-ru-wordnet's package put its database (without importing it)."""
-    spec = importlib.util.find_spec("wiki_ru_wordnet")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location) / DB_FILE
-        if path.exists():
-            return path
-    return None
+    return russian.package_file("wiki_ru_wordnet", DB_FILE)
 
 
 _lock = threading.Lock()
