@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     return {
         "benchmark": "flood",
         "machine": harness.machine(),
-        "embedder": "local/multilingual-e5-small-q4",
+        "embedder": memory._embedder.name,
         "other_users": args.users,
         "flood": {"messages": args.messages, "chars_each": args.chars},
         "seed_index_per_s": round(index_per_s, 1),

@@ -11,6 +11,7 @@ lemmatised for the first time); LoCoMo's English questions get no Russian expans
 where its cost shows. Prints one JSON object.
 
     python bench/russian_speed.py [--set paraphrase] [--pad-to 10000] [--rounds 3]
+                                  [--embedder e5+use|e5|use]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         settings = Settings(
             _env_file=None, database_url=database_url, data_dir=workdir,
             llm_base_url=server.base_url, migrate_on_start=False, rag_enabled=True,
-            rag_embedder="local", db_pool_size=4)
+            rag_embedder="local", local_embedding_model=args.embedder, db_pool_size=4)
         await evaluate(settings, server.fake, plan=plan, replies=data["assistant_replies"])
     engine = create_engine(database_url, settings.storage)
     memory = await build_semantic_memory(settings.rag, engine, data_dir=workdir, sweeper=False)
@@ -81,7 +82,8 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
     await memory.aclose()
     await engine.dispose()
     return {
-        "set": args.which, "messages_per_user": min(sizes), "users": len(plan),
+        "set": args.which, "embedder": memory._embedder.name,
+        "messages_per_user": min(sizes), "users": len(plan),
         "questions": sum(len(d["questions"]) for d in plan), "rounds": args.rounds,
         "questions_expanded": expanded,
         "search_ms": {when: {mode: _summary(v) for mode, v in by.items()}
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--set", choices=tuple(SETS), default="paraphrase", dest="which")
     parser.add_argument("--pad-to", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--embedder", choices=("e5+use", "e5", "use"), default="e5+use")
     parser.add_argument("--database-url", default=None)
     run_on_database(run, parser.parse_args(), prefix="ru-speed-")
 
