@@ -261,19 +261,33 @@ async def lexical_ids(searcher: Searcher, scope: Scope, question: str) -> list[i
     return [mid for mid, _ in await searcher.lexical(question, scope, [], 5)]
 
 
-async def test_lemmas_join_words_snowball_keeps_apart_end_to_end(
-    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+# Each: the user, the fact, a question whose words meet it on the full-text side only through
+# one mechanism, and the module attributes that switch that mechanism off.
+JOINED_BY: dict[str, tuple[str, str, str, list[tuple[ModuleType, str, object]]]] = {
     # "детей" is a form of "ребёнок" (snowball alone: "дет" and "ребенк"); a baseline miss.
-    fact = "Мы планируем второго ребёнка в следующем году."
-    question = "Мы хотим детей?"
-    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-lemma", among_filler(fact),
+    "lemmas": ("ru-lemma", "Мы планируем второго ребёнка в следующем году.", "Мы хотим детей?",
+               [(russian, "LEMMAS", False)]),
+    # "овощ" brings "помидор", which this user wrote.
+    "thesaurus": ("ru-thes", "У меня на балконе растут помидоры и огурцы.",
+                  "Какие овощи я сажаю?",
+                  [(thesaurus, weight, 0.0) for weight in ("SYNONYM", "HYPERNYM", "HYPONYM")]),
+}
+
+
+@pytest.mark.parametrize("mechanism", JOINED_BY)
+async def test_full_text_joins_question_and_fact_through_lemmas_and_the_thesaurus(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, mechanism: str,
+) -> None:
+    user, fact, question, switches = JOINED_BY[mechanism]
+    async with told(clean_db, llm_server, fake_llm, tmp_path, user, among_filler(fact),
                     fact) as (searcher, scope, fact_id):
-        # The full-text side alone: the question's lemmas meet the fact's.
+        # The full-text side alone finds the fact...
         assert fact_id in await lexical_ids(searcher, scope, question)
-        # Without lemmatising the question, its stems miss the lemmas the fact was indexed by.
-        monkeypatch.setattr(russian, "LEMMAS", False)
+        # ... and misses it with the mechanism off (without lemmatising the question, its
+        # stems miss the lemmas the fact was indexed by; without the thesaurus, no shared word).
+        for module, name, value in switches:
+            monkeypatch.setattr(module, name, value)
         assert fact_id not in await lexical_ids(searcher, scope, question)
 
 
@@ -293,21 +307,6 @@ def test_thesaurus_brings_synonyms_categories_and_items_but_not_catalogues() -> 
     assert thesaurus.expand("What did Alice say about her dog?").words == []  # Russian only
     # Its own word is the stems' job, in any form.
     assert not any(w.startswith("овощ") for w in thesaurus.expand("Какие овощи").words)
-
-
-async def test_thesaurus_joins_a_category_question_to_its_item_end_to_end(
-    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fact = "У меня на балконе растут помидоры и огурцы."
-    question = "Какие овощи я сажаю?"
-    async with told(clean_db, llm_server, fake_llm, tmp_path, "ru-thes", among_filler(fact),
-                    fact) as (searcher, scope, fact_id):
-        # The full-text side alone: "овощ" brings "помидор", which this user wrote.
-        assert fact_id in await lexical_ids(searcher, scope, question)
-        for weight in ("SYNONYM", "HYPERNYM", "HYPONYM"):
-            monkeypatch.setattr(thesaurus, weight, 0.0)
-        assert fact_id not in await lexical_ids(searcher, scope, question)
 
 
 def test_the_thesaurus_and_navec_neighbours_merge_each_word_at_its_highest_weight() -> None:

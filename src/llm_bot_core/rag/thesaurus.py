@@ -71,7 +71,7 @@ class Thesaurus:
     """The thesaurus's words and links, copied into an indexed in-memory SQLite database.
 
     The package's file (150 MB, mostly definitions) has no index on lemmas; the copy keeps
-    what a lookup reads in ~10 MB (Python dictionaries of the same took 117 MB)."""
+    what a lookup reads in ~15 MB (Python dictionaries of the same took 117 MB)."""
 
     def __init__(
         self, synsets: Iterable[tuple[int, str]], hypernyms: Iterable[tuple[int, int]]
