@@ -39,3 +39,32 @@ async def test_mixed_cosine_is_the_weighted_sum_of_e5_and_use_cosines() -> None:
     # Its own name (so its vectors get their own table) and its own threshold.
     assert local.name.startswith("local/multilingual-e5-small-q4+use-v3")
     assert local.min_score == embedders.MIXED_MIN_SCORE
+
+
+async def test_a_local_embedder_holds_numpy_blas_to_one_thread() -> None:
+    # USE is numpy: BLAS workers left spinning after its calls took the core e5 needs next.
+    from threadpoolctl import threadpool_info
+
+    await LocalEmbedder("e5+use").aclose()
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas
+    assert all(pool["num_threads"] == 1 for pool in blas)
+
+
+async def test_each_text_keeps_its_own_halves_when_indexing_splits_the_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Indexing runs e5 in sub-batches and USE's half of each on a thread of its own: every row
+    # must still pair a text's e5 half with its own USE half, in the order given.
+    monkeypatch.setattr(embedders, "SUB_BATCH_TOKENS", 24)
+    texts = [*FACTS, "Мы с Ольгой живём в Казани уже пять лет.", "Rex is a beagle.", "Привет!",
+             "I work night shifts at the hospital."]
+    local = LocalEmbedder("e5+use")
+    try:
+        together = np.asarray(await local.embed_documents(texts))
+        alone = np.asarray([(await local.embed_documents([t]))[0] for t in texts])
+    finally:
+        await local.aclose()
+    assert together.shape == (len(texts), local.dim)
+    assert np.allclose(together, alone, atol=1e-5)
+    assert len({row.tobytes() for row in together}) == len(texts)
