@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,33 @@ async def test_indexing_yields_the_cpu_to_searches(
     await asyncio.sleep(0.25)
     await embedder.embed_documents(documents[:1])
     assert embedder.index_team == full
+
+
+async def test_e5_use_indexes_use_beside_e5_only_while_no_search_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm_bot_core.rag import embedders
+
+    local = LocalEmbedder("e5+use")
+    await local.warm_up()
+    threads: list[str] = []
+    encode_use = local._encode_use
+
+    def recorded(batch: list[str]) -> Any:
+        threads.append(threading.current_thread().name)
+        return encode_use(batch)
+
+    monkeypatch.setattr(local, "_encode_use", recorded)
+    monkeypatch.setattr(embedders, "SEARCH_RECENT_SECONDS", 0.2)
+    try:
+        await asyncio.sleep(0.25)
+        await local.embed_documents(["Мою собаку зовут Рыжик."])
+        assert threads == ["embedder-index-use"]  # a thread of its own, beside e5
+
+        # Right after a search, indexing keeps to its one thread (and one core).
+        monkeypatch.setattr(embedders, "SEARCH_RECENT_SECONDS", 60.0)
+        await local.embed_query("Как зовут мою собаку?")
+        await local.embed_documents(["Я работаю в больнице."])
+        assert threads[1:] == ["embedder-query", "embedder-index"]
+    finally:
+        await local.aclose()

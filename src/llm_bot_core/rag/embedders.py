@@ -329,10 +329,13 @@ class LocalEmbedder:
     def _setup_index_use(self) -> None:
         _lower_priority(INDEX_NICE)
 
+    def _searching(self) -> bool:
+        """Whether searches are running or ran within the last SEARCH_RECENT_SECONDS."""
+        return self._searches > 0 or time.monotonic() - self._searched_at < SEARCH_RECENT_SECONDS
+
     def _yield_to_searches(self) -> None:
         """On the index thread, before a forward pass: one OpenMP thread while searches run."""
-        busy = self._searches > 0 or time.monotonic() - self._searched_at < SEARCH_RECENT_SECONDS
-        team = 1 if busy else self._full_team
+        team = 1 if self._searching() else self._full_team
         if team != self.index_team:
             self._openmp.set_threads(team)
             self.index_team = team
@@ -379,10 +382,10 @@ class LocalEmbedder:
                 vectors, fitted = await self._documents.run(0, self._embed_some, texts, done)
                 first.append(vectors)
                 if self._index_use is not None:
-                    # USE's half runs beside e5's next sub-batch.
-                    use.append(
-                        asyncio.ensure_future(self._index_use.run(0, self._encode_use, fitted))
-                    )
+                    # USE's half runs beside e5's next sub-batch; while searches come in,
+                    # after it on the index thread, so indexing keeps to one core.
+                    lane = self._documents if self._searching() else self._index_use
+                    use.append(asyncio.ensure_future(lane.run(0, self._encode_use, fitted)))
                 done += len(fitted)
             halves = await asyncio.gather(*use)
         except Exception as exc:  # a broken install is an outage of this provider, not a crash
