@@ -24,17 +24,21 @@ from typing import Any
 from locomo_retrieval import default_data, percentile, turn_text, turns_of
 
 from llm_bot_core.rag.embedders import LocalEmbedder
+from llm_bot_core.rag.indexing import Labels, indexed_text
 
 
 def corpus(data: Path, turns: int, questions: int) -> tuple[list[str], list[str]]:
+    """LoCoMo's turns as indexing embeds them (`indexed_text`, the turn before as context)."""
     samples = json.loads(data.read_text())
     texts: list[str] = []
     for sample in samples:
-        previous = None
-        for _, _, turn in turns_of(sample["conversation"]):
-            said = f"{turn['speaker']}: {turn_text(turn)}"
-            texts.append(f"{previous[:300]}\n{said}" if previous else said)
-            previous = said
+        conversation = sample["conversation"]
+        labels = Labels(user=conversation["speaker_a"], assistant=conversation["speaker_b"])
+        context: list[tuple[str, str]] = []
+        for _, _, turn in turns_of(conversation):
+            role = "user" if turn["speaker"] == conversation["speaker_a"] else "assistant"
+            texts.append(indexed_text(role, turn_text(turn), labels, context))
+            context = [(role, turn_text(turn))]
     asked = [qa["question"] for sample in samples for qa in sample["qa"]]
     return texts[:turns], asked[:questions]
 

@@ -198,9 +198,10 @@ class LocalEmbedder:
         self._documents = ModelThread("embedder-index", setup=self._setup_index_thread)
         # "e5+use" indexes USE's half on a thread of its own, beside e5's next sub-batch: it
         # fills the moments e5's OpenMP team leaves a core idle (its threads wait for the
-        # slowest at each step). Measured on 2 cores, 192 LoCoMo turns with their context, 12
-        # interleaved rounds, turns/s as a share of e5 alone's: USE after each sub-batch on the
-        # same thread 0.947 (median), beside it with sentencepiece's tokenizer 0.987.
+        # slowest at each step). Measured on 2 cores, 192 LoCoMo turns with their context,
+        # interleaved rounds, turns/s as a share of e5 alone's (medians): USE after each
+        # sub-batch on the same thread 0.947 and 0.932, beside it with sentencepiece's
+        # tokenizer 0.987, 0.952 and 0.959 (bench/embedder_speed.py).
         self._index_use = (
             ModelThread("embedder-index-use", setup=self._setup_index_use)
             if variant == "e5+use"
