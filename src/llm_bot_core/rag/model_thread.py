@@ -1,10 +1,11 @@
 """A thread of its own for a local model's forward passes, serving the smallest job first.
 
 A forward pass cannot be interrupted, so a job queued behind another waits for all of it.
-The local embedder therefore runs searches and indexing on two of these threads (each with its
-own copy of the model, ~20 MB): a user's query never waits for another user's messages being
-indexed. Within a thread, the smaller job goes first (a short question never waits behind a
-long one), and equal sizes keep their arrival order (concurrent indexers take turns).
+The local embedder therefore runs short queries, long queries and indexing on threads of their
+own (each with its own copy of e5, ~20 MB; "e5+use" adds a fourth for USE's half of indexing):
+a user's query never waits for another user's messages being indexed. Within a thread, the
+smaller job goes first (a short question never waits behind a long one), and equal sizes keep
+their arrival order (concurrent indexers take turns).
 """
 
 from __future__ import annotations
