@@ -57,9 +57,11 @@ FINAL = Path(__file__).resolve().parent / "data" / "russian_final.json"
 NUMBERS = Path(__file__).resolve().parent / "data" / "russian_numbers.json"
 BLIND = Path(__file__).resolve().parent / "data" / "russian_blind.json"
 DEV2 = Path(__file__).resolve().parent / "data" / "russian_dev2.json"
+BLIND2 = Path(__file__).resolve().parent / "data" / "russian_blind2.json"
+BLIND3 = Path(__file__).resolve().parent / "data" / "russian_blind3.json"
 # The sets in the paraphrase format, by their --set name.
 SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND,
-        "dev2": DEV2}
+        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3}
 
 
 def load() -> dict[str, Any]:

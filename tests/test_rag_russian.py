@@ -103,8 +103,12 @@ NEW_SETS = {
     "numbers": {"number_words", "number_digits", "ordinal", "date"},
     "blind": {"synonym", "word_form", "hypernym", "idiom", "number", "negation"},
     "dev2": {"synonym", "word_form", "hypernym", "idiom", "number", "negation"},
+    "blind2": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
+               "english_name"},
+    "blind3": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
+               "english_name"},
 }
-FACTS = {"numbers": 40, "blind": 40, "dev2": 48}
+FACTS = {"numbers": 40, "blind": 40, "dev2": 48, "blind2": 50, "blind3": 50}
 
 
 def _strings(value: Any) -> set[str]:
@@ -145,16 +149,19 @@ def test_numbers_set_split_is_the_seeded_half_stated_in_about() -> None:
     assert {f["id"] for f in data["facts"] if f["part"] == "report"} == set(ids) - tune
 
 
-def test_blind_set_is_only_reported() -> None:
+@pytest.mark.parametrize("name", ["blind2", "blind3"])
+def test_blind_sets_are_only_reported(name: str) -> None:
     bench = bench_module()
-    data = bench.load_paraphrase(bench.BLIND)
+    data = bench.load_paraphrase(bench.SETS[name])
     assert {f["part"] for f in data["facts"]} == {"blind"}
     assert "had not seen the retrieval code" in data["about"]
 
 
-def test_dev2_set_is_only_for_tuning() -> None:
+@pytest.mark.parametrize("name", ["dev2", "blind"])
+def test_sets_whose_misses_were_read_are_only_for_tuning(name: str) -> None:
+    # The first blind set became a tune set when its misses were read (2026-12-02).
     bench = bench_module()
-    data = bench.load_paraphrase(bench.SETS["dev2"])
+    data = bench.load_paraphrase(bench.SETS[name])
     assert {f["part"] for f in data["facts"]} == {"tune"}
     plan = bench.paraphrase_plan(data)
     assert {item["part"] for d in plan for item in d["questions"]} == {"tune"}
