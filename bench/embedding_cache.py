@@ -58,12 +58,17 @@ class CachedEmbedder:
         )
         self._db.commit()
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
-        keys = [self._key("doc", t) for t in texts]
+    async def embed_documents(
+        self, texts: Sequence[str], alone: Sequence[str] | None = None
+    ) -> list[Vector]:
+        alone = texts if alone is None else alone
+        keys = [self._key("doc", t if t == a else f"{t}\0{a}") for t, a in zip(texts, alone,
+                                                                          strict=True)]
         found = self._get(keys)
         missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
-            vectors = await self._inner.embed_documents([texts[i] for i in missing])
+            vectors = await self._inner.embed_documents([texts[i] for i in missing],
+                                                        [alone[i] for i in missing])
             fresh = {keys[i]: v for i, v in zip(missing, vectors, strict=True)}
             self._put(fresh)
             found.update(fresh)

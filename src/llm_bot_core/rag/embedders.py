@@ -36,7 +36,12 @@ class Embedder(Protocol):
     min_score: float
     """Cosine below which a dense-only match is noise for this model (RAG_MIN_SCORE overrides)."""
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]: ...
+    async def embed_documents(
+        self, texts: Sequence[str], alone: Sequence[str] | None = None
+    ) -> list[Vector]:
+        """`alone`: each text without the context it was given (the turn by itself), for a
+        model that reads a turn better alone; the others read `texts`."""
+        ...
 
     async def embed_query(self, text: str) -> Vector: ...
 
@@ -213,7 +218,8 @@ class LocalEmbedder:
         elif variant == "use":
             self.name, self.dim, self.min_score = "local/use-multilingual-v3", 512, 0.35
         elif variant == "e5+use":
-            self.name = f"local/multilingual-e5-small-q4+use-v3-{USE_SHARE}"
+            # "-turn": USE reads a message without its context (a new vector space).
+            self.name = f"local/multilingual-e5-small-q4+use-v3-{USE_SHARE}-turn"
             self.dim = 384 + 512
             self.min_score = MIXED_MIN_SCORE
         else:
@@ -372,7 +378,9 @@ class LocalEmbedder:
             self._documents.run(0, self._encode, ["warm up"], False),
         )
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+    async def embed_documents(
+        self, texts: Sequence[str], alone: Sequence[str] | None = None
+    ) -> list[Vector]:
         texts = tuple(texts)  # read on the model thread while this coroutine waits
         first: list[Any] = []
         use: list[asyncio.Future[Any]] = []
@@ -383,10 +391,16 @@ class LocalEmbedder:
                 vectors, fitted = await self._documents.run(0, self._embed_some, texts, done)
                 first.append(vectors)
                 if self._index_use is not None:
+                    # USE reads the turn without its context, cut where e5's reading was:
+                    # the preceding turn (a stock reply, another question) blurred a short
+                    # fact for USE where e5 needs it (docs/retrieval-experiments.md).
+                    read = fitted if alone is None else [
+                        alone[done + i][: len(f)] for i, f in enumerate(fitted)
+                    ]
                     # USE's half runs beside e5's next sub-batch; while searches come in,
                     # after it on the index thread, so indexing keeps to one core.
                     lane = self._documents if self._searching() else self._index_use
-                    use.append(asyncio.ensure_future(lane.run(0, self._encode_use, fitted)))
+                    use.append(asyncio.ensure_future(lane.run(0, self._encode_use, read)))
                 done += len(fitted)
             halves = await asyncio.gather(*use)
         except Exception as exc:  # a broken install is an outage of this provider, not a crash
@@ -444,7 +458,9 @@ class OpenAIEmbedder:
         """Ask for one vector to learn the model's dimension (and that the server answers)."""
         self.dim = len(await self.embed_query("probe"))
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[Vector]:
+    async def embed_documents(
+        self, texts: Sequence[str], alone: Sequence[str] | None = None
+    ) -> list[Vector]:
         vectors: list[Vector] = []
         for start in range(0, len(texts), self._batch_size):
             batch = [t or " " for t in texts[start : start + self._batch_size]]

@@ -237,7 +237,8 @@ class Indexer:
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(_READ, {"ids": ids, "context": self._context}))
         texts = [self._text(r) for r in rows]
-        vectors = await self._embedder.embed_documents(texts) if rows else []
+        alone = [indexed_text(r[2], r[3], self.labels) for r in rows]
+        vectors = await self._embedder.embed_documents(texts, alone) if rows else []
         points = [
             Point(
                 message_id=r[0],
