@@ -179,6 +179,19 @@ async def test_a_rare_word_outranks_the_name_in_every_message(db: AsyncEngine) -
     assert ids[-1] not in [mid for mid, _ in found]
 
 
+async def test_the_full_text_side_reads_a_long_query_up_to_its_cut(db: AsyncEngine) -> None:
+    from llm_bot_core.rag.search import LEXICAL_QUERY_CHARS
+
+    chat = await session(db, "alice", "chat-a")
+    ids = await remember(db, chat, "Alice bought a saxophone yesterday", "Alice owns a bicycle")
+    searcher = Searcher(db, cast(Any, None), cast(Any, None), "russian")
+    alice = Scope(user_id="alice")
+    # A pasted text: what it says within the cut is searched, what follows is not read.
+    filler = "lorem ipsum " * (LEXICAL_QUERY_CHARS // 12 + 1)
+    found = await searcher.lexical(f"saxophone {filler} bicycle", alice, [], 5)
+    assert [mid for mid, _ in found] == [ids[0]]
+
+
 class _Vectors:
     """Stands in for the embedder and the vector store: only the metadata path is under test."""
 
