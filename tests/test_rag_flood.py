@@ -194,6 +194,9 @@ async def test_indexing_yields_the_cpu_to_searches(
     assert thread_id is not None
     ours = os.getpriority(os.PRIO_PROCESS, 0)  # this (main) thread's, left as it was
     assert os.getpriority(os.PRIO_PROCESS, thread_id) == max(embedders.INDEX_NICE, ours)
+    # And SCHED_IDLE: a waking question's threads take the core from it at once.
+    assert os.sched_getscheduler(thread_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own, left as it was
     documents = [words(1200, seed) for seed in range(2)]
 
     # No search lately: indexing uses every core OpenMP would.
