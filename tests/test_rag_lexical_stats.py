@@ -244,12 +244,16 @@ class _Reading(_Vectors):
         return await super().embed_documents(texts)
 
 
+LONG = "Вчера мы с братом ездили на рыбалку, поймали огромную щуку и двух окуней."
+
+
 async def test_the_indexer_gives_each_turn_with_its_context_and_alone(db: AsyncEngine) -> None:
     from llm_bot_core.rag.indexing import Indexer
 
     chat = await session(db, "alice", "chat-a")
     async with db.begin() as conn:
-        for role, content in [("user", "Я собираю марки."), ("assistant", "Понял тебя.")]:
+        for role, content in [("user", "Я собираю марки."), ("assistant", "Понял тебя."),
+                              ("user", LONG), ("assistant", "Здорово!")]:
             await conn.execute(
                 text("INSERT INTO messages (session_id, role, content) VALUES (:s, :r, :c)"),
                 {"s": chat, "r": role, "c": content},
@@ -257,10 +261,13 @@ async def test_the_indexer_gives_each_turn_with_its_context_and_alone(db: AsyncE
     vectors = _Reading()
     indexer = Indexer(db, cast(Any, vectors), cast(Any, vectors), fts_config="russian",
                       context_turns=1)
-    assert await indexer.index(None) == 2
+    assert await indexer.index(None) == 4
     [(texts, alone)] = vectors.given
     assert alone is not None
-    assert sorted(zip(texts, alone, strict=True)) == [
+    # A context of few content words is left out of what USE reads; a long one is kept.
+    assert sorted(zip(texts, alone, strict=True)) == sorted([
         ("User: Я собираю марки.", "User: Я собираю марки."),
         ("User: Я собираю марки.\nAssistant: Понял тебя.", "Assistant: Понял тебя."),
-    ]
+        (f"Assistant: Понял тебя.\nUser: {LONG}", f"User: {LONG}"),
+        (f"User: {LONG}\nAssistant: Здорово!", f"User: {LONG}\nAssistant: Здорово!"),
+    ])

@@ -95,4 +95,4 @@ async def test_use_reads_each_turn_without_its_context_and_e5_with_it(
     # Without the turns alone, USE reads what e5 read.
     assert np.allclose(as_before[:, :384], documents[:, :384], atol=1e-5)
     assert not np.allclose(as_before[:, 384:], documents[:, 384:], atol=1e-3)
-    assert local.name.endswith("-turn")  # its own vector space: tables of before re-embed
+    assert local.name.endswith(f"-ctx{embedders.USE_CONTEXT_WORDS}")  # its own vector space

@@ -67,6 +67,13 @@ USE_MAX_CHARS = 2000
 # at 0.3); e5 carries English (LoCoMo R@5 0.696 -> 0.694 at 0.15, 0.687 at 0.3). The share is
 # the best Russian tune total that leaves LoCoMo's dev figure where it was.
 USE_SHARE = 0.15
+# USE reads a message without its preceding turn when that turn has fewer content words than
+# this (the indexer decides: `Embedder.embed_documents(texts, alone)`): a stock reply ("Понял
+# тебя.") or a short question before a short fact blurred the fact for USE (Russian tune parts
+# 273 -> 281 of 312 with no context at all), while LoCoMo's short answers need the turn they
+# answer (no context at all: R@5 0.694 -> 0.684). Six: every context in the Russian sets has
+# fewer, 8.7 % of LoCoMo's have (docs/retrieval-experiments.md).
+USE_CONTEXT_WORDS = 6
 # The blend's threshold for a match found only by meaning: the cosine that lets through the
 # same share of the tune sets' small talk as e5's own 0.78 does (60 %), so the recall block is
 # as strict as before. The components' thresholds weighted together would not do: at share 0.3
@@ -227,8 +234,8 @@ class LocalEmbedder:
         elif variant == "use":
             self.name, self.dim, self.min_score = "local/use-multilingual-v3", 512, 0.35
         elif variant == "e5+use":
-            # "-turn": USE reads a message without its context (a new vector space).
-            self.name = f"local/multilingual-e5-small-q4+use-v3-{USE_SHARE}-turn"
+            # USE reads a message without a context of few words: its own vector space.
+            self.name = f"local/multilingual-e5-small-q4+use-v3-{USE_SHARE}-ctx{USE_CONTEXT_WORDS}"
             self.dim = 384 + 512
             self.min_score = MIXED_MIN_SCORE
         else:
@@ -400,9 +407,8 @@ class LocalEmbedder:
                 vectors, fitted = await self._documents.run(0, self._embed_some, texts, done)
                 first.append(vectors)
                 if self._index_use is not None:
-                    # USE reads the turn without its context, cut where e5's reading was:
-                    # the preceding turn (a stock reply, another question) blurred a short
-                    # fact for USE where e5 needs it (docs/retrieval-experiments.md).
+                    # USE reads the texts meant for it (USE_CONTEXT_WORDS), cut where e5's
+                    # reading was.
                     read = fitted if alone is None else [
                         alone[done + i][: len(f)] for i, f in enumerate(fitted)
                     ]

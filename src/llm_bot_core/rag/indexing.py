@@ -21,7 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llm_bot_core.rag import russian
-from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.embedders import USE_CONTEXT_WORDS, Embedder
+from llm_bot_core.rag.search import content_words
 from llm_bot_core.rag.vector_store import Point, VectorStore
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class Indexer:
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(_READ, {"ids": ids, "context": self._context}))
         texts = [self._text(r) for r in rows]
-        alone = [indexed_text(r[2], r[3], self.labels) for r in rows]
+        alone = [self._alone(r, t) for r, t in zip(rows, texts, strict=True)]
         vectors = await self._embedder.embed_documents(texts, alone) if rows else []
         points = [
             Point(
@@ -270,8 +271,20 @@ class Indexer:
         return len(rows)
 
     def _text(self, row: Any) -> str:
+        return indexed_text(row[2], row[3], self.labels, self._context_of(row))
+
+    @staticmethod
+    def _context_of(row: Any) -> list[tuple[str, str]]:
         context: list[Any] = row[7] if isinstance(row[7], list) else orjson.loads(row[7] or "[]")
-        return indexed_text(row[2], row[3], self.labels, [(c[0], c[1]) for c in context])
+        return [(c[0], c[1]) for c in context]
+
+    def _alone(self, row: Any, text_: str) -> str:
+        """What a model misled by a context that says little reads (e5+use's USE): the message
+        alone when its context has fewer than USE_CONTEXT_WORDS content words, else `text_`."""
+        said = set().union(*(content_words(c) for _, c in self._context_of(row)))
+        if len(said) >= USE_CONTEXT_WORDS:
+            return text_
+        return indexed_text(row[2], row[3], self.labels)
 
     async def enqueue_all(self) -> int:
         """Queue every conversation message again (reindex, a new embedding space)."""

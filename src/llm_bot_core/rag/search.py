@@ -403,7 +403,7 @@ def _adjust(
             if rows[mid].role == "user" and answer is not None and answer.role == "assistant":
                 scores[mid] += options.answer_share * fused.get(answer.message_id, 0.0)
     temporal = options.date_boost > 0 and is_temporal_question(query)
-    asked = _content_words(query) if options.echo_new_words is not None else set()
+    asked = content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
     speaker = _named_speaker(query, rows.values()) if options.speaker_boost > 0 else None
     repeated = (
@@ -474,10 +474,10 @@ def _if_echo(content: str, asked: set[str], options: SearchOptions, weight: floa
     """`weight`, unless the turn adds more than `echo_new_words` content words to the query."""
     if options.echo_new_words is None:
         return weight
-    return weight if len(_content_words(content) - asked) <= options.echo_new_words else 1.0
+    return weight if len(content_words(content) - asked) <= options.echo_new_words else 1.0
 
 
-def _content_words(text_: str) -> set[str]:
+def content_words(text_: str) -> set[str]:
     # Language-independent: numbers and words of four letters or more (function words are
     # mostly shorter), compared by their first five letters so that inflected forms
     # ("работаю", "работает") match the question's own words.
