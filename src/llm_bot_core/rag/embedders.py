@@ -39,8 +39,9 @@ class Embedder(Protocol):
     async def embed_documents(
         self, texts: Sequence[str], alone: Sequence[str] | None = None
     ) -> list[Vector]:
-        """`alone`: each text without the context it was given (the turn by itself), for a
-        model that reads a turn better alone; the others read `texts`."""
+        """`alone`: each text as a model that a context of few words misleads should read it
+        (the indexer gives the message without such a context; USE_CONTEXT_WORDS); e5+use's
+        USE reads these, every other model `texts`."""
         ...
 
     async def embed_query(self, text: str) -> Vector: ...
