@@ -73,10 +73,10 @@ async def test_each_text_keeps_its_own_halves_when_indexing_splits_the_work(
 async def test_use_reads_each_turn_without_its_context_and_e5_with_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The indexer gives each message with its preceding turn, and the message alone: e5 reads
-    # the first (it disambiguates short answers), USE the second (a stock reply or another
-    # question before a short fact blurred it for USE). Split across sub-batches, each row
-    # still pairs its own halves.
+    # The indexer gives each message with its preceding turn, and (after a context of few
+    # words) the message alone: e5 reads the first (it disambiguates short answers), USE the
+    # second (a stock reply or another question before a short fact blurred it for USE). Split
+    # across sub-batches, each row still pairs its own halves.
     monkeypatch.setattr(embedders, "SUB_BATCH_TOKENS", 24)
     turns = ["User: Я никогда не курил.", "Assistant: Понял тебя.", "User: Rex is a beagle."]
     texts = ["Assistant: Ух ты!\n" + turns[0], turns[0] + "\n" + turns[1],

@@ -237,8 +237,8 @@ class Indexer:
     async def _index_claimed(self, ids: list[int]) -> int:
         async with self._engine.connect() as conn:
             rows = list(await conn.execute(_READ, {"ids": ids, "context": self._context}))
-        texts = [self._text(r) for r in rows]
-        alone = [self._alone(r, t) for r, t in zip(rows, texts, strict=True)]
+        pairs = [self._texts(r) for r in rows]
+        texts, alone = [whole for whole, _ in pairs], [read for _, read in pairs]
         vectors = await self._embedder.embed_documents(texts, alone) if rows else []
         points = [
             Point(
@@ -270,21 +270,17 @@ class Indexer:
             await conn.execute(_OUTBOX.done, {"ids": ids})
         return len(rows)
 
-    def _text(self, row: Any) -> str:
-        return indexed_text(row[2], row[3], self.labels, self._context_of(row))
-
-    @staticmethod
-    def _context_of(row: Any) -> list[tuple[str, str]]:
-        context: list[Any] = row[7] if isinstance(row[7], list) else orjson.loads(row[7] or "[]")
-        return [(c[0], c[1]) for c in context]
-
-    def _alone(self, row: Any, text_: str) -> str:
-        """What a model misled by a context that says little reads (e5+use's USE): the message
-        alone when its context has fewer than USE_CONTEXT_WORDS content words, else `text_`."""
-        said = set().union(*(content_words(c) for _, c in self._context_of(row)))
+    def _texts(self, row: Any) -> tuple[str, str]:
+        """What gets embedded: the message with its context, and what a model misled by a
+        context that says little reads (e5+use's USE): the message alone when its context has
+        fewer than USE_CONTEXT_WORDS content words, else the same."""
+        raw: list[Any] = row[7] if isinstance(row[7], list) else orjson.loads(row[7] or "[]")
+        context = [(c[0], c[1]) for c in raw]
+        whole = indexed_text(row[2], row[3], self.labels, context)
+        said = set().union(*(content_words(c) for _, c in context))
         if len(said) >= USE_CONTEXT_WORDS:
-            return text_
-        return indexed_text(row[2], row[3], self.labels)
+            return whole, whole
+        return whole, indexed_text(row[2], row[3], self.labels)
 
     async def enqueue_all(self) -> int:
         """Queue every conversation message again (reindex, a new embedding space)."""
