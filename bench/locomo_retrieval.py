@@ -41,6 +41,7 @@ from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.indexing import Labels
 from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
+from llm_bot_core.rag.search import SearchOptions, rank
 
 REPO = Path(__file__).resolve().parent.parent
 CATEGORIES = (1, 2, 3, 4)
@@ -187,19 +188,27 @@ def percentile(values: list[float], q: float) -> float:
 
 async def _time_parts(memory: VectorSemanticMemory, question: str, scope: Scope,
                       parts: dict[str, list[float]]) -> None:
-    """The three steps of a search on their own: query embedding, vector store, full text."""
+    """The steps of a search on their own: query embedding, vector store, full text, reading
+    the candidates' rows, ranking."""
     _, searcher = await memory.ready()
     assert memory._store is not None
     started = time.perf_counter()
     vector = await memory._embedder.embed_query(question)
     embedded = time.perf_counter()
-    await memory._store.search(vector, scope, [], 40)
+    dense = await memory._store.search(vector, scope, [], 40)
     stored = time.perf_counter()
-    await searcher.lexical(question, scope, [], 40)
+    lexical = await searcher.lexical(question, scope, [], 40)
     done = time.perf_counter()
+    ids = list(dict.fromkeys([mid for mid, _ in dense] + [mid for mid, _ in lexical]))
+    rows = await searcher.candidates(ids, scope, neighbours=False)  # as the defaults read
+    read = time.perf_counter()
+    rank(question, dense, lexical, rows, SearchOptions(limit=10, min_score=-1.0))
+    ranked = time.perf_counter()
     parts.setdefault("embed_query", []).append((embedded - started) * 1000)
     parts.setdefault("vector_store", []).append((stored - embedded) * 1000)
     parts.setdefault("full_text", []).append((done - stored) * 1000)
+    parts.setdefault("candidates", []).append((read - done) * 1000)
+    parts.setdefault("rank", []).append((ranked - read) * 1000)
 
 
 async def ask_all(

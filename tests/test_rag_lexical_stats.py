@@ -271,3 +271,47 @@ async def test_the_indexer_gives_each_turn_with_its_context_and_alone(db: AsyncE
         (f"Assistant: Понял тебя.\nUser: {LONG}", f"User: {LONG}"),
         (f"User: {LONG}\nAssistant: Здорово!", f"User: {LONG}\nAssistant: Здорово!"),
     ])
+
+
+async def test_ranking_reads_few_content_words_exactly_and_neighbours_on_request(
+    db: AsyncEngine,
+) -> None:
+    from llm_bot_core.rag.indexing import Indexer
+    from llm_bot_core.rag.search import MIN_CONTENT_WORDS
+
+    chat = await session(db, "alice", "chat-a")
+    turns = [("user", "Да."), ("assistant", "Понял тебя."), ("user", "Я собираю марки."),
+             ("user", LONG), ("assistant", "Здорово!")]
+    async with db.begin() as conn:
+        ids = [
+            (
+                await conn.execute(
+                    text("INSERT INTO messages (session_id, role, content) "
+                         "VALUES (:s, :r, :c) RETURNING id"),
+                    {"s": chat, "r": role, "c": content},
+                )
+            ).scalar_one()
+            for role, content in turns
+        ]
+    vectors = _Vectors()
+    indexer = Indexer(db, cast(Any, vectors), cast(Any, vectors), fts_config="russian",
+                      context_turns=1)
+    assert await indexer.index(None) == len(turns)
+    searcher = Searcher(db, cast(Any, None), cast(Any, None), "russian")
+    alice = Scope(user_id="alice")
+    rows = await searcher.candidates(ids, alice, neighbours=False)
+    async with db.connect() as conn:
+        exact = [
+            (await conn.execute(text("SELECT length(to_tsvector('russian', :c))"), {"c": c}))
+            .scalar_one()
+            for _, c in turns
+        ]
+    # Below two the count is exact (such a message is never recalled); the long message's
+    # importance already shows it has enough, and it is not counted.
+    assert exact == [0, 1, 2, 9, 1]
+    assert [rows[i].content_words for i in ids] == [0, 1, 2, MIN_CONTENT_WORDS, 1]
+    assert all(rows[i].prev_id is None and rows[i].next_id is None for i in ids)
+    linked = await searcher.candidates(ids, alice)
+    assert [(linked[i].prev_id, linked[i].next_id) for i in ids] == list(
+        zip([None, *ids[:-1]], [*ids[1:], None], strict=True)
+    )

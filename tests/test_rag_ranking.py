@@ -333,20 +333,24 @@ def test_a_near_duplicate_by_the_jaccard_threshold_counts_as_said_again() -> Non
 
 
 def test_turns_said_again_are_the_pairs_a_full_comparison_finds() -> None:
-    # The search compares turns by size first; it must find what comparing every pair finds.
+    # The search compares only turns sharing one of their rarest words; it must find what
+    # comparing every pair finds, for any threshold and number of copies (turns of no word
+    # at all, "!!!", are all alike).
     rng = random.Random(7)
     vocabulary = ["как", "дела", "рад", "слышать", "здорово", "расскажи", "ещё", "кот", "дом"]
     rows = {
-        mid: candidate(mid, " ".join(rng.sample(vocabulary, rng.randint(1, 6))))
-        for mid in range(60)
+        mid: candidate(mid, " ".join(rng.sample(vocabulary, rng.randint(0, 6))) or "!!!")
+        for mid in range(80)
     }
-    words = {mid: set(row.content.split()) for mid, row in rows.items()}
-    for threshold in (0.5, 0.75, 1.0):
-        expected = {
-            a for a in rows for b in rows
-            if a != b and _jaccard(words[a], words[b]) >= threshold
-        }
-        assert _repeated(dict.fromkeys(rows, 1.0), rows, threshold) == expected
+    words = {mid: set(row.content.split()) - {"!!!"} for mid, row in rows.items()}
+    for threshold in (0.3, 0.5, 0.6, 0.75, 0.8, 1.0):
+        for least in (2, 3, 4):
+            copies = {
+                a: 1 + sum(b != a and _jaccard(words[a], words[b]) >= threshold for b in rows)
+                for a in rows
+            }
+            expected = {a for a, n in copies.items() if n >= least}
+            assert _repeated(dict.fromkeys(rows, 1.0), rows, threshold, least) == expected
 
 
 def said_by(mid: int, content: str, name: str | None) -> Candidate:
