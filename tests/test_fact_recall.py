@@ -111,3 +111,28 @@ async def test_a_deleted_fact_loses_its_vector_and_an_unreachable_embedder_loses
         deleted = await client.delete(f"/v1/memory/users/{ALICE}/facts/{ids[0]}")
         assert deleted.status_code == 200
         assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == len(FACTS) - 1
+
+
+async def test_recall_embeds_the_message_once_for_past_messages_and_facts(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    settings = with_rag(
+        clean_db,
+        llm_server,
+        tmp_path,
+        profile_tokens=0,
+        rag_embedder="openai",
+        embeddings_base_url=llm_server.base_url,
+    )
+    question = "Какой у меня питомец?"
+    async with running_app(settings) as client:
+        await remember(client, *FACTS)
+        await say(client, ALICE, ALICE, "Привет!")  # indexes the facts
+        fake_llm.requests.clear()
+        await say(client, ALICE, ALICE, question)
+        asked = [
+            r for r in fake_llm.requests
+            if r.get("_kind") == "embeddings" and r["input"] in ([question], question)
+        ]
+        # Past messages and the facts past the budget are both searched with one vector.
+        assert len(asked) == 1
