@@ -136,3 +136,21 @@ async def test_recall_embeds_the_message_once_for_past_messages_and_facts(
         ]
         # Past messages and the facts past the budget are both searched with one vector.
         assert len(asked) == 1
+
+
+async def test_facts_are_recalled_by_meaning_while_the_vector_store_is_down(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine, tmp_path: Path
+) -> None:
+    # Past messages' vectors live in the store; the facts' live in PostgreSQL and need only
+    # the embedder. Nothing listens on port 9.
+    settings = with_rag(
+        clean_db, llm_server, tmp_path, profile_tokens=0, qdrant_path=None,
+        qdrant_url="http://127.0.0.1:9",
+    )
+    async with running_app(settings) as client:
+        await remember(client, *FACTS)
+        await say(client, ALICE, ALICE, "Привет!")  # indexes the facts
+        assert await scalar(db, "SELECT count(*) FROM fact_embeddings") == len(FACTS)
+        await say(client, ALICE, ALICE, "Какой у меня питомец?")
+        block = recalled_block(fake_llm).splitlines()
+        assert DOG in next(line for line in block if line.startswith("- ["))

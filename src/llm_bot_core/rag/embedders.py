@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -107,32 +106,6 @@ SEARCH_RECENT_SECONDS = 1.0
 # 7 ms for a question). That lane runs on one OpenMP thread, below questions and above indexing.
 LONG_QUERY_CHARS = 200
 LONG_QUERY_NICE = 10
-
-
-# Recall embeds a message twice: to search past messages and to rank the facts past the
-# profile's budget by meaning (rag/memory.py). The last few queries' vectors are kept, so the
-# second costs no forward pass (no paid request with an API).
-RECENT_QUERIES = 16
-
-
-class _RecentQueries:
-    """The vectors of the last RECENT_QUERIES query texts (the same text, the same vector)."""
-
-    def __init__(self) -> None:
-        self._vectors: OrderedDict[str, Vector] = OrderedDict()
-
-    def get(self, text: str) -> Vector | None:
-        vector = self._vectors.get(text)
-        if vector is None:
-            return None
-        self._vectors.move_to_end(text)
-        return list(vector)  # a copy: the caller may change its own
-
-    def put(self, text: str, vector: Vector) -> None:
-        self._vectors[text] = list(vector)
-        self._vectors.move_to_end(text)
-        while len(self._vectors) > RECENT_QUERIES:
-            self._vectors.popitem(last=False)
 
 
 class _OpenMP:
@@ -236,7 +209,6 @@ class LocalEmbedder:
         self._local = threading.local()
         self._use: Any = None
         self._use_lock = threading.Lock()
-        self._recent = _RecentQueries()
         self._searches = 0  # in flight; written on the event loop, read by the index thread
         self._searched_at = float("-inf")
         self._openmp = _OpenMP()
@@ -458,8 +430,6 @@ class LocalEmbedder:
         return (_blend(vectors, np.vstack(halves)) if halves else vectors).tolist()
 
     async def embed_query(self, text: str) -> Vector:
-        if (known := self._recent.get(text)) is not None:
-            return known
         self._searches += 1
         self._searched_at = time.monotonic()
         try:
@@ -471,9 +441,7 @@ class LocalEmbedder:
         finally:
             self._searches -= 1
             self._searched_at = time.monotonic()
-        found = list(vector.tolist())
-        self._recent.put(text, found)
-        return found
+        return list(vector.tolist())
 
     async def aclose(self) -> None:
         self._queries.close()
@@ -498,14 +466,13 @@ class OpenAIEmbedder:
         self.min_score = 0.3  # text-embedding-3: related texts mostly score 0.3..0.7
         self._client = client
         self._batch_size = batch_size
-        self._recent = _RecentQueries()
         self.dim = dim or 0  # learnt by probe() when the model's size is not known in advance
         base = str(client.base_url).rstrip("/")
         self.name = model if "api.openai.com" in base else f"{base}#{model}"
 
     async def probe(self) -> None:
         """Ask for one vector to learn the model's dimension (and that the server answers)."""
-        self.dim = len((await self.embed_documents(["probe"]))[0])
+        self.dim = len(await self.embed_query("probe"))
 
     async def embed_documents(
         self, texts: Sequence[str], alone: Sequence[str] | None = None
@@ -521,11 +488,7 @@ class OpenAIEmbedder:
         return vectors
 
     async def embed_query(self, text: str) -> Vector:
-        if (known := self._recent.get(text)) is not None:
-            return known
-        vector = (await self.embed_documents([text]))[0]
-        self._recent.put(text, vector)
-        return vector
+        return (await self.embed_documents([text]))[0]
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.config import RagSettings
 from llm_bot_core.rag import russian, thesaurus
 from llm_bot_core.rag.base import RecalledFact, Scope, VectorStoreUnavailable
-from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.embedders import Embedder, Vector
 from llm_bot_core.rag.fact_index import FactIndexer
 from llm_bot_core.rag.indexing import Indexer, Labels
 from llm_bot_core.rag.search import Hit, Searcher, SearchOptions
@@ -184,14 +184,22 @@ class VectorSemanticMemory:
             private=private,
             per_chat=self._settings.rag_scope == "chat",
         )
+        # The query's vector, kept for the facts: embedding it again cost a second forward pass
+        # (a second paid request with an API).
+        vectors: list[Vector] = []
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
-                hits = await self.search(query, scope, exclude_message_ids, rewrite=rewrite)
+                hits = await self.search(
+                    query, scope, exclude_message_ids, rewrite=rewrite, embedded=vectors.append
+                )
         except Exception as exc:  # an outage means no recalled memory, never a failed reply
             log.warning("recall skipped: %r", exc)
             hits = []
-        # Facts are ranked by meaning alone: by the standalone query when there is one.
-        facts = await self._recall_facts(rewrite or query, fact_ids)
+        # Facts are ranked by meaning alone: by the standalone query when there is one (the
+        # vector the search made, if it got that far: facts need no vector store).
+        facts = await self._recall_facts(
+            rewrite or query, vectors[0] if vectors else None, fact_ids
+        )
         return facts + [
             RecalledFact(
                 message_id=h.message_id,
@@ -204,14 +212,18 @@ class VectorSemanticMemory:
             for h in hits
         ]
 
-    async def _recall_facts(self, query: str, fact_ids: Sequence[int]) -> list[RecalledFact]:
-        """The facts among `fact_ids` (past the profile's budget) closest to the query, as
-        recalled fragments with the negated fact id; nothing on an outage."""
+    async def _recall_facts(
+        self, query: str, vector: Vector | None, fact_ids: Sequence[int]
+    ) -> list[RecalledFact]:
+        """The facts among `fact_ids` (past the profile's budget) closest to the query (its
+        `vector` when already made), as recalled fragments with the negated fact id; nothing
+        on an outage."""
         if not fact_ids:
             return []
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
-                vector = await self._embedder.embed_query(query)
+                if vector is None:
+                    vector = await self._embedder.embed_query(query)
                 min_score = _first(self._settings.rag_min_score, self._embedder.min_score)
                 found = await self._facts.search(
                     vector, fact_ids, limit=FACT_HITS, min_score=min_score
@@ -239,9 +251,10 @@ class VectorSemanticMemory:
         limit: int | None = None,
         min_score: float | None = None,
         rewrite: str | None = None,
+        embedded: Callable[[Vector], None] | None = None,
     ) -> list[Hit]:
-        """The search behind recall (the benchmark calls it directly); `rewrite`: the query
-        rewrite's standalone query (Searcher.search says how it is used)."""
+        """The search behind recall (the benchmark calls it directly); `rewrite` and `embedded`:
+        as Searcher.search takes them."""
         _, searcher = await self.ready()
         s = self._settings
         options = SearchOptions(
@@ -249,7 +262,9 @@ class VectorSemanticMemory:
             min_score=_first(min_score, s.rag_min_score, self._embedder.min_score),
             lexical_weight=s.rag_lexical_weight,
         )
-        return await searcher.search(query, scope, exclude, options, rewrite=rewrite)
+        return await searcher.search(
+            query, scope, exclude, options, rewrite=rewrite, embedded=embedded
+        )
 
     async def duplicate_facts(
         self, user_id: str, contents: Sequence[str], *, threshold: float, chat_id: str | None

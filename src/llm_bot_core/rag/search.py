@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llm_bot_core.rag import russian
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.dates import has_time_expression, is_temporal_question, named_dates
-from llm_bot_core.rag.embedders import Embedder
+from llm_bot_core.rag.embedders import Embedder, Vector
 from llm_bot_core.rag.russian import Expansion
 from llm_bot_core.rag.vector_store import VectorStore
 
@@ -197,13 +197,15 @@ class Searcher:
         options: SearchOptions,
         *,
         rewrite: str | None = None,
+        embedded: Callable[[Vector], None] | None = None,
     ) -> list[Hit]:
         """The most relevant messages in `scope`; either side may fail, the other still answers.
 
         `rewrite` (RAG_QUERY_REWRITE): the message as a standalone query. The dense side then
         embeds it alone (a short, self-contained query is what e5 was trained on; the two
         together would blur it and pass the short-query lane's length), and the lexical side
-        and the boosts read the message and the rewrite together: its words only add."""
+        and the boosts read the message and the rewrite together: its words only add.
+        `embedded` is given the query's vector, once made (recall ranks facts with it too)."""
         # The full-text side and the boosts read the beginning of a long message (their regular
         # expressions over 16,000 characters took ~10 ms of the event loop per search).
         query = query[:LEXICAL_QUERY_CHARS]
@@ -218,6 +220,8 @@ class Searcher:
         sides = {}
         try:
             vector = await self._embedder.embed_query(dense_query)
+            if embedded is not None:
+                embedded(vector)
             sides["dense"] = self._store.search(vector, scope, exclude, options.candidates)
         except Exception as exc:
             failures.append(exc)
