@@ -35,6 +35,18 @@ def with_rag(
     return make_settings(clean_db, llm_server.base_url, **{**values, **overrides})
 
 
+def with_embedding_server(clean_db: str, llm_server: FakeLLMServer, tmp_path: Path) -> Settings:
+    """Semantic memory embedding through the fake server's /v1/embeddings; no profile."""
+    return with_rag(
+        clean_db,
+        llm_server,
+        tmp_path,
+        profile_tokens=0,
+        rag_embedder="openai",
+        embeddings_base_url=llm_server.base_url,
+    )
+
+
 async def remember(client: httpx.AsyncClient, *facts: str) -> list[int]:
     ids = []
     for fact in facts:
@@ -82,14 +94,7 @@ async def test_a_fact_in_the_profile_is_not_repeated_in_the_recall_block(
 async def test_a_deleted_fact_loses_its_vector_and_an_unreachable_embedder_loses_nothing(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, db: AsyncEngine, tmp_path: Path
 ) -> None:
-    settings = with_rag(
-        clean_db,
-        llm_server,
-        tmp_path,
-        profile_tokens=0,
-        rag_embedder="openai",
-        embeddings_base_url=llm_server.base_url,
-    )
+    settings = with_embedding_server(clean_db, llm_server, tmp_path)
     async with running_app(settings) as client:
         await say(client, ALICE, ALICE, "Привет!")
         fake_llm.embeddings_down = True
@@ -116,14 +121,7 @@ async def test_a_deleted_fact_loses_its_vector_and_an_unreachable_embedder_loses
 async def test_recall_embeds_the_message_once_for_past_messages_and_facts(
     clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    settings = with_rag(
-        clean_db,
-        llm_server,
-        tmp_path,
-        profile_tokens=0,
-        rag_embedder="openai",
-        embeddings_base_url=llm_server.base_url,
-    )
+    settings = with_embedding_server(clean_db, llm_server, tmp_path)
     question = "Какой у меня питомец?"
     async with running_app(settings) as client:
         await remember(client, *FACTS)
