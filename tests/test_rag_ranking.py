@@ -343,7 +343,7 @@ def test_turns_said_again_are_the_pairs_a_full_comparison_finds() -> None:
         for mid in range(80)
     }
     words = {mid: set(row.content.split()) - {"!!!"} for mid, row in rows.items()}
-    for threshold in (0.3, 0.5, 0.6, 0.75, 0.8, 1.0):
+    for threshold in (0.0, 0.3, 0.5, 0.6, 0.75, 0.8, 1.0):
         for least in (2, 3, 4):
             copies = {
                 a: 1 + sum(b != a and _jaccard(words[a], words[b]) >= threshold for b in rows)
