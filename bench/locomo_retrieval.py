@@ -200,9 +200,10 @@ async def _time_parts(memory: VectorSemanticMemory, question: str, scope: Scope,
     lexical = await searcher.lexical(question, scope, [], 40)
     done = time.perf_counter()
     ids = list(dict.fromkeys([mid for mid, _ in dense] + [mid for mid, _ in lexical]))
-    rows = await searcher.candidates(ids, scope, neighbours=False)  # as the defaults read
+    options = SearchOptions(limit=10, min_score=-1.0)
+    rows = await searcher.candidates(ids, scope, neighbours=options.reads_neighbours)
     read = time.perf_counter()
-    rank(question, dense, lexical, rows, SearchOptions(limit=10, min_score=-1.0))
+    rank(question, dense, lexical, rows, options)
     ranked = time.perf_counter()
     parts.setdefault("embed_query", []).append((embedded - started) * 1000)
     parts.setdefault("vector_store", []).append((stored - embedded) * 1000)

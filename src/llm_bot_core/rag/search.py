@@ -170,6 +170,11 @@ class SearchOptions:
     questions that name one speaker have all their evidence in that speaker's turns; the
     cross-validation kept it (held-out R@5 0.673 -> 0.699), 1.0 is the folds' median."""
 
+    @property
+    def reads_neighbours(self) -> bool:
+        """Whether a boost reads each candidate's neighbouring turns (Candidate.prev_id)."""
+        return self.neighbour_weight > 0 or self.answer_share > 0
+
 
 class Searcher:
     def __init__(
@@ -282,8 +287,7 @@ class Searcher:
         query: str = "",
     ) -> list[Hit]:
         ids = list(dict.fromkeys([mid for mid, _ in dense] + [mid for mid, _ in lexical]))
-        neighbours = options.neighbour_weight > 0 or options.answer_share > 0
-        rows = await self.candidates(ids, scope, neighbours=neighbours)
+        rows = await self.candidates(ids, scope, neighbours=options.reads_neighbours)
         return rank(query, dense, lexical, rows, options)
 
     async def candidates(
