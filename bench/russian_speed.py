@@ -5,13 +5,14 @@ pgvector on an embedded PostgreSQL), as `bench/russian_recall.py` does; each use
 to `--pad-to` messages with copies of the other users' indexed turns (vectors and lexemes
 copied, as `bench/locomo_retrieval.py --pad-to` does) and the database is VACUUM ANALYZEd.
 Every question of the set is then searched `--rounds` times through the product's search, once
-with the thesaurus's weights at 0 (no expansion) and once at the defaults, the order alternating
+with the thesaurus's weights at 0 (no expansion; `--off GLOSS` zeroes only the weight of the
+definitions' words) and once at the defaults, the order alternating
 from question to question. The first round is reported apart (`cold`: the thesaurus's words
 lemmatised for the first time); LoCoMo's English questions get no Russian expansion, so this is
 where its cost shows. Prints one JSON object.
 
     python bench/russian_speed.py [--set paraphrase] [--pad-to 10000] [--rounds 3]
-                                  [--embedder e5+use|e5|use]
+                                  [--embedder e5+use|e5|use] [--off SYNONYM,...,GLOSS]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
 from llm_bot_core.testing.fake_llm import FakeLLMServer
 
-WEIGHTS = ("SYNONYM", "HYPERNYM", "HYPONYM")
+WEIGHTS = ("SYNONYM", "HYPERNYM", "HYPONYM", "GLOSS")
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -71,7 +72,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
             for item in dialogue["questions"]:
                 n += 1
                 for mode in (("off", "on") if n % 2 else ("on", "off")):
-                    for name in WEIGHTS:
+                    for name in args.off:
                         setattr(thesaurus, name, defaults[name] if mode == "on" else 0.0)
                     started = time.perf_counter()
                     await memory.search(item["q"], scope)
@@ -85,7 +86,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
         "set": args.which, "embedder": memory._embedder.name,
         "messages_per_user": min(sizes), "users": len(plan),
         "questions": sum(len(d["questions"]) for d in plan), "rounds": args.rounds,
-        "questions_expanded": expanded,
+        "questions_expanded": expanded, "off": list(args.off),
         "search_ms": {when: {mode: _summary(v) for mode, v in by.items()}
                       for when, by in timings.items()},
     }
@@ -99,7 +100,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--embedder", choices=("e5+use", "e5", "use"), default="e5+use")
     parser.add_argument("--database-url", default=None)
-    run_on_database(run, parser.parse_args(), prefix="ru-speed-")
+    parser.add_argument("--off", type=lambda v: tuple(v.split(",")), default=WEIGHTS,
+                        help="the thesaurus weights set to 0 in the 'off' mode (default: all; "
+                             "GLOSS alone measures the definitions' words)")
+    args = parser.parse_args()
+    if not set(args.off) <= set(WEIGHTS):
+        parser.error(f"--off takes names among {', '.join(WEIGHTS)}")
+    run_on_database(run, args, prefix="ru-speed-")
 
 
 if __name__ == "__main__":

@@ -278,6 +278,9 @@ JOINED_BY: dict[str, tuple[str, str, str, list[tuple[ModuleType, str, object]]]]
     "thesaurus": ("ru-thes", "У меня на балконе растут помидоры и огурцы.",
                   "Какие овощи я сажаю?",
                   [(thesaurus, weight, 0.0) for weight in ("SYNONYM", "HYPERNYM", "HYPONYM")]),
+    # "сластёна" is defined, in its colloquial sense, as "тот, кто любит сладкое".
+    "gloss": ("ru-gloss", "Я не люблю сладкое, даже торты.", "Я сластёна?",
+              [(thesaurus, "GLOSS", 0.0)]),
 }
 
 
@@ -314,6 +317,25 @@ def test_thesaurus_brings_synonyms_categories_and_items_but_not_catalogues() -> 
     assert thesaurus.expand("What did Alice say about her dog?").words == []  # Russian only
     # Its own word is the stems' job, in any form.
     assert not any(w.startswith("овощ") for w in thesaurus.expand("Какие овощи").words)
+
+
+def test_definitions_lose_their_examples_labels_and_markup() -> None:
+    field = ("пахать~ru~пахать~ru~{{перен.}}, {{разг.}} [[тяжело]] [[работать|работал]], "
+             "много ''(на совесть)'' {{пример|Пашет {{выдел|день}} и ночь.|автор}}~41431~89512")
+    assert thesaurus._definition(field).replace(",", " ").split() == ["тяжело", "работать", "много"]
+    assert thesaurus._definition("дрыхнуть~ru~дрыхнуть~ru~{{прост.}} {{=|спать}}~1~2").split() \
+        == ["спать"]
+
+
+def test_colloquial_senses_bring_the_words_they_are_defined_by() -> None:
+    gloss = [dict(zip(*astuple(thesaurus.expand(q)), strict=True))
+             for q in ("Я сластёна?", "Какие передачи по ящику я смотрю?", "Я много вкалываю?")]
+    assert gloss[0]["сладкое"] == thesaurus.GLOSS  # "тот, кто любит сладкое"
+    assert gloss[1]["телевизор"] == thesaurus.GLOSS  # "ящик", colloquially
+    # Only colloquial, slang, figurative or "the same as" senses are read: "пахать" in its
+    # plain sense is "протыкать, вводить внутрь".
+    assert "протыкать" not in gloss[2] and "внутрь" not in gloss[2]
+    assert "работать" in gloss[2]
 
 
 def test_the_thesaurus_and_navec_neighbours_merge_each_word_at_its_highest_weight() -> None:

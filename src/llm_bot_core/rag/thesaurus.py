@@ -9,11 +9,17 @@ their hyponyms; the lexical search keeps only those this user has actually writt
 lexemes in `lexical_stats`) and weighs them below the question's own words, as it does the
 navec neighbours (rag/russian.py). Unlike those, a lookup is an indexed read of a small
 in-memory copy (tens of microseconds), not a matrix product, so it is on by default.
+
+A colloquial word often has no synonym listed but a definition in plain words: "сластёна" is
+"тот, кто любит сладкое", "ящик" is colloquially a "телевизор", "вкалывать" is "работать".
+The head words of the definitions of a question word's colloquial, slang, figurative or
+diminutive senses come in too, weighed lower still (GLOSS).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -32,6 +38,11 @@ HYPERNYM = 0.8
 """The weight of a question word's category ("собака" for "овчарка")."""
 HYPONYM = 0.8
 """The weight of an item of the question word's category ("помидор" for "овощ")."""
+GLOSS = 0.3
+"""The weight of a word from the definition of a question word's colloquial sense ("сластёна":
+"тот, кто любит сладкое"; "ящик": "телевизор")."""
+GLOSS_WORDS = 6
+"""Content words read from the start of each definition (its head words; the rest qualifies)."""
 MAX_HYPONYMS = 150
 """A synset with more hyponym words than this is a catalogue ("имя": 18,699 names), not a
 category a question narrows: its hyponyms are left out (they would cost time, not add recall)."""
@@ -39,6 +50,7 @@ category a question narrows: its hyponyms are left out (they would cost time, no
 
 _SCHEMA = """
 CREATE TABLE words (sid INTEGER NOT NULL, lemma TEXT NOT NULL, key TEXT NOT NULL);
+CREATE TABLE glosses (key TEXT NOT NULL, gloss TEXT NOT NULL);
 CREATE TABLE links (sid INTEGER NOT NULL, hyper INTEGER NOT NULL);
 """
 _INDEXES = """
@@ -46,6 +58,7 @@ CREATE INDEX words_key ON words (key);
 CREATE INDEX words_sid ON words (sid);
 CREATE INDEX links_sid ON links (sid);
 CREATE INDEX links_hyper ON links (hyper);
+CREATE INDEX glosses_key ON glosses (key);
 CREATE TABLE below AS
     SELECT l.hyper AS sid, count(*) AS n FROM links l JOIN words w ON w.sid = l.sid
     GROUP BY l.hyper;
@@ -67,6 +80,40 @@ def _key(word: str) -> str:
     return word.lower().replace("ё", "е")
 
 
+_DEFINITION = 4
+"""The definition's place in the file's `definition` field ("лемма~ru~лемма~ru~DEF~id~id")."""
+_TEMPLATE = re.compile(r"\{\{([^{}]*)\}\}")
+_LINK = re.compile(r"\[\[([^\]|]*)(?:\|[^\]]*)?\]\]")
+_ASIDE = re.compile(r"\([^()]*\)|''[^']*''")
+# The senses read for their definitions: colloquial, slang, figurative, diminutive, or "the
+# same as" another word. Such a sense names in plain words what a chat says another way
+# ("пахать": "{{перен.}}, {{разг.}} тяжело работать"); a plain or technical sense's definition
+# ("пахать": "взрыхлять, возделывать землю") would bring words the question did not mean.
+_STYLE = re.compile(
+    r"\{\{(?:разг|п|прост|жарг|перен|неодобр|пренебр|шутл|ирон|вульг|умласк|уменьш|сленг|фам"
+    r"|сниж|эвф|груб)\.?[|}]|\{\{=\|"
+)
+
+
+def _template(match: re.Match[str]) -> str:
+    """"{{=|спать}}" says "the same as спать"; other templates are labels ("{{разг.}}")."""
+    inner = match.group(1)
+    return " " + inner[2:] if inner.startswith("=|") else " "
+
+
+def _definition(field: str) -> str:
+    """A sense's definition without its examples, labels and wiki markup."""
+    parts = field.split("~")
+    text = parts[_DEFINITION] if len(parts) > _DEFINITION else field
+    text = text.split("{{пример", 1)[0]
+    while True:
+        cleaned = _TEMPLATE.sub(_template, text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return _ASIDE.sub(" ", _LINK.sub(r"\1", text))
+
+
 class Thesaurus:
     """The thesaurus's words and links, copied into an indexed in-memory SQLite database.
 
@@ -74,7 +121,10 @@ class Thesaurus:
     what a lookup reads in ~15 MB (Python dictionaries of the same took 117 MB)."""
 
     def __init__(
-        self, synsets: Iterable[tuple[int, str]], hypernyms: Iterable[tuple[int, int]]
+        self,
+        synsets: Iterable[tuple[int, str]],
+        hypernyms: Iterable[tuple[int, int]],
+        definitions: Iterable[tuple[str, str]] = (),
     ) -> None:
         db = sqlite3.connect(":memory:", check_same_thread=False)
         db.executescript(_SCHEMA)
@@ -82,6 +132,15 @@ class Thesaurus:
         db.executemany(
             "INSERT INTO words VALUES (?, ?, ?)",
             ((sid, lemma.lower(), _key(lemma)) for sid, lemma in synsets if " " not in lemma),
+        )
+        db.executemany(
+            "INSERT INTO glosses VALUES (?, ?)",
+            (
+                (_key(lemma), text)
+                for lemma, text in definitions
+                # A proper name is not a sense of the word ("Паша", a river, for "пашу").
+                if " " not in lemma and lemma[:1].islower() and _STYLE.search(text)
+            ),
         )
         db.executemany("INSERT INTO links VALUES (?, ?)", hypernyms)
         db.executescript(_INDEXES)
@@ -96,6 +155,11 @@ class Thesaurus:
             return cls(
                 db.execute("SELECT synset_id, lemma FROM synsets"),
                 db.execute("SELECT sid, hypersid FROM hypernyms"),
+                # Each sense's definition up to its examples (the bulk of the file).
+                db.execute(
+                    "SELECT lemma, substr(definition, 1,"
+                    " instr(definition || '{{пример', '{{пример') - 1) FROM synsets"
+                ),
             )
         finally:
             db.close()
@@ -114,18 +178,35 @@ class Thesaurus:
                 found[word] = weight
         return found
 
+    def glossed(self, lemma: str, limit: int = GLOSS_WORDS) -> set[str]:
+        """The head content words of the definitions of `lemma`'s colloquial senses, as lemmas."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT gloss FROM glosses WHERE key = ?", (_key(lemma),)
+            ).fetchall()
+        found: set[str] = set()
+        for (field,) in rows:
+            words = russian.content_words(_definition(field))
+            found.update(lem for _, lem in words[:limit])
+        return found
+
     def expand(
         self,
         query: str,
         synonym: float = SYNONYM,
         hypernym: float = HYPERNYM,
         hyponym: float = HYPONYM,
+        gloss: float = GLOSS,
     ) -> Expansion:
         """The related words of the query's content words, as the lexical side takes them."""
         own = {_key(lemma) for _, lemma in russian.content_words(query)}
         best: dict[str, float] = {}
         for lemma in own:
-            for word, weight in self.related(lemma, synonym, hypernym, hyponym).items():
+            related = self.related(lemma, synonym, hypernym, hyponym)
+            if gloss > 0:
+                for word in self.glossed(lemma):
+                    related[word] = max(related.get(word, 0.0), gloss)
+            for word, weight in related.items():
                 # As the indexed text has it: the lemma pymorphy3 gives (its ё included).
                 target = russian.lemma(word)
                 if len(target) >= 3 and _key(target) not in own and weight > best.get(target, 0):
@@ -161,4 +242,4 @@ def expand(query: str) -> Expansion:
     found = thesaurus()
     if found is None:
         return Expansion([], [])
-    return found.expand(query, SYNONYM, HYPERNYM, HYPONYM)
+    return found.expand(query, SYNONYM, HYPERNYM, HYPONYM, GLOSS)
