@@ -21,6 +21,7 @@ from llm_bot_core.rag.search import (
     _jaccard,
     _named_speaker,
     _repeated,
+    counted_words,
     rank,
 )
 
@@ -111,6 +112,15 @@ OPTIONS = SearchOptions(
 
 def ids(hits: list[Hit]) -> list[int]:
     return [h.message_id for h in hits]
+
+
+def test_a_negation_counts_as_a_content_word_of_a_turn_that_has_one() -> None:
+    assert counted_words(1, "Я никогда не курил.") == 2
+    assert counted_words(1, "I don't smoke.") == 2
+    assert counted_words(1, "Я нечасто курю.") == 1  # "не" only as a word of its own
+    assert counted_words(1, "Понимаю.") == 1
+    assert counted_words(0, "No, not yet!") == 0  # nothing negated: nothing to remember
+    assert counted_words(3, "Я не люблю сладкое.") == 3
 
 
 def test_fusion_orders_by_both_sides_and_keeps_the_threshold_and_the_filters() -> None:

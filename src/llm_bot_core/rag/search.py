@@ -29,6 +29,22 @@ log = logging.getLogger(__name__)
 
 RRF_K = 60
 MIN_CONTENT_WORDS = 2
+"""Turns with fewer content words are not recalled ("Ого!", "Понимаю.": nothing to remember)."""
+# The full-text configuration drops negations as stop words, so "Я никогда не курил." counted
+# one content word, as "Понимаю." does. A negated word is a fact ("never smoked" is not
+# "smoked"): a negation adds one to a turn that has a content word of its own.
+_NEGATION = re.compile(
+    r"(?<![\w-])(?:не|ни|нет|никогда|ничего|нисколько|нельзя|not|no|never|nothing|nobody)(?![\w-])"
+    r"|n't\b",
+    re.IGNORECASE,
+)
+
+
+def counted_words(lexemes: int, content: str) -> int:
+    """A turn's content words: its lexemes, plus one for a negation of a word of its own."""
+    if 0 < lexemes < MIN_CONTENT_WORDS and _NEGATION.search(content):
+        return lexemes + 1
+    return lexemes
 
 # BM25 (k1 = 1.2, b = 0.75, each query term counted once per message: chat turns are short).
 # Document frequencies are those of the scope (`lexical_stats`, kept by triggers), so "what is
@@ -317,7 +333,7 @@ class Searcher:
                     role=r[1],
                     content=r[2],
                     created_at=r[3],
-                    content_words=r[4],
+                    content_words=counted_words(r[4], r[2]),
                     user_id=r[5],
                     user_name=r[6],
                     session_id=str(r[7]),
