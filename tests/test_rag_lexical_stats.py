@@ -281,7 +281,8 @@ async def test_ranking_reads_few_content_words_exactly_and_neighbours_on_request
 
     chat = await session(db, "alice", "chat-a")
     turns = [("user", "Да."), ("assistant", "Понял тебя."), ("user", "Я собираю марки."),
-             ("user", LONG), ("assistant", "Здорово!"), ("user", "Я никогда не курил.")]
+             ("user", LONG), ("assistant", "Здорово!"), ("user", "Я никогда не курил."),
+             ("user", "Я вегетарианец."), ("assistant", "Я рад.")]
     async with db.begin() as conn:
         ids = [
             (
@@ -308,10 +309,10 @@ async def test_ranking_reads_few_content_words_exactly_and_neighbours_on_request
         ]
     # Below two the count is exact (such a message is never recalled); the long message's
     # importance already shows it has enough, and it is not counted.
-    assert exact == [0, 1, 2, 9, 1, 1]
-    # "никогда" and "не" are stop words of the full text, but the negation is the fact: it
-    # counts as one more word of a turn that has one.
-    assert [rows[i].content_words for i in ids] == [0, 1, 2, MIN_CONTENT_WORDS, 1, 2]
+    assert exact == [0, 1, 2, 9, 1, 1, 1, 1]
+    # "никогда", "не" and "я" are stop words of the full text, but the negation, or a user
+    # speaking of themselves, is the fact: it counts as one more word of a turn that has one.
+    assert [rows[i].content_words for i in ids] == [0, 1, 2, MIN_CONTENT_WORDS, 1, 2, 2, 1]
     assert all(rows[i].prev_id is None and rows[i].next_id is None for i in ids)
     linked = await searcher.candidates(ids, alice)
     assert [(linked[i].prev_id, linked[i].next_id) for i in ids] == list(

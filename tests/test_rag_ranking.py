@@ -114,13 +114,20 @@ def ids(hits: list[Hit]) -> list[int]:
     return [h.message_id for h in hits]
 
 
-def test_a_negation_counts_as_a_content_word_of_a_turn_that_has_one() -> None:
+def test_a_negation_or_a_users_first_person_counts_as_a_content_word_of_a_turn_with_one() -> None:
     assert counted_words(1, "Я никогда не курил.") == 2
     assert counted_words(1, "I don't smoke.") == 2
-    assert counted_words(1, "Я нечасто курю.") == 1  # "не" only as a word of its own
+    assert counted_words(1, "Нечасто курю.") == 1  # "не" only as a word of its own
     assert counted_words(1, "Понимаю.") == 1
     assert counted_words(0, "No, not yet!") == 0  # nothing negated: nothing to remember
     assert counted_words(3, "Я не люблю сладкое.") == 3
+    # What a user says of themselves is a fact too ("я", "мне", "мой" are stop words).
+    assert counted_words(1, "Я вегетарианец.") == 2
+    assert counted_words(1, "Мне 30.") == 2
+    assert counted_words(1, "I'm vegan.") == 2
+    assert counted_words(1, "Я понимаю.", "assistant") == 1  # the bot's own first person
+    assert counted_words(1, "Привет!") == 1
+    assert counted_words(1, "Я сластёна?") == 1  # a question, not a statement
 
 
 def test_fusion_orders_by_both_sides_and_keeps_the_threshold_and_the_filters() -> None:

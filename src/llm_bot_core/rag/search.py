@@ -30,19 +30,31 @@ log = logging.getLogger(__name__)
 RRF_K = 60
 MIN_CONTENT_WORDS = 2
 """Turns with fewer content words are not recalled ("Ого!", "Понимаю.": nothing to remember)."""
-# The full-text configuration drops negations as stop words, so "Я никогда не курил." counted
-# one content word, as "Понимаю." does. A negated word is a fact ("never smoked" is not
-# "smoked"): a negation adds one to a turn that has a content word of its own.
+# The full-text configuration drops pronouns and negations as stop words, so "Я никогда не
+# курил." and "Я вегетарианец." counted one content word, as "Понимаю." does. A negated word is
+# a fact ("never smoked" is not "smoked"), and so is a word a user says of themselves: a
+# negation, or the first person in a user's statement, adds one to a turn that has a content
+# word of its own.
 _NEGATION = re.compile(
     r"(?<![\w-])(?:не|ни|нет|никогда|ничего|нисколько|нельзя|not|no|never|nothing|nobody)(?![\w-])"
     r"|n't\b",
     re.IGNORECASE,
 )
+_FIRST_PERSON = re.compile(
+    r"(?<![\w-])(?:я|мне|меня|мной|мой|моя|моё|мое|мои|моего|моей|моих|мы|нам|нас|наш|наша|наше"
+    r"|наши|i|i'm|me|my|we|our|us)(?![\w-])",
+    re.IGNORECASE,
+)
 
 
-def counted_words(lexemes: int, content: str) -> int:
-    """A turn's content words: its lexemes, plus one for a negation of a word of its own."""
-    if 0 < lexemes < MIN_CONTENT_WORDS and _NEGATION.search(content):
+def counted_words(lexemes: int, content: str, role: str = "user") -> int:
+    """A turn's content words: its lexemes, plus one for a negation of a word of its own or,
+    in a user's statement, for the first person ("Я вегетарианец.", "Мне 30.", "I'm vegan.";
+    not "Я сластёна?", which asks)."""
+    if 0 < lexemes < MIN_CONTENT_WORDS and (
+        _NEGATION.search(content)
+        or (role == "user" and not content.rstrip().endswith("?") and _FIRST_PERSON.search(content))
+    ):
         return lexemes + 1
     return lexemes
 
@@ -333,7 +345,7 @@ class Searcher:
                     role=r[1],
                     content=r[2],
                     created_at=r[3],
-                    content_words=counted_words(r[4], r[2]),
+                    content_words=counted_words(r[4], r[2], r[1]),
                     user_id=r[5],
                     user_name=r[6],
                     session_id=str(r[7]),
