@@ -125,7 +125,8 @@ _READ = text(
 # six; the user's own words count fully and the assistant's half (the assistant mostly restates);
 # a number (date, amount, age) adds 0.2. Small talk such as "ок" or "спасибо!" scores near 0,
 # and search drops messages with fewer than two content words (search.MIN_CONTENT_WORDS; a
-# negation of the turn's word counts as one: "Я никогда не курил.").
+# negation, or the first person of a user's statement, counts as one: "Я никогда не курил.",
+# "Я вегетарианец.").
 _IMPORTANCE = """
     LEAST(1.0, (LEAST(length(to_tsvector(CAST(:cfg AS regconfig), m.content)), 6) / 6.0)
                * CASE m.role WHEN 'user' THEN 1.0 ELSE 0.5 END
