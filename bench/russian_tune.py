@@ -3,8 +3,8 @@
 `bench/russian_replay.py --set NAME` records a set's run once (`.cache/russian_calls_NAME.pkl`);
 here every recording is replayed for each point of a grid. A point is scored by the questions
 found on the tune parts together (paraphrase tune, numbers tune, dev2, blind); the report
-parts (paraphrase report, numbers report, final, blind2, blind3) are printed as totals per set
-and never used to choose. The chosen point is the first with the best tune total (the grid
+parts (paraphrase report, numbers report, final, blind2, blind3, blind4) are printed as totals
+per set and never used to choose. The chosen point is the first with the best tune total (the grid
 lists the neutral and the mildest values first). Prints one JSON object.
 
     python bench/russian_replay.py --set dev2        # once per set, to record
@@ -24,7 +24,7 @@ from russian_recall import SETS, load_paraphrase
 from russian_replay import questions, score
 
 REPO = Path(__file__).resolve().parent.parent
-RECORDED = ("paraphrase", "numbers", "dev2", "blind", "final", "blind2", "blind3")
+RECORDED = ("paraphrase", "numbers", "dev2", "blind", "final", "blind2", "blind3", "blind4")
 
 
 def value(text: str) -> Any:
