@@ -334,7 +334,7 @@ def test_colloquial_senses_bring_the_words_they_are_defined_by() -> None:
              for q in ("Я сластёна?", "Какие передачи по ящику я смотрю?", "Я много вкалываю?")]
     assert gloss[0]["сладкое"] == thesaurus.GLOSS  # "тот, кто любит сладкое"
     assert gloss[1]["телевизор"] == thesaurus.GLOSS  # "ящик", colloquially
-    # Only colloquial, slang, figurative or "the same as" senses are read: "пахать" in its
+    # Only colloquial, slang, figurative or "the same as" senses are read: "вкалывать" in its
     # plain sense is "протыкать, вводить внутрь".
     assert "протыкать" not in gloss[2] and "внутрь" not in gloss[2]
     assert "работать" in gloss[2]

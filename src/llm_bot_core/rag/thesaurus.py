@@ -136,7 +136,7 @@ class Thesaurus:
         db.executemany(
             "INSERT INTO glosses VALUES (?, ?)",
             (
-                (_key(lemma), text)
+                (_key(lemma), _definition(text))
                 for lemma, text in definitions
                 # A proper name is not a sense of the word ("Паша", a river, for "пашу").
                 if " " not in lemma and lemma[:1].islower() and _STYLE.search(text)
@@ -147,6 +147,8 @@ class Thesaurus:
         self._db = db
         # One connection, used by the search threads in turn: a lookup takes microseconds.
         self._lock = threading.Lock()
+        # A lemma's definition words, lemmatised once: words recur in chat.
+        self._glossed: dict[tuple[str, int], frozenset[str]] = {}
 
     @classmethod
     def load(cls, path: Path) -> Thesaurus:
@@ -178,16 +180,21 @@ class Thesaurus:
                 found[word] = weight
         return found
 
-    def glossed(self, lemma: str, limit: int = GLOSS_WORDS) -> set[str]:
+    def glossed(self, lemma: str, limit: int = GLOSS_WORDS) -> frozenset[str]:
         """The head content words of the definitions of `lemma`'s colloquial senses, as lemmas."""
+        cached = self._glossed.get((lemma, limit))
+        if cached is not None:
+            return cached
         with self._lock:
             rows = self._db.execute(
                 "SELECT gloss FROM glosses WHERE key = ?", (_key(lemma),)
             ).fetchall()
-        found: set[str] = set()
-        for (field,) in rows:
-            words = russian.content_words(_definition(field))
-            found.update(lem for _, lem in words[:limit])
+        found = frozenset(
+            lem for (text,) in rows for _, lem in russian.content_words(text)[:limit]
+        )
+        if len(self._glossed) >= russian.CACHE_WORDS:
+            self._glossed.clear()
+        self._glossed[(lemma, limit)] = found
         return found
 
     def expand(
