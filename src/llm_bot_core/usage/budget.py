@@ -116,7 +116,8 @@ class Budgets:
     async def today(self, user_id: str) -> DayUsage:
         """What the user has spent since their day began, and the limit that applies."""
         start, end = self.window()
-        async with self._engine.connect() as conn:
+        # The table and the records not yet in it, read with no batch committed in between.
+        async with self._ledger.settled(), self._engine.connect() as conn:
             row = (
                 await conn.execute(
                     _DAY,
@@ -128,7 +129,7 @@ class Budgets:
                     },
                 )
             ).one()
-        pending = self._ledger.pending_records(user_id, start)
+            pending = self._ledger.pending_records(user_id, start)
         return DayUsage(
             user_id=user_id,
             prompt_tokens=int(row[0]) + sum(r.prompt_tokens for r in pending),

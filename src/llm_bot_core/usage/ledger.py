@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -78,6 +79,10 @@ class UsageLedger:
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._last_failed = False
+        # Held while a batch is committed, and by a reader of the table and `pending_records`
+        # together (`settled`): otherwise a batch committed after the reader's query began and
+        # before it read the pending records is counted nowhere.
+        self._commit = asyncio.Lock()
 
     def account(self, user_id: str | None, chat_id: str | None) -> Account:
         """What a model call made for this user and chat is recorded under."""
@@ -120,6 +125,12 @@ class UsageLedger:
             for r in batch
             if r.user_id == user_id and r.created_at >= since
         ]
+
+    @asynccontextmanager
+    async def settled(self) -> AsyncIterator[None]:
+        """While held, no batch is committed: what the table holds and `pending_records` agree."""
+        async with self._commit:
+            yield
 
     def pending_tokens(self, user_id: str, since: datetime) -> int:
         """Tokens of `pending_records`: the budget check adds them to what the table holds."""
@@ -167,7 +178,7 @@ class UsageLedger:
 
     async def _write(self, batch: list[UsageRecord]) -> None:
         try:
-            async with self._engine.begin() as conn:
+            async with self._commit, self._engine.begin() as conn:
                 await conn.execute(
                     insert(LlmUsage),
                     [
