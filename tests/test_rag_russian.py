@@ -283,6 +283,11 @@ JOINED_BY: dict[str, tuple[str, str, str, list[tuple[ModuleType, str, object]]]]
     # "сластёна" is defined, in its colloquial sense, as "тот, кто любит сладкое".
     "gloss": ("ru-gloss", "Я не люблю сладкое, даже торты.", "Я сластёна?",
               [(thesaurus, "GLOSS", 0.0)]),
+    # A brand told in Latin letters, asked in Cyrillic (an inflected form), and the other way.
+    "names": ("ru-names", "Подкасты слушаю только в Spotify, подписка семейная.",
+              "Что я включаю в Спотифае?", [(russian, "NAMES", False)]),
+    "names back": ("ru-names-back", "Мой ноутбук — старый Тинкпад, ему семь лет.",
+                   "Я печатаю на ThinkPad?", [(russian, "NAMES", False)]),
 }
 
 

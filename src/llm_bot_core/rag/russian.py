@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_bot_core.rag import numbers
+from llm_bot_core.rag import numbers, translit
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +244,22 @@ def lemmatize(text: str) -> str:
 
 NUMBERS = True
 """Append the numbers a text says in words (or in split digit forms) in digits: rag/numbers.py."""
+NAMES = True
+"""Append a key of each name word shared by its Latin and Cyrillic spellings: rag/translit.py."""
+
+
+@lru_cache(maxsize=100_000)
+def known(word: str) -> bool:
+    """Whether pymorphy3's dictionary has the word (a brand in Cyrillic usually is not)."""
+    found: bool = _morph().word_is_known(word)
+    return found
 
 
 def lexical_text(text: str) -> str:
-    """What the full-text side reads of a message or a question: lemmas, numbers also in digits."""
+    """What the full-text side reads of a message or a question: lemmas, numbers also in
+    digits, names also by their key for either script."""
     base = lemmatize(text)
     found = numbers.spoken(text, lemma) if NUMBERS else []
+    if NAMES:
+        found += translit.keys(text, lemma, known)
     return f"{base} {' '.join(found)}" if found else base
