@@ -44,16 +44,15 @@ _LATIN = [
         ("wh", "v"),
         ("th", "t"),
         ("ck", "k"),
-        ("ch", "\x01"),  # kept from the "c" rules below
         ("qu", "kv"),
         ("q", "k"),
         ("x", "ks"),
         ("w", "v"),
         ("j", "dzh"),
-        ("c(?=[eiy])", "s"),
-        ("c", "k"),
+        # "ch" stays as it is ("Chelsea", "Челси").
+        ("c(?!h)(?=[eiy])", "s"),
+        ("c(?!h)", "k"),
         ("y", "i"),
-        ("\x01", "ch"),
     )
 ]
 _VOWELS = re.compile(r"[aeiou_]")
