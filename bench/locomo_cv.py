@@ -61,6 +61,7 @@ BASELINE = SearchOptions(
     candidates=40,
     repeat_weight=1.0,
     speaker_boost=0.0,
+    self_boost=0.0,
 )
 
 # Today's defaults as a grid of one point each.
@@ -127,6 +128,14 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
     },
     "now + repeated turns x0.2 (fixed, the Russian tune sets' choice)": {
         **NOW, "repeat_weight": [0.2]
+    },
+    # A first-person question favours the user's own first-person statements (issue 15, the
+    # Russian sets' near-miss small talk about others), on top of today's defaults.
+    "now + own statements for a question about the asker": {
+        **NOW, "self_boost": [0.0, 0.25, 0.5, 1.0]
+    },
+    "now + own statements x1.5 (fixed, the Russian tune parts' choice)": {
+        **NOW, "self_boost": [0.5]
     },
     "today + repeated turns x0.8, depth 60 (fixed)": {
         **TODAY, "repeat_weight": [0.8], "candidates": [60]
@@ -420,6 +429,7 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
                 "speaker_boost",
                 "repeat_weight",
                 "repeat_copies",
+                "self_boost",
             )
         },
         "all_dev": await product_check(memory, questions),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from typing import Any, cast
 
 import pytest
 
+from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.dates import (
     NamedDate,
     has_time_expression,
@@ -17,10 +19,12 @@ from llm_bot_core.rag.dates import (
 from llm_bot_core.rag.search import (
     Candidate,
     Hit,
+    Searcher,
     SearchOptions,
     _jaccard,
     _named_speaker,
     _repeated,
+    about_self,
     counted_words,
     rank,
 )
@@ -107,6 +111,7 @@ OPTIONS = SearchOptions(
     repeat_weight=1.0,
     repeat_copies=2,
     speaker_boost=0.0,
+    self_boost=0.0,
 )
 
 
@@ -280,7 +285,9 @@ def test_by_default_a_question_turn_adding_little_gives_way_to_the_fact() -> Non
     assert ids(rank("Кем я тружусь?", dense, [], rows, replace(OPTIONS, limit=2))) == [1, 2]
     assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [3, 1]
     dense = [(4, 0.9), (3, 0.88)]
-    assert ids(rank("Кем я тружусь?", dense, [], rows, defaults)) == [4, 3]
+    # (The asker's own statement would rise by the self boost too: off here, for the weight.)
+    own_off = replace(defaults, self_boost=0.0)
+    assert ids(rank("Кем я тружусь?", dense, [], rows, own_off)) == [4, 3]
 
 
 def test_a_user_turn_rises_with_the_score_of_the_reply_answering_it() -> None:
@@ -325,7 +332,8 @@ def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
 
 
 def test_by_default_a_reply_said_three_times_gives_way_but_a_fact_told_twice_does_not() -> None:
-    defaults = SearchOptions(limit=2, min_score=-1.0)
+    # The defaults but the self boost (which would lift the fact, a statement of the asker's).
+    defaults = SearchOptions(limit=2, min_score=-1.0, self_boost=0.0)
     assert (defaults.repeat_weight, defaults.repeat_copies) == (0.4, 3)
     rows = reply_said_twice()
     dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
@@ -406,3 +414,59 @@ def test_a_question_naming_a_speaker_favours_that_speakers_turns_by_default() ->
     # A question naming no speaker, or one whose turns are not among the candidates: no change.
     assert ids(rank("What did she research?", dense, [], rows, defaults)) == [1, 2]
     assert ids(rank("What did Gina research?", dense, [], rows, defaults)) == [1, 2]
+
+
+@pytest.mark.parametrize(("text", "about"), [
+    ("Чем я зарабатываю на жизнь?", True),
+    ("Где мы с супругой живём летом?", True),
+    ("Меня мучает бессонница.", True),
+    ("Работаю водителем автобуса.", True),  # the verb's person alone
+    ("I'm vegan.", True),
+    ("Where do we live?", True),
+    ("Жена работает в банке.", False),
+    ("Моя мама живёт в Самаре.", False),  # a possessive: about the mother
+    ("Где работает моя жена?", False),
+    ("Which US cities did John visit?", False),  # the country, not "us"
+])
+def test_a_text_about_its_speaker_is_told_from_one_about_others(text: str, about: bool) -> None:
+    assert about_self(text) is about
+
+
+def test_a_question_about_the_asker_favours_their_own_statements_by_default() -> None:
+    rows = {
+        1: candidate(1, "Жена работает в банке."),
+        2: candidate(2, "Я работаю водителем автобуса."),
+        3: candidate(3, "Где я работал до армии?"),  # a question of the user's: not a statement
+        4: replace(candidate(4, "Я тоже работаю по выходным."), role="assistant"),
+    }
+    dense = [(1, 0.9), (3, 0.89), (4, 0.885), (2, 0.88)]
+    defaults = SearchOptions(limit=4, min_score=-1.0)
+    assert defaults.self_boost == 0.5
+    off = replace(OPTIONS, limit=4)
+    on = replace(off, self_boost=0.5)
+    assert ids(rank("Чем я зарабатываю?", dense, [], rows, off)) == [1, 3, 4, 2]
+    assert ids(rank("Чем я зарабатываю?", dense, [], rows, on)) == [2, 1, 3, 4]
+    # A question about someone else: no change.
+    assert ids(rank("Где работает моя жена?", dense, [], rows, on)) == [1, 3, 4, 2]
+
+
+async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person() -> None:
+    """In a group every member's turns are "user" turns: another member's "I" is not the
+    asker, so the boost holds for a user's private memory only."""
+    rows = {
+        1: candidate(1, "Жена работает в банке."),
+        2: candidate(2, "Я работаю водителем автобуса."),
+    }
+    engine = cast(Any, type("Engine", (), {"execution_options": lambda self, **_: self})())
+    searcher = Searcher(engine, cast(Any, None), cast(Any, None), "russian")
+
+    async def candidates(ids_: Any, scope: Scope, *, neighbours: bool = True) -> Any:
+        return rows
+
+    searcher.candidates = candidates  # type: ignore[method-assign]
+    dense = [(1, 0.9), (2, 0.88)]
+    on = replace(OPTIONS, self_boost=0.5)
+    private = await searcher._fuse(dense, [], Scope(user_id="u1"), on, "Чем я зарабатываю?")
+    group = await searcher._fuse(dense, [], Scope(chat_id="g1"), on, "Чем я зарабатываю?")
+    assert ids(private) == [2, 1]
+    assert ids(group) == [1, 2]

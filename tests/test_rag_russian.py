@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import astuple
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy import text
 from llm_bot_core.api.app import create_app
 from llm_bot_core.rag import memory, russian, thesaurus
 from llm_bot_core.rag.base import Scope
-from llm_bot_core.rag.search import Searcher
+from llm_bot_core.rag.search import Searcher, SearchOptions
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 from tests.conftest import make_settings
 from tests.rag_helpers import has_pgvector
@@ -185,7 +186,8 @@ def test_query_words_bring_their_neighbours_but_pronouns_bring_none() -> None:
 
 
 async def test_paraphrased_questions_find_facts_through_expanded_full_text(
-    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Questions sharing no word with their fact, which the dense side alone missed in the
     # baseline run (bench/results/russian_paraphrase_baseline.json), told among the set's
@@ -206,8 +208,10 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
         # A user of its own per run: the other run's questions must not be recalled.
         plan = [{"user": f"ru-exp-{expansion}", "chat": f"ru-exp-chat-{expansion}",
                  "sessions": sessions, "questions": questions}]
-        # e5 alone and no thesaurus: the setup whose dense side missed these (the default's
-        # USE share and thesaurus find "Кем я тружусь?" without navec).
+        # e5 alone, no thesaurus and no self boost: the setup whose dense side missed these
+        # (the default's USE share, thesaurus and self boost find "Кем я тружусь?" without
+        # navec).
+        monkeypatch.setattr(memory, "SearchOptions", partial(SearchOptions, self_boost=0.0))
         overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
                                         "data_dir": tmp_path, "rag_query_expansion": expansion,
                                         "rag_thesaurus": False, "local_embedding_model": "e5"}

@@ -242,6 +242,13 @@ def lemmatize(text: str) -> str:
     return _WORD.sub(lambda m: lemma(m.group(0)), text.lower())
 
 
+@lru_cache(maxsize=100_000)
+def first_person_verb(word: str) -> bool:
+    """Whether the word's likeliest parse is a verb in the first person ("живу", "работаем")."""
+    tag = _morph().parse(word)[0].tag
+    return tag.POS == "VERB" and "1per" in tag
+
+
 NUMBERS = True
 """Append the numbers a text says in words (or in split digit forms) in digits: rag/numbers.py."""
 NAMES = True
