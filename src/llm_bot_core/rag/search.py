@@ -53,18 +53,19 @@ _FIRST_PERSON = re.compile(
 _SELF = re.compile(
     r"(?<![\w-])(?:я|мы|мне|меня|мной|нам|нас|нами|i|me|we|us)(?![\w-])", re.IGNORECASE
 )
-SELF_VERB_CHARS = 400
-"""How much of a text is read for a first-person verb (pymorphy3 parses, cached per word)."""
+SELF_CHARS = 400
+"""How much of a text is read for whom it speaks of: a chat statement's length; a pasted page
+among the candidates is not scanned whole for each question."""
 
 
 def about_self(text_: str) -> bool:
     """Whether the text speaks of its speaker: "Где я работаю?", "Живём за городом.", "I'm
     vegan."; not "Жена работает в банке." or "Моя мама живёт в Самаре."."""
+    head = text_[:SELF_CHARS]
     # "US" is the country, not "us".
-    if any(m.group(0) != "US" for m in _SELF.finditer(text_)):
+    if any(m.group(0) != "US" for m in _SELF.finditer(head)):
         return True
-    head = text_[:SELF_VERB_CHARS].lower()
-    return any(russian.first_person_verb(w) for w in _CYRILLIC.findall(head))
+    return any(russian.first_person_verb(w) for w in _CYRILLIC.findall(head.lower()))
 
 
 def counted_words(lexemes: int, content: str, role: str = "user") -> int:
