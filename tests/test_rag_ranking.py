@@ -450,7 +450,9 @@ def test_a_question_about_the_asker_favours_their_own_statements_by_default() ->
     assert ids(rank("Где работает моя жена?", dense, [], rows, on)) == [1, 3, 4, 2]
 
 
-async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person() -> None:
+async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """In a group every member's turns are "user" turns: another member's "I" is not the
     asker, so the boost holds for a user's private memory only."""
     rows = {
@@ -463,7 +465,7 @@ async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person() -> No
     async def candidates(ids_: Any, scope: Scope, *, neighbours: bool = True) -> Any:
         return rows
 
-    searcher.candidates = candidates  # type: ignore[method-assign]
+    monkeypatch.setattr(searcher, "candidates", candidates)
     dense = [(1, 0.9), (2, 0.88)]
     on = replace(OPTIONS, self_boost=0.5)
     private = await searcher._fuse(dense, [], Scope(user_id="u1"), on, "Чем я зарабатываю?")
