@@ -19,8 +19,8 @@ that carry a number, asked in the other form: words for digits, ordinals, dates;
 set's miss kinds, written blind to the retrieval code; every fact's part is `blind`, only
 reported) and `dev2` (bench/data/russian_dev2.json: 48 everyday facts of one user, 96 questions
 in the held-out set's style, written blind to the retrieval code; every part is `tune`). And
-`blind2`, `blind3`, `blind4` (50 facts of one user each, 100 questions, written blind to the
-retrieval code and any result; only reported, their misses never read).
+`blind2`, `blind3`, `blind4`, `blind5` (50 facts of one user each, 100 questions, written blind
+to the retrieval code and any result; only reported, their misses never read).
 `--part` scores the facts of that part; `all` scores every fact.
 
     python bench/russian_recall.py [--set memory|paraphrase|final|numbers|blind|dev2|blind2|…]
@@ -62,9 +62,10 @@ DEV2 = Path(__file__).resolve().parent / "data" / "russian_dev2.json"
 BLIND2 = Path(__file__).resolve().parent / "data" / "russian_blind2.json"
 BLIND3 = Path(__file__).resolve().parent / "data" / "russian_blind3.json"
 BLIND4 = Path(__file__).resolve().parent / "data" / "russian_blind4.json"
+BLIND5 = Path(__file__).resolve().parent / "data" / "russian_blind5.json"
 # The sets in the paraphrase format, by their --set name.
 SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND,
-        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3, "blind4": BLIND4}
+        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3, "blind4": BLIND4, "blind5": BLIND5}
 
 
 def load() -> dict[str, Any]:

@@ -110,8 +110,11 @@ NEW_SETS = {
                "english_name"},
     "blind4": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
                "english_name"},
+    "blind5": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
+               "english_name"},
 }
-FACTS = {"numbers": 40, "blind": 40, "dev2": 48, "blind2": 50, "blind3": 50, "blind4": 50}
+FACTS = {"numbers": 40, "blind": 40, "dev2": 48, "blind2": 50, "blind3": 50, "blind4": 50,
+         "blind5": 50}
 
 
 def _strings(value: Any) -> set[str]:
@@ -152,7 +155,7 @@ def test_numbers_set_split_is_the_seeded_half_stated_in_about() -> None:
     assert {f["id"] for f in data["facts"] if f["part"] == "report"} == set(ids) - tune
 
 
-@pytest.mark.parametrize("name", ["blind2", "blind3", "blind4"])
+@pytest.mark.parametrize("name", ["blind2", "blind3", "blind4", "blind5"])
 def test_blind_sets_are_only_reported(name: str) -> None:
     bench = bench_module()
     data = bench.load_paraphrase(bench.SETS[name])
