@@ -230,3 +230,28 @@ async def test_a_group_turn_is_labelled_only_with_a_name_the_client_gave(
         last = turns(fake_llm.chat_requests[-1]["messages"])[-1][1]
         assert last == "[Ann admin] with a name"
         assert "group chat" in fake_llm.chat_requests[-1]["messages"][0]["content"]
+
+
+async def test_a_question_about_the_asker_recalls_their_own_words_in_a_group(
+    rag_settings: Settings, fake_llm: FakeLLM, clean_db: str, llm_server: FakeLLMServer,
+    tmp_path: Path,
+) -> None:
+    """Both members say what they do; each asking "what do I do?" with one recalled fragment
+    gets their own statement, not the other member's (whose "I" is not the asker)."""
+    settings = make_settings(
+        clean_db, llm_server.base_url, rag_enabled=True, rag_embedder="local",
+        short_history_limit=2, data_dir=tmp_path, summary_threshold=4, rag_timeout=30.0,
+        qdrant_path=rag_settings.rag.qdrant_path, rag_top_k=1,
+    )
+    async with running_app(settings) as client:
+        await in_group(client, ALICE, "Я работаю учительницей в школе.")
+        await in_group(client, BOB, "Я работаю водителем автобуса.")
+        await small_talk(client, ALICE)
+        await small_talk(client, BOB)
+
+        await in_group(client, ALICE, "Кем я работаю?")
+        alices = recalled_block(fake_llm)
+        await in_group(client, BOB, "Кем я работаю?")
+        bobs = recalled_block(fake_llm)
+    assert "учительницей" in alices and "водителем" not in alices
+    assert "водителем" in bobs and "учительницей" not in bobs

@@ -450,14 +450,16 @@ def test_a_question_about_the_asker_favours_their_own_statements_by_default() ->
     assert ids(rank("Где работает моя жена?", dense, [], rows, on)) == [1, 3, 4, 2]
 
 
-async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person(
+async def test_in_a_group_only_the_askers_own_statements_get_the_self_boost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In a group every member's turns are "user" turns: another member's "I" is not the
-    asker, so the boost holds for a user's private memory only."""
+    asker. The boost goes to the asker's own statements, and to none when the asker is
+    unknown; in a private memory every user turn is the asker's."""
     rows = {
-        1: candidate(1, "Жена работает в банке."),
-        2: candidate(2, "Я работаю водителем автобуса."),
+        1: replace(candidate(1, "Жена работает в банке."), user_id="alice"),
+        2: replace(candidate(2, "Я работаю водителем автобуса."), user_id="bob"),
+        3: replace(candidate(3, "Я работаю в школе."), user_id="alice"),
     }
     engine = cast(Any, type("Engine", (), {"execution_options": lambda self, **_: self})())
     searcher = Searcher(engine, cast(Any, None), cast(Any, None), "russian")
@@ -466,9 +468,15 @@ async def test_a_groups_memory_gets_no_boost_for_the_askers_first_person(
         return rows
 
     monkeypatch.setattr(searcher, "candidates", candidates)
-    dense = [(1, 0.9), (2, 0.88)]
+    dense = [(1, 0.9), (2, 0.89), (3, 0.88)]
     on = replace(OPTIONS, self_boost=0.5)
-    private = await searcher._fuse(dense, [], Scope(user_id="u1"), on, "Чем я зарабатываю?")
-    group = await searcher._fuse(dense, [], Scope(chat_id="g1"), on, "Чем я зарабатываю?")
-    assert ids(private) == [2, 1]
-    assert ids(group) == [1, 2]
+    question = "Чем я зарабатываю?"
+    group = Scope(chat_id="g1")
+    assert ids(await searcher._fuse(dense, [], group, on, question)) == [1, 2, 3]
+    alice = replace(on, asker="alice")
+    assert ids(await searcher._fuse(dense, [], group, alice, question)) == [3, 1, 2]
+    bob = replace(on, asker="bob")
+    assert ids(await searcher._fuse(dense, [], group, bob, question)) == [2, 1, 3]
+    # Private: the user's memory alone (older rows carry no user id), the asker aside.
+    private = await searcher._fuse(dense, [], Scope(user_id="alice"), alice, question)
+    assert ids(private) == [2, 3, 1]

@@ -190,7 +190,12 @@ class VectorSemanticMemory:
         try:
             async with asyncio.timeout(self._settings.rag_timeout):
                 hits = await self.search(
-                    query, scope, exclude_message_ids, rewrite=rewrite, embedded=vectors.append
+                    query,
+                    scope,
+                    exclude_message_ids,
+                    rewrite=rewrite,
+                    embedded=vectors.append,
+                    asker=user_id,
                 )
         except Exception as exc:  # an outage means no recalled memory, never a failed reply
             log.warning("recall skipped: %r", exc)
@@ -252,15 +257,17 @@ class VectorSemanticMemory:
         min_score: float | None = None,
         rewrite: str | None = None,
         embedded: Callable[[Vector], None] | None = None,
+        asker: str | None = None,
     ) -> list[Hit]:
         """The search behind recall (the benchmark calls it directly); `rewrite` and `embedded`:
-        as Searcher.search takes them."""
+        as Searcher.search takes them; `asker`: who asks (SearchOptions.asker)."""
         _, searcher = await self.ready()
         s = self._settings
         options = SearchOptions(
             limit=limit or s.rag_top_k,
             min_score=_first(min_score, s.rag_min_score, self._embedder.min_score),
             lexical_weight=s.rag_lexical_weight,
+            asker=asker,
         )
         return await searcher.search(
             query, scope, exclude, options, rewrite=rewrite, embedded=embedded

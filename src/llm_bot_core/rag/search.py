@@ -215,11 +215,14 @@ class SearchOptions:
     who tells a fact twice must not see it recalled less (two gained 2 more tune questions)."""
     self_boost: float = 0.5
     """A question about the asker, in the first person ("Чем я зарабатываю?", "Where do we
-    live?"): score x (1 + this) for the user's own statements in the first person ("Я работаю
+    live?"): score x (1 + this) for the asker's own statements in the first person ("Я работаю
     водителем") over what they said of others ("Жена работает в банке") and over questions.
-    Private memory only: in a group another member's "I" is not the asker. Chosen on the
-    Russian tune parts (285 -> 290 of 312; the report parts and blind4 487 -> 494 of 544);
-    docs/retrieval-experiments.md."""
+    Chosen on the Russian tune parts (285 -> 290 of 312; the report parts and blind4 487 -> 494
+    of 544); docs/retrieval-experiments.md."""
+    asker: str | None = None
+    """Whose statements the self boost favours, by `Candidate.user_id`. None: every user turn
+    (a private memory is one user's); a group's search without an asker gets no self boost,
+    as another member's "I" is not the asker's."""
     speaker_boost: float = 1.0
     """A question naming one of the candidates' speakers ("What did Alice say about…", "Что
     Маша говорила…"): score x (1 + this) for that speaker's turns. On LoCoMo 95 % of the
@@ -344,8 +347,11 @@ class Searcher:
     ) -> list[Hit]:
         ids = list(dict.fromkeys([mid for mid, _ in dense] + [mid for mid, _ in lexical]))
         rows = await self.candidates(ids, scope, neighbours=options.reads_neighbours)
-        if scope.user_id is None:
-            # A group's memory: its user turns are every member's, not the asker's alone.
+        if scope.user_id is not None:
+            # A private memory: every user turn in it is the asker's (older rows carry no id).
+            options = replace(options, asker=None)
+        elif options.asker is None:
+            # A group's memory, asker unknown: its user turns are every member's.
             options = replace(options, self_boost=0.0)
         return rank(query, dense, lexical, rows, options)
 
@@ -522,7 +528,7 @@ def _adjust(
         if mid in repeated:
             factor *= options.repeat_weight
         if asker and row.role == "user" and not row.content.rstrip().endswith("?"):
-            if about_self(row.content):
+            if options.asker in (None, row.user_id) and about_self(row.content):
                 factor *= 1 + options.self_boost
         scores[mid] *= factor
     return scores
