@@ -504,7 +504,7 @@ def _adjust(
     asked = content_words(query) if options.echo_new_words is not None else set()
     named = named_dates(query) if options.session_date_boost > 0 else []
     speaker = _named_speaker(query, rows.values()) if options.speaker_boost > 0 else None
-    asker = options.self_boost > 0 and about_self(query)
+    about_asker = options.self_boost > 0 and about_self(query)
     repeated = (
         _repeated(fused, rows, options.dedupe_jaccard, options.repeat_copies)
         if options.repeat_weight != 1.0
@@ -527,7 +527,7 @@ def _adjust(
             factor *= _if_echo(row.content, asked, options, options.assistant_weight)
         if mid in repeated:
             factor *= options.repeat_weight
-        if asker and row.role == "user" and not row.content.rstrip().endswith("?"):
+        if about_asker and row.role == "user" and not row.content.rstrip().endswith("?"):
             if options.asker in (None, row.user_id) and about_self(row.content):
                 factor *= 1 + options.self_boost
         scores[mid] *= factor
