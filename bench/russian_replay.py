@@ -65,6 +65,11 @@ EXPERIMENTS: dict[str, dict[str, list[Any]]] = {
 }
 EXPERIMENTS["repeated turns weigh less"] = {"repeat_weight": [1.0, 0.8, 0.6, 0.4, 0.2, 0.0]}
 EXPERIMENTS["rerank depth"] = {"candidates": [40, 60, 80]}
+# A question about the asker favours their own first-person statements (the default since
+# 2026-12-02 is 0.5; docs/retrieval-experiments.md).
+EXPERIMENTS["own statements for a question about the asker"] = {
+    "self_boost": [0.0, 0.1, 0.2, 0.3, 0.5, 1.0]
+}
 # Tried after the single experiments: the two weights together, and each only for turns that
 # add few content words beyond the question.
 JOINT: dict[str, dict[str, list[Any]]] = {
