@@ -23,9 +23,22 @@ in the held-out set's style, written blind to the retrieval code; every part is 
 to the retrieval code and any result; only reported, their misses never read).
 `--part` scores the facts of that part; `all` scores every fact.
 
+`--data FILE` runs a set of your own (a held-out set written apart from this code). Only the
+facts are required; the rest defaults as shown (one user, four facts to a session, each among
+two filler lines drawn with the seed; the assistant's replies cycle generic answers):
+
+    {"facts": [{"text": "Я работаю водителем автобуса.",
+                "questions": ["Кем я тружусь?", {"q": "Я ведь баранку кручу?", "type": "idiom"}],
+                "part": "report"}],
+     "filler": ["Привет!", "Погода сегодня отличная."],
+     "seed": 0, "users": 1, "facts_per_session": 4, "filler_per_fact": 2,
+     "assistant_replies": ["Понятно!", "Хорошо, я запомню."]}
+
+A question without a type counts as "unlabelled"; a fact without a part is "report".
+
     python bench/russian_recall.py [--set memory|paraphrase|final|numbers|blind|dev2|blind2|…]
-                                   [--part tune|report|all]
-                                   [--store pgvector|qdrant-local] [--embedder e5|use]
+                                   [--data FILE] [--part tune|report|all] [--misses]
+                                   [--store pgvector|qdrant-local] [--embedder e5+use|e5|use]
 """
 
 from __future__ import annotations
@@ -92,6 +105,59 @@ def load_paraphrase(path: Path = PARAPHRASE) -> dict[str, Any]:
     return data
 
 
+DEFAULTS: dict[str, Any] = {"seed": 0, "users": 1, "facts_per_session": 4, "filler_per_fact": 2,
+                           "filler": [], "assistant_replies": ["Понятно!", "Хорошо, я запомню."]}
+
+
+class SetError(ValueError):
+    """A set file that cannot be run, with what is wrong in it."""
+
+
+def normalized(data: Any) -> dict[str, Any]:
+    """A set of one's own (`--data`) in the full paraphrase format, or SetError saying why not.
+
+    Fills in the defaults (DEFAULTS; a question's type "unlabelled", a fact's part "report",
+    its id its place) and accepts a question as a plain string."""
+    if not isinstance(data, dict) or not isinstance(data.get("facts"), list) or not data["facts"]:
+        raise SetError('a set is a JSON object with a non-empty list "facts"')
+    out = {**DEFAULTS, **data}
+    for key in ("seed", "users", "facts_per_session", "filler_per_fact"):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SetError(f'"{key}" must be an integer, not {value!r}')
+        if key != "seed" and value < 1:
+            raise SetError(f'"{key}" must be at least 1, not {value}')
+    for key in ("filler", "assistant_replies"):
+        if not isinstance(out[key], list) or not all(
+                isinstance(x, str) and x.strip() for x in out[key]):
+            raise SetError(f'"{key}" must be a list of non-empty strings')
+    if not out["assistant_replies"]:
+        raise SetError('"assistant_replies" must not be empty')
+    facts = []
+    for i, fact in enumerate(out["facts"]):
+        where = f"facts[{i}]"
+        if not isinstance(fact, dict) or not isinstance(fact.get("text"), str) \
+                or not fact["text"].strip():
+            raise SetError(f'{where} must be an object with a non-empty "text"')
+        questions = fact.get("questions")
+        if not isinstance(questions, list) or not questions:
+            raise SetError(f'{where} must have a non-empty list "questions"')
+        asked = []
+        for j, q in enumerate(questions):
+            if isinstance(q, str):
+                q = {"q": q}
+            if not isinstance(q, dict) or not isinstance(q.get("q"), str) or not q["q"].strip():
+                raise SetError(f'{where}.questions[{j}] must be a non-empty string or an '
+                               'object with a non-empty "q"')
+            asked.append({"type": "unlabelled", **q})
+        facts.append({"id": i, "part": "report", **fact, "questions": asked})
+    texts = [f["text"] for f in facts]
+    if len(set(texts)) != len(texts):
+        raise SetError("two facts have the same text: a question could not tell which it asks")
+    out["facts"] = facts
+    return out
+
+
 def paraphrase_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The paraphrase set as `users` dialogues, laid out by the file's seed.
 
@@ -106,10 +172,11 @@ def paraphrase_plan(data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     for u in range(data["users"]):
         mine = facts[u * per_user : (u + 1) * per_user]
         sessions = []
+        filler, per_fact = data["filler"], min(data["filler_per_fact"], len(data["filler"]))
         for start in range(0, len(mine), data["facts_per_session"]):
-            session = [rng.choice(data["filler"][:6])]
+            session = [rng.choice(filler[:6])] if filler else []
             for fact in mine[start : start + data["facts_per_session"]]:
-                lines = [*rng.sample(data["filler"], data["filler_per_fact"]), fact["text"]]
+                lines = [*rng.sample(filler, per_fact), fact["text"]]
                 rng.shuffle(lines)
                 session += lines
             sessions.append(session)
@@ -209,6 +276,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("memory", *SETS), default="memory", dest="which")
+    parser.add_argument("--data", type=Path, metavar="FILE",
+                        help="a set of your own in the paraphrase format (see above)")
     parser.add_argument("--part", choices=("tune", "report", "all"), default="all",
                         help="score the questions of the facts of this part (all are asked)")
     parser.add_argument("--store", choices=("pgvector", "qdrant-local"), default="pgvector")
@@ -216,14 +285,22 @@ def main() -> None:
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.which in SETS:
+    if args.data is not None:
+        try:
+            para = normalized(json.loads(args.data.read_text()))
+        except (OSError, ValueError) as exc:  # SetError and json's errors are ValueErrors
+            parser.error(f"--data {args.data}: {exc}")
+        args.which = str(args.data)
+        plan, replies = paraphrase_plan(para), para["assistant_replies"]
+    elif args.which in SETS:
         para = load_paraphrase(SETS[args.which])
         plan, replies = paraphrase_plan(para), para["assistant_replies"]
     else:
         plan, replies = memory_plan(), load()["assistant_replies"]
     parts = {item["part"] for dialogue in plan for item in dialogue["questions"]}
     if args.part not in ("all", *parts):
-        parser.error(f"--set {args.which} has no part {args.part!r} (its parts: "
+        source = f"--data {args.data}" if args.data is not None else f"--set {args.which}"
+        parser.error(f"{source} has no part {args.part!r} (its parts: "
                      f"{', '.join(sorted(parts))}); use --part all")
     workdir = Path(tempfile.mkdtemp(prefix="ru-recall-"))
     workdir.chmod(0o755)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import astuple
@@ -161,6 +164,88 @@ def test_blind_sets_are_only_reported(name: str) -> None:
     data = bench.load_paraphrase(bench.SETS[name])
     assert {f["part"] for f in data["facts"]} == {"blind"}
     assert "had not seen the retrieval code" in data["about"]
+
+
+# --- a set of one's own (`--data FILE`) ------------------------------------------------------
+
+OWN_SET: dict[str, Any] = {"facts": [
+    {"text": "Я работаю водителем автобуса.",
+     "questions": ["Кем я работаю?", {"q": "Я вожу автобус?", "type": "synonym"}]},
+    {"text": "Моего кота зовут Барсик.", "questions": ["Как зовут моего кота?"], "part": "tune"},
+], "filler": ["Привет!", "Погода сегодня отличная.", "Как дела?"]}
+
+
+def test_a_set_of_ones_own_needs_only_its_facts_and_gets_the_defaults() -> None:
+    bench = bench_module()
+    data = bench.normalized(OWN_SET)
+    plan = bench.paraphrase_plan(data)
+    assert len(plan) == 1 and data["assistant_replies"] == bench.DEFAULTS["assistant_replies"]
+    told = [m for session in plan[0]["sessions"] for m in session]
+    assert told.count("Я работаю водителем автобуса.") == 1
+    assert len(told) == 1 + 2 * (1 + 2)  # one greeting, each fact among two filler lines
+    asked = [(q["q"], q["type"], q["part"]) for q in plan[0]["questions"]]
+    assert asked == [("Кем я работаю?", "unlabelled", "report"),
+                     ("Я вожу автобус?", "synonym", "report"),
+                     ("Как зовут моего кота?", "unlabelled", "tune")]
+    # No filler at all: the facts alone, one session per four.
+    bare = bench.paraphrase_plan(bench.normalized({"facts": OWN_SET["facts"]}))
+    assert bare[0]["sessions"] == [["Я работаю водителем автобуса.", "Моего кота зовут Барсик."]]
+    # A full set file is run exactly as --set runs it.
+    for name in ("blind5", "paraphrase"):
+        full = bench.load_paraphrase(bench.SETS[name])
+        assert bench.paraphrase_plan(bench.normalized(full)) == bench.paraphrase_plan(full)
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ([], '"facts"'),
+    ({"facts": []}, '"facts"'),
+    ({"facts": [{"questions": ["Кто я?"]}]}, 'facts[0] must be an object with a non-empty "text"'),
+    ({"facts": [{"text": "Я врач."}]}, 'facts[0] must have a non-empty list "questions"'),
+    ({"facts": [{"text": "Я врач.", "questions": [" "]}]}, "facts[0].questions[0]"),
+    ({"facts": [{"text": "Я врач.", "questions": [{"type": "synonym"}]}]}, "questions[0]"),
+    ({"facts": OWN_SET["facts"], "users": 0}, '"users" must be at least 1'),
+    ({"facts": OWN_SET["facts"], "seed": "x"}, '"seed" must be an integer'),
+    ({"facts": OWN_SET["facts"], "filler": ["ok", 3]}, '"filler" must be a list'),
+    ({"facts": OWN_SET["facts"], "assistant_replies": []}, '"assistant_replies" must not'),
+    ({"facts": [OWN_SET["facts"][0], OWN_SET["facts"][0]]}, "two facts have the same text"),
+])
+def test_a_set_that_cannot_be_run_is_refused_saying_why(bad: Any, says: str) -> None:
+    bench = bench_module()
+    with pytest.raises(bench.SetError, match=re.escape(says)):
+        bench.normalized(bad)
+
+
+def test_the_bench_refuses_a_bad_set_file_before_starting_anything(tmp_path: Path) -> None:
+    path = tmp_path / "set.json"
+    for content, says in (("{not json", "Expecting property name"),
+                          (json.dumps({"facts": [{"text": "Я врач."}]}), '"questions"')):
+        path.write_text(content)
+        run = subprocess.run([sys.executable, str(BENCH), "--data", str(path)],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 2, run.stderr
+        assert f"--data {path}: " in run.stderr and says in run.stderr
+        assert "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, str(BENCH), "--data", str(tmp_path / "missing.json")],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2 and "No such file" in run.stderr
+
+
+async def test_a_set_of_ones_own_runs_end_to_end(
+    clean_db: str, llm_server: FakeLLMServer, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    bench = bench_module()
+    data = bench.normalized(OWN_SET)
+    overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
+                                    "data_dir": tmp_path}
+    if not await has_pgvector(clean_db):
+        overrides["qdrant_path"] = tmp_path / "qdrant"
+    settings = make_settings(clean_db, llm_server.base_url, **overrides)
+    result = await bench.evaluate(settings, fake_llm, plan=bench.paraphrase_plan(data),
+                                  replies=data["assistant_replies"])
+    # Three questions sharing their fact's words: each reaches the prompt.
+    assert (result["questions"], result["found"]) == (3, 3), result["misses"]
+    assert result["by_part"]["tune"] == {"recall": 1.0, "found": 1, "questions": 1}
+    assert result["by_type"]["unlabelled"]["questions"] == 2
 
 
 @pytest.mark.parametrize("name", ["dev2", "blind"])
