@@ -150,10 +150,20 @@ def normalized(data: Any) -> dict[str, Any]:
                 raise SetError(f'{where}.questions[{j}] must be a non-empty string or an '
                                'object with a non-empty "q"')
             asked.append({"type": "unlabelled", **q})
+            if not isinstance(asked[-1]["type"], str) or not asked[-1]["type"]:
+                raise SetError(f'{where}.questions[{j}]: "type" must be a non-empty string')
         facts.append({"id": i, "part": "report", **fact, "questions": asked})
-    texts = [f["text"] for f in facts]
-    if len(set(texts)) != len(texts):
-        raise SetError("two facts have the same text: a question could not tell which it asks")
+        if not isinstance(facts[-1]["part"], str) or not facts[-1]["part"]:
+            raise SetError(f'{where}: "part" must be a non-empty string')
+    # A fact counts as recalled when its text is in the prompt's recalled block: no other line
+    # said in the dialogue may hold it.
+    lines = [*out["filler"], *(q["q"] for f in facts for q in f["questions"])]
+    for i, fact in enumerate(facts):
+        others = [f["text"] for j, f in enumerate(facts) if j != i]
+        held = next((line for line in [*others, *lines] if fact["text"] in line), None)
+        if held is not None:
+            raise SetError(f'facts[{i}]: its text is also part of another line ({held!r}); '
+                           "a fact is found in the prompt by its text")
     out["facts"] = facts
     return out
 

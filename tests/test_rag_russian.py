@@ -191,7 +191,7 @@ def test_a_set_of_ones_own_needs_only_its_facts_and_gets_the_defaults() -> None:
     bare = bench.paraphrase_plan(bench.normalized({"facts": OWN_SET["facts"]}))
     assert bare[0]["sessions"] == [["Я работаю водителем автобуса.", "Моего кота зовут Барсик."]]
     # A full set file is run exactly as --set runs it.
-    for name in ("blind5", "paraphrase"):
+    for name in bench.SETS:
         full = bench.load_paraphrase(bench.SETS[name])
         assert bench.paraphrase_plan(bench.normalized(full)) == bench.paraphrase_plan(full)
 
@@ -207,7 +207,13 @@ def test_a_set_of_ones_own_needs_only_its_facts_and_gets_the_defaults() -> None:
     ({"facts": OWN_SET["facts"], "seed": "x"}, '"seed" must be an integer'),
     ({"facts": OWN_SET["facts"], "filler": ["ok", 3]}, '"filler" must be a list'),
     ({"facts": OWN_SET["facts"], "assistant_replies": []}, '"assistant_replies" must not'),
-    ({"facts": [OWN_SET["facts"][0], OWN_SET["facts"][0]]}, "two facts have the same text"),
+    ({"facts": [OWN_SET["facts"][0], OWN_SET["facts"][0]]}, "also part of another line"),
+    ({"facts": [{"text": "Я врач.", "questions": ["Кто я?"]}], "filler": ["Я врач. Шучу."]},
+     "facts[0]: its text is also part of another line ('Я врач. Шучу.')"),
+    ({"facts": [{"text": "Я врач.", "questions": ["Я врач.?"]}]}, "also part of another line"),
+    ({"facts": [{"text": "Я врач.", "questions": ["Кто я?"], "part": 3}]}, '"part" must be'),
+    ({"facts": [{"text": "Я врач.", "questions": [{"q": "Кто я?", "type": None}]}]},
+     '"type" must be'),
 ])
 def test_a_set_that_cannot_be_run_is_refused_saying_why(bad: Any, says: str) -> None:
     bench = bench_module()
