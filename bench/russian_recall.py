@@ -295,15 +295,15 @@ def main() -> None:
     parser.add_argument("--misses", action="store_true", help="list the questions missed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.data is not None:
-        try:
-            para = normalized(json.loads(args.data.read_text()))
-        except (OSError, ValueError) as exc:  # SetError and json's errors are ValueErrors
-            parser.error(f"--data {args.data}: {exc}")
-        args.which = str(args.data)
-        plan, replies = paraphrase_plan(para), para["assistant_replies"]
-    elif args.which in SETS:
-        para = load_paraphrase(SETS[args.which])
+    if args.data is not None or args.which in SETS:
+        if args.data is None:
+            para = load_paraphrase(SETS[args.which])
+        else:
+            try:
+                para = normalized(json.loads(args.data.read_text()))
+            except (OSError, ValueError) as exc:  # SetError and json's errors are ValueErrors
+                parser.error(f"--data {args.data}: {exc}")
+            args.which = str(args.data)
         plan, replies = paraphrase_plan(para), para["assistant_replies"]
     else:
         plan, replies = memory_plan(), load()["assistant_replies"]

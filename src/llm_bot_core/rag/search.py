@@ -68,13 +68,18 @@ def about_self(text_: str) -> bool:
     return any(russian.first_person_verb(w) for w in _CYRILLIC.findall(head.lower()))
 
 
+def is_question(content: str) -> bool:
+    """Whether a turn asks (ends with "?"); a user turn that does not is a statement."""
+    return content.rstrip().endswith("?")
+
+
 def counted_words(lexemes: int, content: str, role: str = "user") -> int:
     """A turn's content words: its lexemes, plus one for a negation of a word of its own or,
     in a user's statement, for the first person ("Я вегетарианец.", "Мне 30.", "I'm vegan.";
     not "Я сластёна?", which asks)."""
     if 0 < lexemes < MIN_CONTENT_WORDS and (
         _NEGATION.search(content)
-        or (role == "user" and not content.rstrip().endswith("?") and _FIRST_PERSON.search(content))
+        or (role == "user" and not is_question(content) and _FIRST_PERSON.search(content))
     ):
         return lexemes + 1
     return lexemes
@@ -521,13 +526,14 @@ def _adjust(
                 factor += options.session_date_boost
         if speaker is not None and row.user_name == speaker:
             factor += options.speaker_boost
-        if options.question_weight != 1.0 and row.content.rstrip().endswith("?"):
+        asks = is_question(row.content)
+        if options.question_weight != 1.0 and asks:
             factor *= _if_echo(row.content, asked, options, options.question_weight)
         if options.assistant_weight != 1.0 and row.role == "assistant":
             factor *= _if_echo(row.content, asked, options, options.assistant_weight)
         if mid in repeated:
             factor *= options.repeat_weight
-        if about_asker and row.role == "user" and not row.content.rstrip().endswith("?"):
+        if about_asker and row.role == "user" and not asks:
             if options.asker in (None, row.user_id) and about_self(row.content):
                 factor *= 1 + options.self_boost
         scores[mid] *= factor
