@@ -47,13 +47,17 @@ from llm_bot_core.rag.pgvector_store import PgVectorStore
 from llm_bot_core.rag.search import Candidate, SearchOptions, rank
 from llm_bot_core.rag.vector_store import VectorStore
 
-DEPTH = 80
-"""Candidates recorded per side: the deepest rerank depth tried."""
+DEPTH = 120
+"""Candidates recorded per side: the deepest rerank depth tried, and how deep the product's
+"learned" fusion reads the dense side (its replay in `product_check` must equal the search)."""
 
-# Ranking before this work (the product's defaults until then): every boost off.
+# Ranking before this work (the product's defaults until then): every boost off. The
+# experiments below tune reciprocal rank fusion ("rrf"), the ranking until 2026-12-02; the
+# "learned" fusion that replaced it is fitted and cross-validated by bench/fusion_fit.py.
 BASELINE = SearchOptions(
     limit=10,
     min_score=-1.0,
+    fusion="rrf",
     date_boost=0.0,
     session_date_boost=0.0,
     question_weight=1.0,

@@ -18,7 +18,11 @@ A recording is saved as .cache/russian_calls_<set>.pkl unless `--save` says othe
 it with the same `--set`.
 
 A recording keeps the options of its time; fields added to `SearchOptions` since then replay at
-their defaults, and each experiment's first value is the neutral one it starts from.
+their defaults, and each experiment's first value is the neutral one it starts from. The
+experiments tune the constants of reciprocal rank fusion and replay with `fusion="rrf"`, the
+ranking they were chosen for; the replay of the defaults uses the product's ("learned" fusion,
+whose weights `bench/fusion_fit.py` fits). Record `--depth 120` for it: it reads the dense side
+that deep.
 
 Constants are chosen on the `tune` part only (the neutral value kept on ties); the set's other
 parts (`report` for the paraphrase set) are printed beside them and never used to choose. A set
@@ -150,19 +154,23 @@ def _current(options: dict[str, Any]) -> SearchOptions:
 
 
 def choose(qs: list[dict[str, Any]], grid: dict[str, list[Any]]) -> dict[str, Any]:
-    """Coordinate ascent on the tune part (two passes), the neutral values kept on ties."""
+    """Coordinate ascent on the tune part (two passes), the neutral values kept on ties; in
+    reciprocal rank fusion, the ranking these constants belong to."""
     point = {k: v[0] for k, v in grid.items()}
-    best = score(qs, point)
+    best = score(qs, {**RRF, **point})
     tried = []
     for _ in range(2):
         for name, values in grid.items():
             for value in values:
                 trial = {**point, name: value}
-                s = score(qs, trial)
+                s = score(qs, {**RRF, **trial})
                 tried.append({"changes": trial, **s})
                 if s["tune"] > best["tune"] + 1e-9:
                     point, best = trial, s
     return {"chosen": point, **best, "grid": tried}
+
+
+RRF = {"fusion": "rrf"}
 
 
 def main() -> None:
@@ -219,12 +227,14 @@ def main() -> None:
                            "equal": abs(bench["recall"] - base["all"]) < 1e-9}
     # Constants are chosen on `tune`: a set without it only replays the defaults.
     experiments = {**EXPERIMENTS, **JOINT} if "tune" in base else {}
+    rrf_base = score(qs, RRF)
+    result["replayed_rrf"] = rrf_base
     for name, grid in experiments.items():
-        report = choose(qs, grid) if grid else {"chosen": {}, **base, "grid": []}
+        report = choose(qs, grid) if grid else {"chosen": {}, **rrf_base, "grid": []}
         if not args.grids:
             report.pop("grid")
         for part in [*parts(qs)[1:], "tune"]:
-            report[f"{part}_gain"] = round(report[part] - base[part], 4)
+            report[f"{part}_gain"] = round(report[part] - rrf_base[part], 4)
         result["experiments"][name] = report
     print(json.dumps(result, ensure_ascii=False, default=str))
 

@@ -9,29 +9,36 @@ with the thesaurus's weights at 0 (no expansion; `--off GLOSS` zeroes only the w
 definitions' words) and once at the defaults, the order alternating
 from question to question. The first round is reported apart (`cold`: the thesaurus's words
 lemmatised for the first time); LoCoMo's English questions get no Russian expansion, so this is
-where its cost shows. Prints one JSON object.
+where its cost shows. `--compare fusion` alternates the ranking instead, the thesaurus at its
+defaults: "off" is reciprocal rank fusion (`fusion="rrf"`, the dense side read 40 deep), "on"
+the default "learned" fusion (read 120 deep for statements). Prints one JSON object.
 
     python bench/russian_speed.py [--set paraphrase] [--pad-to 10000] [--rounds 3]
                                   [--embedder e5+use|e5|use] [--off SYNONYM,...,GLOSS]
+                                  [--compare thesaurus|fusion]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from locomo_retrieval import pad_user, percentile, run_on_database, vacuum
 from russian_recall import SETS, evaluate, load_paraphrase, paraphrase_plan
 
 from llm_bot_core.config import Settings
 from llm_bot_core.db.engine import create_engine
+from llm_bot_core.rag import memory as memory_module
 from llm_bot_core.rag import thesaurus
 from llm_bot_core.rag.base import Scope
 from llm_bot_core.rag.factory import build_semantic_memory
 from llm_bot_core.rag.memory import VectorSemanticMemory
 from llm_bot_core.rag.pgvector_store import PgVectorStore
+from llm_bot_core.rag.search import SearchOptions
 from llm_bot_core.testing.fake_llm import FakeLLMServer
 
 WEIGHTS = ("SYNONYM", "HYPERNYM", "HYPONYM", "GLOSS")
@@ -72,21 +79,27 @@ async def run(args: argparse.Namespace, database_url: str, workdir: Path) -> dic
             for item in dialogue["questions"]:
                 n += 1
                 for mode in (("off", "on") if n % 2 else ("on", "off")):
-                    for name in args.off:
-                        setattr(thesaurus, name, defaults[name] if mode == "on" else 0.0)
-                    started = time.perf_counter()
-                    await memory.search(item["q"], scope)
-                    elapsed = (time.perf_counter() - started) * 1000
+                    ranking = SearchOptions
+                    if args.compare == "fusion" and mode == "off":
+                        ranking = partial(SearchOptions, fusion="rrf")  # type: ignore[assignment]
+                    elif args.compare == "thesaurus":
+                        for name in args.off:
+                            setattr(thesaurus, name, defaults[name] if mode == "on" else 0.0)
+                    with patch.object(memory_module, "SearchOptions", ranking):
+                        started = time.perf_counter()
+                        await memory.search(item["q"], scope)
+                        elapsed = (time.perf_counter() - started) * 1000
                     timings["cold" if round_ == 0 else "warm"][mode].append(elapsed)
                 if round_ == 0:
                     expanded += bool(thesaurus.expand(item["q"]).words)
     await memory.aclose()
     await engine.dispose()
     return {
-        "set": args.which, "embedder": memory._embedder.name,
+        "set": args.which, "compare": args.compare, "embedder": memory._embedder.name,
         "messages_per_user": min(sizes), "users": len(plan),
         "questions": sum(len(d["questions"]) for d in plan), "rounds": args.rounds,
-        "questions_expanded": expanded, "off": list(args.off),
+        "questions_expanded": expanded,
+        "off": ["fusion=rrf"] if args.compare == "fusion" else list(args.off),
         "search_ms": {when: {mode: _summary(v) for mode, v in by.items()}
                       for when, by in timings.items()},
     }
@@ -103,6 +116,8 @@ def main() -> None:
     parser.add_argument("--off", type=lambda v: tuple(v.split(",")), default=WEIGHTS,
                         help="the thesaurus weights set to 0 in the 'off' mode (default: all; "
                              "GLOSS alone measures the definitions' words)")
+    parser.add_argument("--compare", choices=("thesaurus", "fusion"), default="thesaurus",
+                        help="what 'off' and 'on' differ in")
     args = parser.parse_args()
     if not set(args.off) <= set(WEIGHTS):
         parser.error(f"--off takes names among {', '.join(WEIGHTS)}")

@@ -17,6 +17,8 @@ from llm_bot_core.rag.dates import (
     named_dates,
 )
 from llm_bot_core.rag.search import (
+    FEATURES,
+    LEARNED,
     Candidate,
     Hit,
     Searcher,
@@ -26,6 +28,7 @@ from llm_bot_core.rag.search import (
     _repeated,
     about_self,
     counted_words,
+    features,
     rank,
 )
 
@@ -100,10 +103,12 @@ def candidate(mid: int, content: str, *, session: str = "s1", when: datetime = M
                      prev_id=prev_id, next_id=next_id)
 
 
-# Every boost off: each test turns on the one it checks.
+# Reciprocal rank fusion with every boost off: each test turns on the one it checks. (The
+# default "learned" fusion has its weights fitted together; its tests are further below.)
 OPTIONS = SearchOptions(
     limit=3,
     min_score=-1.0,
+    fusion="rrf",
     date_boost=0.0,
     session_date_boost=0.0,
     question_weight=1.0,
@@ -271,7 +276,8 @@ def test_a_lower_jaccard_threshold_collapses_looser_near_duplicates() -> None:
 
 
 def test_by_default_a_question_turn_adding_little_gives_way_to_the_fact() -> None:
-    defaults = SearchOptions(limit=2, min_score=-1.0)
+    # The defaults of reciprocal rank fusion ("learned" fusion: further below).
+    defaults = SearchOptions(limit=2, min_score=-1.0, fusion="rrf")
     assert (defaults.question_weight, defaults.echo_new_words) == (0.4, 5)
     assert (defaults.assistant_weight, defaults.answer_share) == (1.0, 0.0)  # not kept
     rows = {
@@ -332,8 +338,9 @@ def test_a_stock_reply_said_again_gives_way_to_a_fact_told_once() -> None:
 
 
 def test_by_default_a_reply_said_three_times_gives_way_but_a_fact_told_twice_does_not() -> None:
-    # The defaults but the self boost (which would lift the fact, a statement of the asker's).
-    defaults = SearchOptions(limit=2, min_score=-1.0, self_boost=0.0)
+    # The defaults of reciprocal rank fusion but the self boost (which would lift the fact, a
+    # statement of the asker's).
+    defaults = SearchOptions(limit=2, min_score=-1.0, fusion="rrf", self_boost=0.0)
     assert (defaults.repeat_weight, defaults.repeat_copies) == (0.4, 3)
     rows = reply_said_twice()
     dense = [(1, 0.9), (2, 0.89), (4, 0.88), (3, 0.87)]
@@ -480,3 +487,84 @@ async def test_in_a_group_only_the_askers_own_statements_get_the_self_boost(
     # Private: the user's memory alone (older rows carry no user id), the asker aside.
     private = await searcher._fuse(dense, [], Scope(user_id="alice"), alice, question)
     assert ids(private) == [2, 3, 1]
+
+
+# "learned" fusion, the default: exp(weights . features), the weights fitted by
+# bench/fusion_fit.py.
+LEARNED_OPTIONS = SearchOptions(limit=3, min_score=-1.0)
+
+
+def test_learned_fusion_is_the_default_and_reads_the_dense_side_deeper_for_statements() -> None:
+    assert LEARNED_OPTIONS.fusion == "learned"
+    assert LEARNED_OPTIONS.dense_read == LEARNED.statement_depth == 120
+    assert OPTIONS.dense_read == OPTIONS.candidates == 40
+    assert len(LEARNED.vector()) == len(FEATURES)
+    # RAG_LEXICAL_WEIGHT scales the full-text side's two weights, and only those.
+    halved = dict(zip(FEATURES, LEARNED.vector(0.5), strict=True))
+    assert halved["lexical_rank"] == LEARNED.lexical_rank * 0.5
+    assert halved["lexical_score"] == LEARNED.lexical_score * 0.5
+    assert halved["dense_z"] == LEARNED.dense_z
+
+
+def test_features_describe_each_sides_finding_and_the_signals() -> None:
+    rows = {
+        1: candidate(1, "Где я работаю?"),
+        2: candidate(2, "Я работаю стоматологом"),
+        3: candidate(3, "Сосед работает в банке"),
+    }
+    dense = [(1, 0.9), (2, 0.8), (3, 0.7)]
+    lexical = [(3, 4.0), (2, 2.0)]
+    found = features("Где я работаю?", dense, lexical, rows, LEARNED_OPTIONS)
+    assert list(found) == [1, 2, 3]
+    by_name = {mid: dict(zip(FEATURES, f, strict=True)) for mid, f in found.items()}
+    # Cosines 0.9 / 0.8 / 0.7: standard scores +1.22 / 0 / -1.22.
+    assert [round(by_name[m]["dense_z"], 2) for m in (1, 2, 3)] == [1.22, 0.0, -1.22]
+    assert by_name[3]["lexical_rank"] == 60 / 61 and by_name[2]["lexical_rank"] == 60 / 62
+    assert (by_name[3]["lexical_score"], by_name[2]["lexical_score"]) == (1.0, 0.5)
+    assert by_name[1]["lexical_rank"] == by_name[1]["lexical_score"] == 0.0
+    # The question is no statement: turn 2 is the first statement, turn 3 the second.
+    assert (by_name[1]["statement_rank"], by_name[2]["statement_rank"]) == (0.0, 60 / 61)
+    assert by_name[3]["statement_rank"] == 60 / 62
+    assert by_name[1]["question"] == by_name[1]["echo_question"] == 1.0
+    # A question about the asker: their own statement about themselves, not the neighbour's.
+    assert (by_name[2]["own"], by_name[3]["own"]) == (1.0, 0.0)
+
+
+def test_learned_fusion_finds_a_statement_that_questions_crowded_out() -> None:
+    # Forty earlier questions sit closer to the new question than the fact does.
+    rows = {i: candidate(i, f"Какой у меня номер {i}?") for i in range(1, 41)}
+    rows[99] = candidate(99, "Я окончил политех.")
+    dense = [(i, 0.9 - i * 0.001) for i in range(1, 41)] + [(99, 0.84)]
+    question = "Какой вуз у меня за плечами?"
+    assert 99 not in ids(rank(question, dense, [], rows, replace(OPTIONS, limit=5)))
+    assert ids(rank(question, dense, [], rows, replace(LEARNED_OPTIONS, limit=5)))[0] == 99
+
+
+def test_learned_fusion_keeps_what_the_boosts_did() -> None:
+    rows = {
+        1: candidate(1, "The support group was so inspiring"),
+        2: candidate(2, "I went to the support group yesterday"),
+    }
+    dense = [(1, 0.9), (2, 0.88)]
+    assert ids(rank("When did she go to the support group?", dense, [], rows,
+                    LEARNED_OPTIONS)) == [2, 1]
+    assert ids(rank("What was the support group like?", dense, [], rows,
+                    LEARNED_OPTIONS)) == [1, 2]
+    # A stock reply said three times gives way to the facts told once.
+    replies = reply_said_twice()
+    replies[5] = replace(candidate(5, "Рад слышать!", session="s3"), role="assistant")
+    dense = [(1, 0.9), (2, 0.89), (5, 0.885), (4, 0.88), (3, 0.87)]
+    two = replace(LEARNED_OPTIONS, limit=2)
+    assert set(ids(rank("Кем я тружусь?", dense, [], replies, two))) == {3, 4}
+
+
+def test_the_lexical_weight_turns_the_full_text_side_down_in_learned_fusion() -> None:
+    rows = {
+        1: candidate(1, "I adore hiking in the mountains"),
+        2: candidate(2, "Boots are on sale downtown"),
+    }
+    dense = [(2, 0.9), (1, 0.6)]
+    lexical = [(1, 3.0)]
+    assert ids(rank("hiking", dense, lexical, rows, LEARNED_OPTIONS)) == [1, 2]
+    vectors_only = replace(LEARNED_OPTIONS, lexical_weight=0.0)
+    assert ids(rank("hiking", dense, lexical, rows, vectors_only)) == [2, 1]

@@ -302,10 +302,11 @@ async def test_paraphrased_questions_find_facts_through_expanded_full_text(
         # A user of its own per run: the other run's questions must not be recalled.
         plan = [{"user": f"ru-exp-{expansion}", "chat": f"ru-exp-chat-{expansion}",
                  "sessions": sessions, "questions": questions}]
-        # e5 alone, no thesaurus and no self boost: the setup whose dense side missed these
-        # (the default's USE share, thesaurus and self boost find "Кем я тружусь?" without
-        # navec).
-        monkeypatch.setattr(memory, "SearchOptions", partial(SearchOptions, self_boost=0.0))
+        # e5 alone, no thesaurus, reciprocal rank fusion without the self boost: the setup
+        # whose dense side missed these (the default's USE share, thesaurus and learned
+        # fusion find "Кем я тружусь?" without navec).
+        monkeypatch.setattr(memory, "SearchOptions",
+                            partial(SearchOptions, self_boost=0.0, fusion="rrf"))
         overrides: dict[str, object] = {"rag_enabled": True, "rag_embedder": "local",
                                         "data_dir": tmp_path, "rag_query_expansion": expansion,
                                         "rag_thesaurus": False, "local_embedding_model": "e5"}

@@ -10,8 +10,9 @@ import asyncio
 import logging
 import math
 import re
+import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -174,13 +175,80 @@ class Hit:
     user_name: str | None = None
 
 
+FEATURES = (
+    "dense_z", "lexical_rank", "lexical_score", "statement_rank", "question", "echo_question",
+    "assistant", "repeated", "own", "date", "session_date", "speaker",
+)
+"""What "learned" fusion reads of a candidate, in `features()`' order (Learned documents each)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """The weights of "learned" fusion: a turn's score is exp(sum of feature x weight).
+
+    Fitted by bench/fusion_fit.py on the Russian sets' tune parts and LoCoMo's five dev
+    conversations together (the softmax cross-entropy of the evidence among each question's
+    candidates), and cross-validated there: conversations and Russian tune sets left out in
+    turn, the Russian report parts only reported (docs/retrieval-experiments.md)."""
+
+    dense_z: float
+    """The turn's cosine as a standard score among the dense side's `candidates` best (a turn
+    the dense side did not reach: the lowest cosine read)."""
+    lexical_rank: float
+    """60 / (61 + its full-text rank); 0 if the full-text side did not find it."""
+    lexical_score: float
+    """Its BM25 score over the full-text side's best; 0 if not found."""
+    statement_rank: float
+    """60 / (61 + its rank among the dense side's turns that are not questions), for the first
+    `candidates` of those within `statement_depth` (they are candidates too): a user's earlier
+    questions sit close to any new question and filled 57 % of the dense side's best."""
+    question: float
+    """A turn that asks (ends with "?")."""
+    echo_question: float
+    """A question adding at most `echo_new_words` content words to the query."""
+    assistant: float
+    repeated: float
+    """Said again among the candidates (`repeat_copies` near duplicates)."""
+    own: float
+    """The asker's own statement about themselves, for a question about the asker."""
+    date: float
+    """A "when" question, and a turn that says when something happened."""
+    session_date: float
+    """A question naming a period, and a turn said in it."""
+    speaker: float
+    """A question naming one of the candidates' speakers, and that speaker's turn."""
+    statement_depth: int = 120
+
+    def vector(self, lexical_weight: float = 1.0) -> tuple[float, ...]:
+        """The weights in FEATURES' order, the full-text side's scaled by `lexical_weight`."""
+        return tuple(
+            getattr(self, name) * (lexical_weight if name.startswith("lexical") else 1.0)
+            for name in FEATURES
+        )
+
+
+LEARNED = Learned(
+    dense_z=0.83, lexical_rank=0.37, lexical_score=2.18, statement_rank=-1.03, question=-2.13,
+    echo_question=-2.58, assistant=-0.27, repeated=-2.74, own=1.81, date=2.02,
+    session_date=3.8, speaker=2.93,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SearchOptions:
     limit: int
     min_score: float
     lexical_weight: float = 1.0
+    """The full-text side's weight (RAG_LEXICAL_WEIGHT): scales its terms in either fusion."""
     candidates: int = 40
     """How deep each side's ranking is read (the rerank depth)."""
+    fusion: str = "learned"
+    """How the two sides and the boosts are combined. "learned": a turn's score is
+    exp(weights . features), the features and their fitted weights in `Learned` (the
+    default since 2026-12-02). "rrf": reciprocal rank fusion times the boosts and weights
+    below, the ranking before (bench/locomo_cv.py replays it as RRF_DEFAULTS)."""
+    learned: Learned = LEARNED
+    """The weights of "learned" fusion."""
     dedupe_jaccard: float = 0.75
     # Language-independent boosts, each off at its neutral value. The two date boosts are on:
     # LoCoMo's leave-one-conversation-out cross-validation kept them (+0.041 R@5 on held-out
@@ -233,6 +301,14 @@ class SearchOptions:
     Маша говорила…"): score x (1 + this) for that speaker's turns. On LoCoMo 95 % of the
     questions that name one speaker have all their evidence in that speaker's turns; the
     cross-validation kept it (held-out R@5 0.673 -> 0.699), 1.0 is the folds' median."""
+
+    @property
+    def dense_read(self) -> int:
+        """How many of the dense side's best turns a search reads: "learned" fusion looks
+        further for statements (Learned.statement_depth)."""
+        if self.fusion == "learned":
+            return max(self.learned.statement_depth, self.candidates)
+        return self.candidates
 
     @property
     def reads_neighbours(self) -> bool:
@@ -291,7 +367,7 @@ class Searcher:
             vector = await self._embedder.embed_query(dense_query)
             if embedded is not None:
                 embedded(vector)
-            sides["dense"] = self._store.search(vector, scope, exclude, options.candidates)
+            sides["dense"] = self._store.search(vector, scope, exclude, options.dense_read)
         except Exception as exc:
             failures.append(exc)
         if options.lexical_weight > 0:
@@ -428,15 +504,22 @@ def rank(
 
     The benchmarks replay it on recorded candidates to tune and cross-validate its constants.
     """
-    dense, lexical = dense[: options.candidates], lexical[: options.candidates]
-    fused: dict[int, float] = {}
+    lexical = lexical[: options.candidates]
+    dense = dense[: options.dense_read]
+    if options.fusion == "learned":
+        weights = options.learned.vector(options.lexical_weight)
+        fused = {
+            mid: math.exp(sum(f * w for f, w in zip(found, weights, strict=True)))
+            for mid, found in features(query, dense, lexical, rows, options).items()
+        }
+    else:
+        fused = {}
+        for rank_, (mid, _) in enumerate(dense):
+            fused[mid] = fused.get(mid, 0.0) + 1.0 / (RRF_K + rank_ + 1)
+        for rank_, (mid, _) in enumerate(lexical):
+            fused[mid] = fused.get(mid, 0.0) + options.lexical_weight / (RRF_K + rank_ + 1)
     cosine = dict(dense)
-    for rank_, (mid, _) in enumerate(dense):
-        fused[mid] = fused.get(mid, 0.0) + 1.0 / (RRF_K + rank_ + 1)
-    lexical_ids = set()
-    for rank_, (mid, _) in enumerate(lexical):
-        lexical_ids.add(mid)
-        fused[mid] = fused.get(mid, 0.0) + options.lexical_weight / (RRF_K + rank_ + 1)
+    lexical_ids = {mid for mid, _ in lexical}
     # The threshold keeps dense-only near misses out of the prompt; a message that also
     # shares rare words with the question has earned its place.
     kept = {
@@ -505,39 +588,134 @@ def _adjust(
             answer = rows.get(rows[mid].next_id or 0)
             if rows[mid].role == "user" and answer is not None and answer.role == "assistant":
                 scores[mid] += options.answer_share * fused.get(answer.message_id, 0.0)
-    temporal = options.date_boost > 0 and is_temporal_question(query)
+    if options.fusion == "learned":  # the boosts are features of its score
+        return scores
+    wanted = {name for name, value in _factors(options) if value != _NEUTRAL[name]}
+    for mid, found in signals(query, fused, rows, options, wanted).items():
+        factor = 1.0
+        for name in ("date", "session_date", "speaker"):
+            if name in found:
+                factor += getattr(options, _OPTION[name])
+        if "echo_question" in found:
+            factor *= options.question_weight
+        if "assistant" in found and "echo" in found:
+            factor *= options.assistant_weight
+        if "repeated" in found:
+            factor *= options.repeat_weight
+        if "own" in found:
+            factor *= 1 + options.self_boost
+        scores[mid] *= factor
+    return scores
+
+
+# "rrf" fusion: the option behind each signal, and its neutral value (a signal not looked for).
+_OPTION = {"date": "date_boost", "session_date": "session_date_boost",
+           "speaker": "speaker_boost", "echo_question": "question_weight",
+           "assistant": "assistant_weight", "repeated": "repeat_weight", "own": "self_boost"}
+_NEUTRAL = {"date": 0.0, "session_date": 0.0, "speaker": 0.0, "echo_question": 1.0,
+            "assistant": 1.0, "repeated": 1.0, "own": 0.0}
+
+
+def _factors(options: SearchOptions) -> list[tuple[str, float]]:
+    return [(name, getattr(options, option)) for name, option in _OPTION.items()]
+
+
+def features(
+    query: str,
+    dense: Sequence[tuple[int, float]],
+    lexical: Sequence[tuple[int, float]],
+    rows: Mapping[int, Candidate],
+    options: SearchOptions,
+) -> dict[int, tuple[float, ...]]:
+    """Each candidate's features for "learned" fusion, in FEATURES' order (see Learned).
+
+    Candidates: the dense side's `candidates` best, its first `candidates` turns that are not
+    questions (`dense` is read deeper for them), and the full-text side's (`lexical`)."""
+    depth = options.candidates
+    top = [c for _, c in dense[:depth]]
+    mean = statistics.fmean(top) if top else 0.0
+    spread = statistics.pstdev(top) if len(top) > 1 else 0.0
+    floor = min((c for _, c in dense), default=0.0)
+    statements = [mid for mid, _ in dense if mid in rows and not is_question(rows[mid].content)]
+    statement_rank = {mid: r for r, mid in enumerate(statements[:depth])}
+    lexical_rank = {mid: r for r, (mid, _) in enumerate(lexical)}
+    bm25 = dict(lexical)
+    best = max(bm25.values(), default=0.0)
+    ids = [
+        mid
+        for mid in dict.fromkeys([m for m, _ in dense[:depth]] + [*statement_rank, *lexical_rank])
+        if mid in rows
+    ]
+    cosine = dict(dense)
+    flags = signals(query, ids, rows, options, _SIGNALS)
+    out = {}
+    for mid in ids:
+        found = flags[mid]
+        out[mid] = (
+            (cosine.get(mid, floor) - mean) / spread if spread > 0 else 0.0,
+            RRF_K / (RRF_K + lexical_rank[mid] + 1) if mid in lexical_rank else 0.0,
+            bm25.get(mid, 0.0) / best if best > 0 else 0.0,
+            RRF_K / (RRF_K + statement_rank[mid] + 1) if mid in statement_rank else 0.0,
+            *(float(name in found) for name in FEATURES[4:]),
+        )
+    return out
+
+
+_SIGNALS = frozenset(FEATURES[4:])
+
+
+def signals(
+    query: str,
+    ids: Iterable[int],
+    rows: Mapping[int, Candidate],
+    options: SearchOptions,
+    wanted: Collection[str],
+) -> dict[int, frozenset[str]]:
+    """Which of the `wanted` signals each candidate has (Learned documents them; "echo": a
+    turn adding at most `echo_new_words` content words to the query)."""
+    ids = list(ids)
+    temporal = "date" in wanted and is_temporal_question(query)
     asked = content_words(query) if options.echo_new_words is not None else set()
-    named = named_dates(query) if options.session_date_boost > 0 else []
-    speaker = _named_speaker(query, rows.values()) if options.speaker_boost > 0 else None
-    about_asker = options.self_boost > 0 and about_self(query)
+    named = named_dates(query) if "session_date" in wanted else []
+    speaker = _named_speaker(query, rows.values()) if "speaker" in wanted else None
+    about_asker = "own" in wanted and about_self(query)
     repeated = (
-        _repeated(fused, rows, options.dedupe_jaccard, options.repeat_copies)
-        if options.repeat_weight != 1.0
+        _repeated(ids, rows, options.dedupe_jaccard, options.repeat_copies)
+        if "repeated" in wanted
         else set()
     )
-    for mid in scores:
+    out = {}
+    for mid in ids:
         row = rows[mid]
-        factor = 1.0
+        found = set()
         if temporal and has_time_expression(row.content):
-            factor += options.date_boost
+            found.add("date")
         if named and row.created_at is not None:
             day = row.created_at.date()
             if any(d.covers(day, options.date_slack_days) for d in named):
-                factor += options.session_date_boost
+                found.add("session_date")
         if speaker is not None and row.user_name == speaker:
-            factor += options.speaker_boost
+            found.add("speaker")
         asks = is_question(row.content)
-        if options.question_weight != 1.0 and asks:
-            factor *= _if_echo(row.content, asked, options, options.question_weight)
-        if options.assistant_weight != 1.0 and row.role == "assistant":
-            factor *= _if_echo(row.content, asked, options, options.assistant_weight)
+        echo = (
+            options.echo_new_words is None
+            or len(content_words(row.content) - asked) <= options.echo_new_words
+        )
+        if echo:
+            found.add("echo")
+        if asks and "question" in wanted:
+            found.add("question")
+        if asks and echo and "echo_question" in wanted:
+            found.add("echo_question")
+        if row.role == "assistant" and "assistant" in wanted:
+            found.add("assistant")
         if mid in repeated:
-            factor *= options.repeat_weight
+            found.add("repeated")
         if about_asker and row.role == "user" and not asks:
             if options.asker in (None, row.user_id) and about_self(row.content):
-                factor *= 1 + options.self_boost
-        scores[mid] *= factor
-    return scores
+                found.add("own")
+        out[mid] = frozenset(found)
+    return out
 
 
 def _named_speaker(query: str, rows: Iterable[Candidate]) -> str | None:
@@ -562,7 +740,7 @@ def _names(first: str, words: set[str]) -> bool:
 
 
 def _repeated(
-    fused: Mapping[int, float], rows: Mapping[int, Candidate], threshold: float, least: int = 2
+    ids: Iterable[int], rows: Mapping[int, Candidate], threshold: float, least: int = 2
 ) -> set[int]:
     """The candidates with at least `least` - 1 near duplicates among the others.
 
@@ -570,7 +748,7 @@ def _repeated(
     "Scaling up all pairs similarity search"): with each word set ordered rarest word first,
     two sets of Jaccard index t or more share a word among the first |x| - ceil(t |x|) + 1 of
     each. Comparing every pair took 60 % of ranking (~3 ms of a search at 64 candidates)."""
-    words = {mid: _words(rows[mid].content) for mid in fused}
+    words = {mid: _words(rows[mid].content) for mid in ids}
     if threshold <= 0:  # every pair, words in common or not
         return set(words) if len(words) >= least else set()
     df = Counter(w for found in words.values() for w in found)
@@ -592,13 +770,6 @@ def _repeated(
         for w in prefix:
             by_word.setdefault(w, []).append(mid)
     return {mid for mid, n in copies.items() if n >= least}
-
-
-def _if_echo(content: str, asked: set[str], options: SearchOptions, weight: float) -> float:
-    """`weight`, unless the turn adds more than `echo_new_words` content words to the query."""
-    if options.echo_new_words is None:
-        return weight
-    return weight if len(content_words(content) - asked) <= options.echo_new_words else 1.0
 
 
 def content_words(text_: str) -> set[str]:
