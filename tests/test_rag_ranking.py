@@ -528,6 +528,14 @@ def test_features_describe_each_sides_finding_and_the_signals() -> None:
     assert by_name[1]["question"] == by_name[1]["echo_question"] == 1.0
     # A question about the asker: their own statement about themselves, not the neighbour's.
     assert (by_name[2]["own"], by_name[3]["own"]) == (1.0, 0.0)
+    # Only the asker's: in a group, another member's "I" is not the asker's...
+    group = replace(LEARNED_OPTIONS, asker="someone else")
+    assert dict(zip(FEATURES, features("Где я работаю?", dense, lexical, rows, group)[2],
+                    strict=True))["own"] == 0.0
+    # ... and a group's search without an asker (self boost 0) has no `own` at all.
+    unknown = replace(LEARNED_OPTIONS, self_boost=0.0)
+    assert dict(zip(FEATURES, features("Где я работаю?", dense, lexical, rows, unknown)[2],
+                    strict=True))["own"] == 0.0
 
 
 def test_learned_fusion_finds_a_statement_that_questions_crowded_out() -> None:

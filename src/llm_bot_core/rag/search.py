@@ -295,7 +295,7 @@ class SearchOptions:
     asker: str | None = None
     """Whose statements the self boost favours, by `Candidate.user_id`. None: every user turn
     (a private memory is one user's); a group's search without an asker gets no self boost,
-    as another member's "I" is not the asker's."""
+    as another member's "I" is not the asker's (0 turns "learned" fusion's `own` off too)."""
     speaker_boost: float = 1.0
     """A question naming one of the candidates' speakers ("What did Alice say about…", "Что
     Маша говорила…"): score x (1 + this) for that speaker's turns. On LoCoMo 95 % of the
@@ -647,7 +647,10 @@ def features(
         if mid in rows
     ]
     cosine = dict(dense)
-    flags = signals(query, ids, rows, options, _SIGNALS)
+    # A self boost of 0 turns the asker's own statements off here too: a group's search
+    # without an asker, where another member's "I" is not the asker's (Searcher._fuse).
+    wanted = _SIGNALS if options.self_boost > 0 else _SIGNALS - {"own"}
+    flags = signals(query, ids, rows, options, wanted)
     out = {}
     for mid in ids:
         found = flags[mid]
