@@ -1,4 +1,5 @@
-"""Hybrid search: dense vectors and BM25 over PostgreSQL full text, fused by reciprocal rank.
+"""Hybrid search: dense vectors and BM25 over PostgreSQL full text, fused by a learned ranking
+(exp(weights . features), `Learned`) or by reciprocal rank (`SearchOptions.fusion`).
 
 The lexical side lives in the `embeddings` table whatever the vector store, so it works the same
 with pgvector and Qdrant, and keeps answering (alone) when the embedder or the store is down.
@@ -246,10 +247,14 @@ class SearchOptions:
     """How the two sides and the boosts are combined. "learned": a turn's score is
     exp(weights . features), the features and their fitted weights in `Learned` (the
     default since 2026-12-02). "rrf": reciprocal rank fusion times the boosts and weights
-    below, the ranking before (bench/locomo_cv.py replays it as RRF_DEFAULTS)."""
+    below, the ranking before (bench/locomo_cv.py's and bench/russian_replay.py's experiments
+    tune it)."""
     learned: Learned = LEARNED
     """The weights of "learned" fusion."""
     dedupe_jaccard: float = 0.75
+    # The boosts and weights below are those of "rrf" fusion; "learned" fusion weighs the same
+    # signals by `Learned` and reads here only how they are found (echo_new_words,
+    # repeat_copies, date_slack_days, asker; a self boost of 0 turns its `own` off).
     # Language-independent boosts, each off at its neutral value. The two date boosts are on:
     # LoCoMo's leave-one-conversation-out cross-validation kept them (+0.041 R@5 on held-out
     # folds) and these are the medians of the folds' choices. The question weight is on for
@@ -675,7 +680,8 @@ def signals(
     wanted: Collection[str],
 ) -> dict[int, frozenset[str]]:
     """Which of the `wanted` signals each candidate has (Learned documents them; "echo": a
-    turn adding at most `echo_new_words` content words to the query)."""
+    question or an assistant turn adding at most `echo_new_words` content words to the query,
+    looked for with "echo_question" or "assistant")."""
     ids = list(ids)
     temporal = "date" in wanted and is_temporal_question(query)
     asked = content_words(query) if options.echo_new_words is not None else set()
@@ -700,17 +706,19 @@ def signals(
         if speaker is not None and row.user_name == speaker:
             found.add("speaker")
         asks = is_question(row.content)
-        echo = (
-            options.echo_new_words is None
-            or len(content_words(row.content) - asked) <= options.echo_new_words
-        )
-        if echo:
-            found.add("echo")
+        assistant = row.role == "assistant" and "assistant" in wanted
+        # Counted only where read: a question's or an assistant turn's new words.
+        if (asks and "echo_question" in wanted) or assistant:
+            if (
+                options.echo_new_words is None
+                or len(content_words(row.content) - asked) <= options.echo_new_words
+            ):
+                found.add("echo")
         if asks and "question" in wanted:
             found.add("question")
-        if asks and echo and "echo_question" in wanted:
+        if asks and "echo" in found and "echo_question" in wanted:
             found.add("echo_question")
-        if row.role == "assistant" and "assistant" in wanted:
+        if assistant:
             found.add("assistant")
         if mid in repeated:
             found.add("repeated")
