@@ -308,7 +308,7 @@ class RagSettings(_Group):
         default=1.0,
         ge=0,
         le=4,
-        description="Weight of the full-text (BM25) ranking in the fusion; 0 turns it off.",
+        description="Scales the full-text (BM25) side's weights in the ranking; 0 turns it off.",
     )
     rag_fts_config: str = Field(
         default="russian",
