@@ -50,7 +50,14 @@ from russian_replay import _current, questions
 
 from llm_bot_core.rag import search
 from llm_bot_core.rag.embedders import LocalEmbedder
-from llm_bot_core.rag.search import FEATURES, LEARNED, Learned, SearchOptions, features
+from llm_bot_core.rag.search import (
+    FEATURES,
+    LEARNED,
+    Learned,
+    SearchOptions,
+    clears_threshold,
+    features,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RUSSIAN_TUNE = ("dev2", "blind", "paraphrase", "numbers")
@@ -92,7 +99,7 @@ def item(query: str, dense: Any, lexical: Any, rows: Any, options: SearchOptions
     found = features(query, dense, lexical, rows, options)
     cosine, lexical_ids = dict(dense), {mid for mid, _ in lexical}
     kept = [mid for mid in found
-            if (mid in lexical_ids or cosine.get(mid, -1.0) >= options.min_score)
+            if clears_threshold(mid, cosine, lexical_ids, options.min_score)
             and rows[mid].content_words >= search.MIN_CONTENT_WORDS]
     y = np.array([relevant(mid) for mid in kept], dtype=np.float64)
     if len(kept) < 2 or not y.any():

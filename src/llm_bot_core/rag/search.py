@@ -525,12 +525,10 @@ def rank(
             fused[mid] = fused.get(mid, 0.0) + options.lexical_weight / (RRF_K + rank_ + 1)
     cosine = dict(dense)
     lexical_ids = {mid for mid, _ in lexical}
-    # The threshold keeps dense-only near misses out of the prompt; a message that also
-    # shares rare words with the question has earned its place.
     kept = {
         mid: score
         for mid, score in fused.items()
-        if mid in rows and (mid in lexical_ids or cosine.get(mid, -1.0) >= options.min_score)
+        if mid in rows and clears_threshold(mid, cosine, lexical_ids, options.min_score)
     }
     scores = _adjust(query, kept, rows, options)
     order = sorted(scores, key=lambda mid: scores[mid], reverse=True)
@@ -577,6 +575,15 @@ def rank(
     return hits
 
 
+def clears_threshold(
+    mid: int, cosine: Mapping[int, float], lexical_ids: Collection[int], min_score: float
+) -> bool:
+    """Whether a candidate may reach the prompt by the similarity threshold: the threshold
+    keeps dense-only near misses out; a message that also shares rare words with the question
+    (found by the full-text side) has earned its place."""
+    return mid in lexical_ids or cosine.get(mid, -1.0) >= min_score
+
+
 def _adjust(
     query: str, fused: dict[int, float], rows: Mapping[int, Candidate], options: SearchOptions
 ) -> dict[int, float]:
@@ -595,7 +602,9 @@ def _adjust(
                 scores[mid] += options.answer_share * fused.get(answer.message_id, 0.0)
     if options.fusion == "learned":  # the boosts are features of its score
         return scores
-    wanted = {name for name, value in _factors(options) if value != _NEUTRAL[name]}
+    wanted = {
+        name for name, option in _OPTION.items() if getattr(options, option) != _NEUTRAL[name]
+    }
     for mid, found in signals(query, fused, rows, options, wanted).items():
         factor = 1.0
         for name in ("date", "session_date", "speaker"):
@@ -619,10 +628,6 @@ _OPTION = {"date": "date_boost", "session_date": "session_date_boost",
            "assistant": "assistant_weight", "repeated": "repeat_weight", "own": "self_boost"}
 _NEUTRAL = {"date": 0.0, "session_date": 0.0, "speaker": 0.0, "echo_question": 1.0,
             "assistant": 1.0, "repeated": 1.0, "own": 0.0}
-
-
-def _factors(options: SearchOptions) -> list[tuple[str, float]]:
-    return [(name, getattr(options, option)) for name, option in _OPTION.items()]
 
 
 def features(
