@@ -51,7 +51,7 @@ from russian_recall import SETS, evaluate, load_paraphrase, paraphrase_plan
 from llm_bot_core.config import Settings
 from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.rag import memory, search
-from llm_bot_core.rag.search import SearchOptions
+from llm_bot_core.rag.search import Learned, SearchOptions
 from llm_bot_core.testing.fake_llm import FakeLLMServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,9 +148,12 @@ def score(qs: list[dict[str, Any]], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _current(options: dict[str, Any]) -> SearchOptions:
-    """A recorded call's options with the fields added since the recording at their defaults."""
-    return SearchOptions(**{f.name: options.get(f.name, f.default)
-                            for f in fields(SearchOptions)})
+    """A recorded call's options with the fields added since the recording at their defaults
+    (`asdict` recorded the learned weights as a dict too)."""
+    found = {f.name: options.get(f.name, f.default) for f in fields(SearchOptions)}
+    if isinstance(found["learned"], dict):
+        found["learned"] = Learned(**found["learned"])
+    return SearchOptions(**found)
 
 
 def choose(qs: list[dict[str, Any]], grid: dict[str, list[Any]]) -> dict[str, Any]:
