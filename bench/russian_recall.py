@@ -76,9 +76,13 @@ BLIND2 = Path(__file__).resolve().parent / "data" / "russian_blind2.json"
 BLIND3 = Path(__file__).resolve().parent / "data" / "russian_blind3.json"
 BLIND4 = Path(__file__).resolve().parent / "data" / "russian_blind4.json"
 BLIND5 = Path(__file__).resolve().parent / "data" / "russian_blind5.json"
+DEV3 = Path(__file__).resolve().parent / "data" / "russian_dev3.json"
+DEV4 = Path(__file__).resolve().parent / "data" / "russian_dev4.json"
+BLIND6 = Path(__file__).resolve().parent / "data" / "russian_blind6.json"
 # The sets in the paraphrase format, by their --set name.
 SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND,
-        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3, "blind4": BLIND4, "blind5": BLIND5}
+        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3, "blind4": BLIND4, "blind5": BLIND5,
+        "dev3": DEV3, "dev4": DEV4, "blind6": BLIND6}
 
 
 def load() -> dict[str, Any]:

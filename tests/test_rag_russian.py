@@ -115,9 +115,13 @@ NEW_SETS = {
                "english_name"},
     "blind5": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
                "english_name"},
+    "dev3": {"synonym", "word_form", "hypernym", "idiom", "number", "negation", "english_name"},
+    "dev4": {"synonym", "word_form", "hypernym", "idiom", "number", "negation", "english_name"},
+    "blind6": {"synonym", "word_form", "hypernym", "idiom", "number", "negation",
+               "english_name"},
 }
 FACTS = {"numbers": 40, "blind": 40, "dev2": 48, "blind2": 50, "blind3": 50, "blind4": 50,
-         "blind5": 50}
+         "blind5": 50, "dev3": 50, "dev4": 50, "blind6": 50}
 
 
 def _strings(value: Any) -> set[str]:
@@ -158,11 +162,19 @@ def test_numbers_set_split_is_the_seeded_half_stated_in_about() -> None:
     assert {f["id"] for f in data["facts"] if f["part"] == "report"} == set(ids) - tune
 
 
-@pytest.mark.parametrize("name", ["blind2", "blind3", "blind4", "blind5"])
+@pytest.mark.parametrize("name", ["blind2", "blind3", "blind4", "blind5", "blind6"])
 def test_blind_sets_are_only_reported(name: str) -> None:
     bench = bench_module()
     data = bench.load_paraphrase(bench.SETS[name])
     assert {f["part"] for f in data["facts"]} == {"blind"}
+    assert "had not seen the retrieval code" in data["about"]
+
+
+@pytest.mark.parametrize("name", ["dev3", "dev4"])
+def test_new_tune_sets_are_tune_only(name: str) -> None:
+    bench = bench_module()
+    data = bench.load_paraphrase(bench.SETS[name])
+    assert {f["part"] for f in data["facts"]} == {"tune"}
     assert "had not seen the retrieval code" in data["about"]
 
 
