@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import random
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +62,14 @@ def test_the_fitted_weights_rank_the_evidence_first_through_the_products_rank() 
     # All-zero weights leave the order to chance (a tie keeps the candidates' order).
     q, dense, lexical, rows = question(rng, 12)
     assert rank(q, dense, lexical, rows, unfitted)[0].message_id == dense[0][0]
+
+
+def test_a_recording_s_options_read_back_with_their_learned_weights() -> None:
+    # russian_replay records a call's options by name (asdict), which stores Learned as a dict.
+    current = fusion_fit()._current  # russian_replay's, as the fit reads recordings
+    weights = replace(SearchOptions(limit=5, min_score=0.1).learned, dense_z=0.5)
+    recorded = asdict(SearchOptions(limit=5, min_score=0.1, candidates=120, learned=weights))
+    del recorded["repeat_copies"]  # a field added after the recording: its default
+    options = current(recorded)
+    assert options == SearchOptions(limit=5, min_score=0.1, candidates=120, learned=weights)
+    assert options.dense_read == 120 and options.learned.dense_z == 0.5
