@@ -66,23 +66,13 @@ from llm_bot_core.db.migrate import upgrade_to_head
 from llm_bot_core.memory.prompt import RECALL_FOOTER, RECALL_HEADER
 from llm_bot_core.testing.fake_llm import FakeLLM, FakeLLMServer
 
-DATA = Path(__file__).resolve().parent / "data" / "russian_memory.json"
-PARAPHRASE = Path(__file__).resolve().parent / "data" / "russian_paraphrase.json"
-FINAL = Path(__file__).resolve().parent / "data" / "russian_final.json"
-NUMBERS = Path(__file__).resolve().parent / "data" / "russian_numbers.json"
-BLIND = Path(__file__).resolve().parent / "data" / "russian_blind.json"
-DEV2 = Path(__file__).resolve().parent / "data" / "russian_dev2.json"
-BLIND2 = Path(__file__).resolve().parent / "data" / "russian_blind2.json"
-BLIND3 = Path(__file__).resolve().parent / "data" / "russian_blind3.json"
-BLIND4 = Path(__file__).resolve().parent / "data" / "russian_blind4.json"
-BLIND5 = Path(__file__).resolve().parent / "data" / "russian_blind5.json"
-DEV3 = Path(__file__).resolve().parent / "data" / "russian_dev3.json"
-DEV4 = Path(__file__).resolve().parent / "data" / "russian_dev4.json"
-BLIND6 = Path(__file__).resolve().parent / "data" / "russian_blind6.json"
-# The sets in the paraphrase format, by their --set name.
-SETS = {"paraphrase": PARAPHRASE, "final": FINAL, "numbers": NUMBERS, "blind": BLIND,
-        "dev2": DEV2, "blind2": BLIND2, "blind3": BLIND3, "blind4": BLIND4, "blind5": BLIND5,
-        "dev3": DEV3, "dev4": DEV4, "blind6": BLIND6}
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA = DATA_DIR / "russian_memory.json"
+# The sets in the paraphrase format, by their --set name (bench/data/russian_<name>.json).
+SETS = {name: DATA_DIR / f"russian_{name}.json"
+        for name in ("paraphrase", "final", "numbers", "blind", "dev2", "blind2", "blind3",
+                     "blind4", "blind5", "dev3", "dev4", "blind6")}
+PARAPHRASE, FINAL, NUMBERS = SETS["paraphrase"], SETS["final"], SETS["numbers"]
 
 
 def load() -> dict[str, Any]:

@@ -12,11 +12,11 @@ output).
     python bench/russian_replay.py                 # record (~10 min), then replay; prints JSON
     python bench/russian_replay.py --calls .cache/russian_calls_paraphrase.pkl  # replay it
     python bench/russian_replay.py --depth 80     # record each side 80 deep (replays read less)
+    python bench/russian_replay.py --set dev2     # another set of russian_recall's SETS
 
 A deeper recording runs the bench with each side read that deep: its end-to-end figure and the
 replay of its defaults (`check`, `replayed_defaults`) are of that deeper search, not of the
 product's (`candidates=40`); bench/fusion_fit.py replays recordings at the product's depth.
-    python bench/russian_replay.py --set dev2     # another set of russian_recall's SETS
 
 A recording is saved as .cache/russian_calls_<set>.pkl unless `--save` says otherwise; replay
 it with the same `--set`.
